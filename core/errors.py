@@ -1,0 +1,21 @@
+"""Exception types: every user-facing error is an SdglassError with a one-line message."""
+
+
+class SdglassError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero."""
+
+
+class FileFormatError(SdglassError, ValueError):
+    """A file that is missing, not HDF5, or lacks/garbles a required dataset."""
+
+
+class OutputExistsError(SdglassError, FileExistsError):
+    """Refusing to overwrite an existing output file without --force."""
+
+
+class PackingError(SdglassError, ValueError):
+    """The requested density cannot be packed with the minimum distance."""
+
+
+class StateError(SdglassError, ValueError):
+    """A spin state with NaN, wrong shape, or non-unit vectors."""
