@@ -71,7 +71,9 @@ class SystemConfig(_Config):
                 self.box > 2 * self.r_min,
                 f"box side {self.box} must exceed 2 r_min = {2 * self.r_min}",
             )
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(
+            isinstance(self.seed, int) and self.seed >= 0, f"seed must be >= 0, got {self.seed}"
+        )
 
     @property
     def side(self) -> float:
@@ -144,7 +146,9 @@ class LLGConfig(_Config):
             self.integrator in INTEGRATORS,
             f"integrator must be one of {INTEGRATORS}, got {self.integrator!r}",
         )
-        _require(isinstance(self.seed, int) and self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _require(
+            isinstance(self.seed, int) and self.seed >= 0, f"seed must be >= 0, got {self.seed}"
+        )
 
     def noise_std(self) -> float:
         """Thermal-field std per component: sqrt(2 alpha kT / (gamma^2 dt))."""

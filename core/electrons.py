@@ -1,0 +1,198 @@
+"""Exact diagonalization of the amorphous s-d Hamiltonian (PHYSICS.md "Electrons", paper Eq. 17).
+
+Basis index 2 i + a for atom i and spin a (0 = up, 1 = down). Everything is
+float64 / complex128 and batched over a stack of spin configurations (B, N, 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.config import ElectronConfig
+from core.errors import StateError
+from core.system import AtomicSystem, distance_matrix
+
+#: Bisection steps for the chemical potential: the bracket shrinks to round-off.
+_MU_BISECTION_STEPS = 200
+
+
+@dataclass(frozen=True)
+class EDResult:
+    """One diagonalization: per batch member eigenvalues (B, 2N), occupations (B, 2N),
+    chemical potential mu (B,), energy E = sum f eps (B,), free energy F (B,) (equal
+    to E at kT_e = 0), and the local fields H_i (B, N, 3)."""
+
+    eigenvalues: torch.Tensor
+    occupations: torch.Tensor
+    mu: torch.Tensor
+    energy: torch.Tensor
+    free_energy: torch.Tensor
+    fields: torch.Tensor
+
+
+def hopping_matrix(
+    system: AtomicSystem, config: ElectronConfig, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """t_ij = t0 exp(-R_ij / ell) for i != j (minimum image, optional cutoff r_hop), Eq. 18."""
+    r = distance_matrix(system, device)
+    t = config.t0 * torch.exp(-r / config.ell)
+    t.fill_diagonal_(0.0)
+    if config.r_hop is not None:
+        t = torch.where(r <= config.r_hop, t, torch.zeros_like(t))
+    return t
+
+
+def fermi_occupations(
+    eigenvalues: torch.Tensor, n_electrons: int, kT: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fermi-Dirac occupations f_k with mu fixed by sum_k f_k = n_e; kT = 0 fills the lowest n_e."""
+    eps = eigenvalues
+    if kT == 0:
+        f = torch.zeros_like(eps)
+        f[..., :n_electrons] = 1.0
+        mu = 0.5 * (eps[..., n_electrons - 1] + eps[..., min(n_electrons, eps.shape[-1] - 1)])
+        return f, mu
+    lo = eps[..., 0] - 50 * kT
+    hi = eps[..., -1] + 50 * kT
+    for _ in range(_MU_BISECTION_STEPS):
+        mid = 0.5 * (lo + hi)
+        count = torch.sigmoid((mid[..., None] - eps) / kT).sum(-1)
+        too_many = count > n_electrons
+        hi = torch.where(too_many, mid, hi)
+        lo = torch.where(too_many, lo, mid)
+    mu = 0.5 * (lo + hi)
+    return torch.sigmoid((mu[..., None] - eps) / kT), mu
+
+
+def free_energy(eigenvalues: torch.Tensor, mu: torch.Tensor, n_electrons: int, kT: float):
+    """Canonical free energy F = Omega + mu n_e, Omega = -kT sum ln(1 + e^{-(eps - mu)/kT})."""
+    if kT == 0:
+        return eigenvalues[..., :n_electrons].sum(-1)
+    x = (mu[..., None] - eigenvalues) / kT
+    return -kT * torch.nn.functional.softplus(x).sum(-1) + mu * n_electrons
+
+
+class EDSolver:
+    """Exact-diagonalization field provider for one atomic configuration.
+
+    The hopping matrix is built once; every call only assembles the on-site
+    exchange blocks -J S_i . sigma and diagonalizes.
+    """
+
+    def __init__(
+        self,
+        system: AtomicSystem,
+        config: ElectronConfig | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.system = system
+        self.config = config or ElectronConfig()
+        self.device = torch.device(device)
+        self.hopping = hopping_matrix(system, self.config, self.device)
+        self.n_electrons = self.config.n_electrons(system.n)
+        if not 0 < self.n_electrons < 2 * system.n:
+            raise ValueError(
+                f"filling {self.config.filling} gives {self.n_electrons} electrons for "
+                f"{2 * system.n} spin-orbitals; need between 1 and {2 * system.n - 1}"
+            )
+
+    @property
+    def n(self) -> int:
+        return self.system.n
+
+    def hamiltonian(self, spins: torch.Tensor) -> torch.Tensor:
+        """2N x 2N s-d Hamiltonian of Eq. 17 for each spin configuration, (B, 2N, 2N) complex128."""
+        s = self._as_batch(spins)
+        b, n = s.shape[0], self.n
+        h = torch.zeros(b, n, 2, n, 2, dtype=torch.complex128, device=self.device)
+        t = self.hopping.to(torch.complex128)
+        h[:, :, 0, :, 0] = t
+        h[:, :, 1, :, 1] = t
+        idx = torch.arange(n, device=self.device)
+        sx, sy, sz = (s[..., k].to(torch.complex128) for k in range(3))
+        j = self.config.J
+        # -J S . sigma on each atom: [[Sz, Sx - i Sy], [Sx + i Sy, -Sz]]
+        h[:, idx, 0, idx, 0] = -j * sz
+        h[:, idx, 0, idx, 1] = -j * (sx - 1j * sy)
+        h[:, idx, 1, idx, 0] = -j * (sx + 1j * sy)
+        h[:, idx, 1, idx, 1] = j * sz
+        return h.reshape(b, 2 * n, 2 * n)
+
+    def solve(self, spins: torch.Tensor) -> EDResult:
+        """Diagonalize, occupy (Fermi-Dirac), and return E, F and H_i = J sum_ab sigma_ab r_ab (Eq. 5)."""
+        h = self.hamiltonian(spins)
+        eps, u = torch.linalg.eigh(h)
+        kT = self.config.kT_e
+        f, mu = fermi_occupations(eps, self.n_electrons, kT)
+        if kT == 0:  # only occupied states contribute
+            u, fw = u[..., : self.n_electrons], f[..., None, : self.n_electrons]
+        else:
+            fw = f[..., None, :]
+        up, dn = u[:, 0::2, :], u[:, 1::2, :]
+        r_uu = (fw * up.abs() ** 2).sum(-1)
+        r_dd = (fw * dn.abs() ** 2).sum(-1)
+        r_ud = (fw * up.conj() * dn).sum(-1)
+        # H_i = J (2 Re r_ud, 2 Im r_ud, r_uu - r_dd)
+        fields = self.config.J * torch.stack([2 * r_ud.real, 2 * r_ud.imag, r_uu - r_dd], dim=-1)
+        return EDResult(
+            eigenvalues=eps,
+            occupations=f,
+            mu=mu,
+            energy=(f * eps).sum(-1),
+            free_energy=free_energy(eps, mu, self.n_electrons, kT),
+            fields=fields,
+        )
+
+    def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Field-provider interface: H (B, N, 3) and E (B,) in the dtype/device of the input."""
+        res = self.solve(spins)
+        s = torch.as_tensor(spins)
+        return res.fields.to(s.dtype), res.energy.to(s.dtype)
+
+    def _as_batch(self, spins: torch.Tensor) -> torch.Tensor:
+        s = torch.as_tensor(spins, dtype=torch.float64, device=self.device)
+        if s.ndim == 2:
+            s = s[None]
+        if s.ndim != 3 or s.shape[1:] != (self.n, 3):
+            raise StateError(f"spins must have shape (B, {self.n}, 3), got {tuple(s.shape)}")
+        if not torch.isfinite(s).all():
+            raise StateError("spins contain NaN or infinite values")
+        return s
+
+
+def hopping_levels(system: AtomicSystem, config: ElectronConfig) -> np.ndarray:
+    """Single-particle levels at J = 0: eigenvalues of t_ij (N,), each spin-degenerate (Fig. 2)."""
+    return torch.linalg.eigvalsh(hopping_matrix(system, config)).numpy()
+
+
+@dataclass(frozen=True)
+class DensityOfStates:
+    """rho(eps) = (1/N) <sum_k delta(eps - eps_k)> over both spins (integrates to 2)."""
+
+    edges: np.ndarray
+    rho: np.ndarray
+    fermi_level: float
+    n_configs: int
+
+    @property
+    def centres(self) -> np.ndarray:
+        return 0.5 * (self.edges[1:] + self.edges[:-1])
+
+
+def density_of_states(
+    systems: list[AtomicSystem], config: ElectronConfig, bins: int = 80
+) -> DensityOfStates:
+    """Configuration-averaged J = 0 density of states with the Fermi level at the given filling."""
+    levels = [np.repeat(hopping_levels(s, config), 2) for s in systems]
+    fermi = []
+    for s, lv in zip(systems, levels, strict=True):
+        ne = config.n_electrons(s.n)
+        fermi.append(0.5 * (lv[ne - 1] + lv[min(ne, len(lv) - 1)]))
+    all_levels = np.concatenate(levels)
+    counts, edges = np.histogram(all_levels, bins=bins)
+    n_atoms = sum(s.n for s in systems)
+    rho = counts / (n_atoms * np.diff(edges))
+    return DensityOfStates(edges, rho, float(np.mean(fermi)), len(systems))
