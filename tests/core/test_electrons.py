@@ -105,7 +105,7 @@ def test_batched_equals_one_by_one(small_system):
 def test_fermi_occupations_count_electrons():
     eps = torch.linspace(-3, 3, 40, dtype=torch.float64)[None].repeat(2, 1)
     for kT in (0.0, 0.05, 1.0):
-        f, mu = fermi_occupations(eps, 17, kT)
+        f, _ = fermi_occupations(eps, 17, kT)
         torch.testing.assert_close(f.sum(-1), torch.full((2,), 17.0, dtype=torch.float64))
         assert ((f >= 0) & (f <= 1)).all()
 
