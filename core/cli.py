@@ -1,0 +1,363 @@
+"""The `sdglass` command line: generate, label, quench, dos, bench.
+
+Every sub-command's defaults are the paper's values (PHYSICS.md); units are
+ell for lengths, t0 for energies and temperatures, 1/(gamma t0) for times.
+User errors print one line `sdglass: error: ...` and exit with status 2; an
+interrupted run (Ctrl-C) exits 130 and leaves no output file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from core import __version__
+from core.config import INTEGRATORS, ConfigError, ElectronConfig, LLGConfig, SystemConfig
+from core.errors import SdglassError
+
+PAPER = ElectronConfig()
+PAPER_LLG = LLGConfig()
+
+
+def _progress(total: int, desc: str, unit: str) -> tqdm:
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
+
+
+def _device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda requested but no CUDA device is available")
+    return name
+
+
+def _electron_overrides(args: argparse.Namespace) -> dict:
+    """Electron parameters given explicitly on the command line."""
+    keys = ("t0", "ell", "J", "filling", "kT_e", "r_hop")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+
+
+# --------------------------------------------------------------------------- sub-commands
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    """One random-spin frame on a new amorphous configuration."""
+    from core.io import Frames, check_output, write_frames
+    from core.system import generate_positions, random_spins
+
+    check_output(args.output, args.force)
+    cfg = SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed)
+    system = generate_positions(cfg)
+    gen = torch.Generator().manual_seed(args.seed)
+    spins = random_spins(args.frames, cfg.n, gen).numpy()
+    frames = Frames(
+        positions=np.repeat(system.positions[None], args.frames, axis=0),
+        box=np.full(args.frames, system.box),
+        spins=spins,
+    )
+    write_frames(args.output, frames, args.force)
+    print(
+        f"wrote {args.output}: {args.frames} frame(s), N = {cfg.n}, L = {system.box:.4g}, "
+        f"density {system.density:.3g}"
+    )
+
+
+def cmd_label(args: argparse.Namespace) -> None:
+    """ED fields and energies for every frame of a frames file."""
+    from core.electrons import EDSolver
+    from core.io import Frames, check_output, electron_attrs, read_frames, write_frames
+    from core.system import AtomicSystem
+
+    check_output(args.output, args.force)
+    frames = read_frames(args.input)
+    config = frames.electron_config(PAPER).replace(**_electron_overrides(args))
+    device = _device(args.device)
+    fields = np.zeros_like(frames.spins)
+    energy = np.zeros(frames.n_frames)
+    # frames that share an atomic configuration are diagonalized as one batch
+    keys = [frames.positions[f].tobytes() + frames.box[f].tobytes() for f in range(frames.n_frames)]
+    groups: dict[bytes, list[int]] = {}
+    for f, key in enumerate(keys):
+        groups.setdefault(key, []).append(f)
+    with _progress(frames.n_frames, "ED labels", "frame") as bar:
+        for members in groups.values():
+            first = members[0]
+            ed = EDSolver(
+                AtomicSystem(frames.positions[first], float(frames.box[first])), config, device
+            )
+            for chunk in np.array_split(members, -(-len(members) // args.batch)):
+                h, e = ed.fields(torch.as_tensor(frames.spins[chunk], device=device))
+                fields[chunk], energy[chunk] = h.cpu().numpy(), e.cpu().numpy()
+                bar.update(len(chunk))
+    labelled = Frames(
+        positions=frames.positions,
+        box=frames.box,
+        spins=frames.spins,
+        fields=fields,
+        energy=energy,
+        source=frames.source,
+        source_labels=frames.source_labels,
+        attrs=electron_attrs(config),
+    )
+    write_frames(args.output, labelled, args.force)
+    print(
+        f"wrote {args.output}: {frames.n_frames} frame(s) labelled by ED "
+        f"(J = {config.J}, filling = {config.filling}, kT_e = {config.kT_e}); "
+        f"mean energy per spin {energy.mean() / frames.n_atoms:.5f} t0"
+    )
+
+
+def cmd_quench(args: argparse.Namespace) -> None:
+    """Ensemble thermal quench from random spins; trajectory file and optional figure."""
+    from core.io import check_output, write_trajectory
+    from core.plots import quench_figure, save_figure
+    from core.quench import QuenchConfig, run_quench, to_trajectory
+
+    check_output(args.output, args.force)
+    if args.plot:
+        check_output(args.plot, args.force)
+    qc = QuenchConfig(
+        system=SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed),
+        electrons=PAPER.replace(**_electron_overrides(args)),
+        llg=LLGConfig(
+            temperature=args.temperature,
+            alpha=args.alpha,
+            dt=args.dt,
+            integrator=args.integrator,
+            seed=args.noise_seed,
+        ),
+        engine=args.engine,
+        configs=args.configs,
+        replicas=args.replicas,
+        t_max=args.t_max,
+        n_records=args.records,
+        bin_width=args.bin_width,
+        snapshots=args.snapshots,
+        device=_device(args.device),
+    )
+    start = time.perf_counter()
+    with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
+        result = run_quench(qc, on_steps=bar.update)
+    elapsed = time.perf_counter() - start
+    traj = to_trajectory(result)
+    write_trajectory(args.output, traj, args.force)
+    steps = qc.configs * qc.n_steps
+    print(
+        f"wrote {args.output}: {qc.configs} configuration(s) x {qc.replicas} replica(s), "
+        f"N = {qc.system.n}, t = 0..{qc.t_max:g}, {steps} steps in {elapsed:.1f} s "
+        f"({steps / elapsed:.1f} steps/s); final energy per spin "
+        f"{traj.energy_per_spin[-1]:.5f} t0, |m| = {traj.magnetisation[-1]:.3f}, "
+        f"xi = {traj.xi[-1]:.3f} ell"
+    )
+    if args.plot:
+        title = (
+            f"{qc.engine.upper()}-LLG quench: N = {qc.system.n}, L = {qc.system.side:.3g}, "
+            f"J = {qc.electrons.J:g}, kT = {qc.llg.temperature:g}, alpha = {qc.llg.alpha:g}, "
+            f"dt = {qc.llg.dt:g}, {qc.configs} configs x {qc.replicas} replicas"
+        )
+        save_figure(quench_figure(traj, title), args.plot, args.force)
+        print(f"wrote {args.plot}")
+
+
+def cmd_dos(args: argparse.Namespace) -> None:
+    """Configuration-averaged J = 0 density of states (paper Fig. 2)."""
+    from core.electrons import density_of_states
+    from core.io import check_output
+    from core.plots import dos_figure, save_figure
+    from core.system import generate_positions
+
+    check_output(args.output, args.force)
+    base = SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed)
+    config = PAPER.replace(
+        J=0.0, **{k: v for k, v in _electron_overrides(args).items() if k != "J"}
+    )
+    systems = [
+        generate_positions(base.replace(seed=args.seed + c))
+        for c in tqdm(range(args.configs), desc="configurations", file=sys.stderr)
+    ]
+    dos = density_of_states(systems, config, bins=args.bins)
+    title = (
+        f"J = 0 DOS: N = {base.n}, L = {base.side:.3g}, {args.configs} configurations, "
+        f"filling {config.filling:g}"
+    )
+    save_figure(dos_figure(dos, title), args.output, args.force)
+    print(
+        f"wrote {args.output}: Fermi level {dos.fermi_level:.4f} t0 at filling {config.filling:g}"
+    )
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Seconds per field evaluation."""
+    from core.bench import bench_ed, format_table, machine_description
+
+    device = _device(args.device)
+    sizes = args.sizes or [100, 250, 500, 1000]
+    with _progress(len(sizes), "bench ed", "size") as bar:
+        rows = bench_ed(sizes, args.repeats, device, on_size=lambda n: bar.set_postfix(N=n))
+        bar.update(len(sizes))
+    if args.json:
+        print(json.dumps({"machine": machine_description(), "results": rows}))
+    else:
+        print(f"machine: {machine_description()}")
+        print(format_table(rows))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_system(p: argparse.ArgumentParser, n: int = 100) -> None:
+    g = p.add_argument_group("amorphous system (PHYSICS.md)")
+    g.add_argument("-n", type=int, default=n, help="number of atoms N")
+    g.add_argument(
+        "--box", type=float, default=None,
+        help="cube side L in ell (default: the paper's density 0.8, L = 5 (N/100)^(1/3))",
+    )  # fmt: skip
+    g.add_argument("--r-min", type=float, default=0.5, help="minimum pair distance in ell")
+    g.add_argument("--seed", type=int, default=0, help="seed of the atomic configuration(s)")
+
+
+def _add_electrons(p: argparse.ArgumentParser, paper_defaults: bool) -> None:
+    g = p.add_argument_group(
+        "electrons (paper Eq. 17)"
+        + ("" if paper_defaults else "; default: the input file's attributes, else the paper's")
+    )
+    g.add_argument("--J", type=float, default=None, help=f"s-d coupling in t0 (paper: {PAPER.J:g})")
+    g.add_argument(
+        "--filling", type=float, default=None,
+        help=f"electrons per spin-orbital (paper: {PAPER.filling:g}, half filling)",
+    )  # fmt: skip
+    g.add_argument(
+        "--kT-e", dest="kT_e", type=float, default=None,
+        help=f"electron temperature in t0; 0 fills the lowest states (paper: {PAPER.kT_e:g})",
+    )  # fmt: skip
+    g.add_argument(
+        "--r-hop", type=float, default=None,
+        help="hopping cutoff in ell (paper: none, all minimum-image pairs)",
+    )  # fmt: skip
+    g.add_argument("--t0", type=float, default=None, help="hopping amplitude (paper: 1)")
+    g.add_argument("--ell", type=float, default=None, help="hopping decay length (paper: 1)")
+
+
+def _add_output(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("-o", "--output", required=True, help=what)
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="sdglass",
+        description=(
+            "Quench dynamics of amorphous s-d metallic spin glasses (Shi, Zhang, Chern 2023). "
+            "Units: length ell, energy and temperature t0, time 1/(gamma t0)."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"sdglass {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "generate", help="random spins on a new amorphous configuration", formatter_class=fmt
+    )
+    _add_system(p)
+    p.add_argument("--frames", type=int, default=1, help="number of random-spin frames")
+    _add_output(p, "output frames file (.h5)")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser(
+        "label", help="ED fields and energies for every frame of a frames file", formatter_class=fmt
+    )
+    p.add_argument("input", help="input frames file (.h5)")
+    _add_electrons(p, paper_defaults=False)
+    p.add_argument("--batch", type=int, default=16, help="frames per batched diagonalization")
+    _add_device(p)
+    _add_output(p, "output frames file with fields and energy (.h5)")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser(
+        "quench", help="ensemble thermal quench with stochastic LLG", formatter_class=fmt
+    )
+    p.add_argument("--engine", choices=("ed",), default="ed", help="field engine")
+    _add_system(p)
+    _add_electrons(p, paper_defaults=True)
+    g = p.add_argument_group("LLG dynamics (paper Eq. 3)")
+    g.add_argument("--configs", type=int, default=2, help="atomic configurations")
+    g.add_argument("--replicas", type=int, default=4, help="random-spin replicas per configuration")
+    g.add_argument("--t-max", type=float, default=50.0, help="final time in 1/(gamma t0)")
+    g.add_argument("--dt", type=float, default=PAPER_LLG.dt, help="time step in 1/(gamma t0)")
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=PAPER_LLG.temperature,
+        help="bath k_B T in t0 (paper: 0.001)",
+    )
+    g.add_argument(
+        "--alpha", type=float, default=PAPER_LLG.alpha, help="Gilbert damping (paper: 0.05)"
+    )
+    g.add_argument(
+        "--integrator", choices=INTEGRATORS, default=PAPER_LLG.integrator, help="LLG integrator"
+    )
+    g.add_argument(
+        "--noise-seed", type=int, default=0, help="seed of initial spins and thermal noise"
+    )
+    g = p.add_argument_group("observables")
+    g.add_argument("--records", type=int, default=40, help="log-spaced record times (plus t = 0)")
+    g.add_argument("--bin-width", type=float, default=0.1, help="C(r, t) bin width in ell")
+    g.add_argument("--snapshots", action="store_true", help="store spins at every record time")
+    _add_device(p)
+    _add_output(p, "output trajectory file (.h5)")
+    p.add_argument("--plot", default=None, help="also write a two-panel figure (png/pdf/svg)")
+    p.set_defaults(func=cmd_quench)
+
+    p = sub.add_parser(
+        "dos", help="J = 0 electron density of states (paper Fig. 2)", formatter_class=fmt
+    )
+    _add_system(p)
+    _add_electrons(p, paper_defaults=True)
+    p.add_argument("--configs", type=int, default=20, help="atomic configurations to average")
+    p.add_argument("--bins", type=int, default=80, help="histogram bins")
+    _add_output(p, "output figure (png/pdf/svg)")
+    p.set_defaults(func=cmd_dos)
+
+    p = sub.add_parser("bench", help="speed benchmarks", formatter_class=fmt)
+    p.add_argument("target", choices=("ed",), help="what to benchmark")
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="N values (default: 100 250 500 1000)"
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats per size (best is reported)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_device(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sdglass` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except SdglassError as err:
+        print(f"sdglass: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdglass: interrupted; no output file was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Matplotlib figures of the paper's observables (headless Agg backend), saved atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from core.electrons import DensityOfStates
+from core.io import atomic_output
+
+
+def save_figure(fig: Figure, path: str | Path, force: bool = False) -> None:
+    """Write a figure atomically; the format follows the file suffix (png, pdf, svg)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    with atomic_output(path, force=force) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def pick_times(times: np.ndarray, count: int = 7) -> np.ndarray:
+    """Indices of about `count` record times spread evenly in log t (t > 0)."""
+    positive = np.flatnonzero(times > 0)
+    targets = np.logspace(np.log10(times[positive[0]]), np.log10(times[-1]), count)
+    picks = {int(positive[np.argmin(np.abs(np.log(times[positive] / t)))]) for t in targets}
+    return np.array(sorted(picks))
+
+
+def draw_correlations(
+    ax, centres: np.ndarray, corr: np.ndarray, times: np.ndarray, r_min: float, picks
+) -> None:
+    """C(r, t) curves coloured by time, forbidden region r < r_min shaded (paper Fig. 4)."""
+    cmap = plt.get_cmap("viridis")
+    for rank, k in enumerate(picks):
+        ax.plot(
+            centres, corr[k], "o-", ms=3, color=cmap(rank / max(1, len(picks) - 1)),
+            label=f"t = {times[k]:.3g}",
+        )  # fmt: skip
+    ax.axvspan(0, r_min, color="0.85", label=r"$r < r_{\min}$")
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xlim(0, centres[-1] + 0.5 * (centres[1] - centres[0]))
+    ax.set_xlabel(r"$r$ ($\ell$)")
+    ax.set_ylabel(r"$C(r, t)$")
+    ax.legend(fontsize=7, ncol=2)
+
+
+def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None) -> None:
+    """xi(t) on log-log axes, with the droplet fit (log t)^(1/psi) if given (paper Fig. 5)."""
+    ok = (times > 0) & np.isfinite(xi)
+    ax.loglog(times[ok], xi[ok], "o-", ms=3, label=r"$\xi(t)$")
+    if fit is not None:
+        t = np.logspace(np.log10(fit.t_min), np.log10(fit.t_max), 100)
+        ax.loglog(
+            t, fit.curve(t), "r--",
+            label=rf"$(\log t)^{{1/\psi}}$, $\psi = {fit.psi:.2f} \pm {fit.psi_err:.2f}$",
+        )  # fmt: skip
+    ax.set_xlabel(r"$t$ ($1/\gamma t_0$)")
+    ax.set_ylabel(r"$\xi$ ($\ell$)")
+    ax.legend(fontsize=7)
+
+
+def quench_figure(traj, title: str = "") -> Figure:
+    """Two panels: C(r, t) at several times, and xi(t) log-log."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    picks = pick_times(traj.times)
+    r_min = float(traj.attrs.get("r_min", traj.r_edges[0]))
+    draw_correlations(left, traj.r_centres, traj.corr, traj.times, r_min, picks)
+    draw_xi(right, traj.times, traj.xi)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def dos_figure(dos: DensityOfStates, title: str = "") -> Figure:
+    """J = 0 density of states with the Fermi level dashed (paper Fig. 2)."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.fill_between(dos.centres, dos.rho, step="mid", alpha=0.35)
+    ax.step(dos.centres, dos.rho, where="mid", lw=1)
+    ax.axvline(dos.fermi_level, ls="--", color="k", label=rf"$\epsilon_F = {dos.fermi_level:.3f}$")
+    ax.set_xlabel(r"$\epsilon$ ($t_0$)")
+    ax.set_ylabel(r"$\rho(\epsilon)$ (states per atom per $t_0$)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,190 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from core import cli
+from core.config import ElectronConfig
+from core.electrons import EDSolver
+from core.io import read_frames, read_trajectory
+from core.system import AtomicSystem
+
+
+def run(capsys, *argv):
+    code = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("sdglass: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture
+def system_file(tmp_path, capsys):
+    path = tmp_path / "system.h5"
+    code, out, _ = run(capsys, "generate", "-n", 12, "--seed", 1, "--frames", 3, "-o", path)
+    assert code == 0 and "wrote" in out
+    return path
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("generate", "label", "quench", "dos", "bench"):
+        assert name in out
+
+
+@pytest.mark.parametrize("sub", ["generate", "label", "quench", "dos", "bench"])
+def test_subcommand_help_shows_units_and_defaults(capsys, sub):
+    with pytest.raises(SystemExit):
+        cli.main([sub, "--help"])
+    out = capsys.readouterr().out
+    assert "default" in out
+
+
+def test_generate_then_label_matches_ed(tmp_path, capsys, system_file):
+    out_path = tmp_path / "labelled.h5"
+    code, _, _ = run(capsys, "label", system_file, "-o", out_path)
+    assert code == 0
+    frames = read_frames(out_path)
+    assert frames.attrs["J"] == 6.0 and frames.attrs["filling"] == 0.5
+    ed = EDSolver(AtomicSystem(frames.positions[0], float(frames.box[0])), ElectronConfig())
+    h, e = ed.fields(torch.as_tensor(frames.spins))
+    np.testing.assert_allclose(frames.fields, h.numpy(), atol=1e-12)
+    np.testing.assert_allclose(frames.energy, e.numpy(), rtol=1e-12)
+
+
+def test_label_parameters_default_to_the_input_file(tmp_path, capsys, system_file):
+    first, second = tmp_path / "j3.h5", tmp_path / "again.h5"
+    assert run(capsys, "label", system_file, "--J", 3, "-o", first)[0] == 0
+    assert run(capsys, "label", first, "-o", second)[0] == 0
+    assert read_frames(second).attrs["J"] == 3.0
+    np.testing.assert_allclose(read_frames(second).fields, read_frames(first).fields)
+
+
+def test_quench_writes_trajectory_and_figure(tmp_path, capsys):
+    traj_path, png = tmp_path / "run.h5", tmp_path / "run.png"
+    code, out, _ = run(
+        capsys, "quench", "-n", 16, "--configs", 1, "--replicas", 2, "--t-max", 0.1,
+        "--records", 4, "-o", traj_path, "--plot", png,
+    )  # fmt: skip
+    assert code == 0, out
+    traj = read_trajectory(traj_path)
+    assert traj.attrs["replicas"] == 2 and traj.attrs["temperature"] == 0.001
+    assert png.stat().st_size > 10_000
+    assert "steps/s" in out
+
+
+def test_dos_writes_figure(tmp_path, capsys):
+    code, out, _ = run(capsys, "dos", "-n", 30, "--configs", 2, "-o", tmp_path / "dos.png")
+    assert code == 0 and "Fermi level" in out
+    assert (tmp_path / "dos.png").stat().st_size > 10_000
+
+
+def test_bench_json_is_one_object(capsys):
+    code, out, _ = run(capsys, "bench", "ed", "--sizes", 10, 20, "--repeats", 1, "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert [r["n"] for r in data["results"]] == [10, 20]
+    assert all(r["seconds_per_eval"] > 0 for r in data["results"])
+
+
+def test_refuses_to_overwrite_without_force(capsys, system_file):
+    code, _, err = run(capsys, "generate", "-n", 12, "-o", system_file)
+    assert code == 2 and "--force" in error_line(err)
+    assert run(capsys, "generate", "-n", 12, "-o", system_file, "--force")[0] == 0
+
+
+def corrupt(path, mutate):
+    with h5py.File(path, "a") as f:
+        mutate(f)
+
+
+def _nan_spins(f):
+    s = f["spins"][...]
+    s[0, 0, 0] = np.nan
+    f["spins"][...] = s
+
+
+def _long_spins(f):
+    f["spins"][...] = 2 * f["spins"][...]
+
+
+def _drop_box(f):
+    del f["box"]
+
+
+def _bad_shape(f):
+    del f["box"]
+    f["box"] = np.ones(7)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "needle"),
+    [(_nan_spins, "NaN"), (_long_spins, "unit"), (_drop_box, "missing"), (_bad_shape, "shape")],
+)
+def test_label_rejects_bad_frames(tmp_path, capsys, system_file, mutate, needle):
+    corrupt(system_file, mutate)
+    code, _, err = run(capsys, "label", system_file, "-o", tmp_path / "x.h5")
+    assert code == 2 and needle in error_line(err)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_label_rejects_missing_and_non_hdf5_files(tmp_path, capsys):
+    code, _, err = run(capsys, "label", tmp_path / "nope.h5", "-o", tmp_path / "x.h5")
+    assert code == 2 and "no such file" in error_line(err)
+    text = tmp_path / "notes.h5"
+    text.write_text("not hdf5")
+    code, _, err = run(capsys, "label", text, "-o", tmp_path / "x.h5")
+    assert code == 2 and "not an HDF5 file" in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--temperature", "-1"], "temperature"),
+        (["--dt", "-0.01"], "dt"),
+        (["--alpha", "nan"], "alpha"),
+        (["-n", "2000", "--box", "5"], "cannot pack"),
+    ],
+)
+def test_quench_rejects_bad_parameters(tmp_path, capsys, argv, needle):
+    code, _, err = run(capsys, "quench", *argv, "-o", tmp_path / "q.h5")
+    assert code == 2 and needle in error_line(err)
+    assert not (tmp_path / "q.h5").exists()
+
+
+def test_interrupted_quench_leaves_no_output(tmp_path, capsys, monkeypatch):
+    from core import llg
+
+    calls = {"n": 0}
+    original = llg.LLG.step
+
+    def interrupted(self, spins):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, spins)
+
+    monkeypatch.setattr(llg.LLG, "step", interrupted)
+    code, _, err = run(capsys, "quench", "-n", 12, "--configs", 1, "--replicas", 1, "--t-max", 0.2,
+                       "-o", tmp_path / "q.h5", "--plot", tmp_path / "q.png")  # fmt: skip
+    assert code == 130 and "interrupted" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_label_leaves_no_output(tmp_path, capsys, monkeypatch, system_file):
+    def interrupted(self, spins):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(EDSolver, "fields", interrupted)
+    code, _, _ = run(capsys, "label", system_file, "-o", tmp_path / "x.h5")
+    assert code == 130
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["system.h5"]

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+
+from core.config import ConfigError, LLGConfig, SystemConfig
+from core.io import read_trajectory, write_trajectory
+from core.quench import (
+    QuenchConfig,
+    merge_results,
+    run_configuration,
+    run_quench,
+    to_trajectory,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return QuenchConfig(
+        system=SystemConfig(n=20, seed=5),
+        llg=LLGConfig(dt=0.02, seed=3),
+        configs=2,
+        replicas=2,
+        t_max=0.3,
+        n_records=6,
+        bin_width=0.2,
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_result(tiny):
+    return run_quench(tiny)
+
+
+def test_record_steps_span_the_run(tiny):
+    steps = tiny.record_steps()
+    assert steps[0] == 0 and steps[-1] == tiny.n_steps == 15
+    assert np.all(np.diff(steps) > 0)
+
+
+def test_quench_observables_are_sane(tiny, tiny_result):
+    r = tiny_result
+    assert r.corr.shape == (len(r.times), len(tiny.edges()) - 1)
+    assert np.all(np.abs(r.corr) <= 2)
+    assert np.all((r.magnetisation >= 0) & (r.magnetisation <= 1))
+    assert np.all((-6.5 < r.energy_per_spin) & (r.energy_per_spin < -5.5))
+    assert np.all(np.isfinite(r.xi))
+    assert r.positions.shape == (2, 20, 3)
+
+
+def test_configurations_merge_in_any_order(tiny, tiny_result):
+    parts = [run_configuration(tiny, c) for c in (1, 0)]
+    merged = merge_results(tiny, parts)
+    np.testing.assert_allclose(merged.corr, tiny_result.corr, atol=1e-14)
+    np.testing.assert_allclose(merged.energy_per_spin, tiny_result.energy_per_spin, rtol=1e-14)
+
+
+def test_quench_is_reproducible_from_seeds(tiny, tiny_result):
+    again = run_configuration(tiny, 0)
+    first = run_configuration(tiny, 0)
+    np.testing.assert_array_equal(again.energy_sum, first.energy_sum)
+    other = run_configuration(tiny.__class__(**{**tiny.__dict__, "llg": LLGConfig(seed=4)}), 0)
+    assert not np.array_equal(other.energy_sum, first.energy_sum)
+
+
+def test_trajectory_round_trip_with_snapshots(tmp_path, tiny):
+    qc = QuenchConfig(**{**tiny.__dict__, "snapshots": True, "configs": 1})
+    traj = to_trajectory(run_quench(qc))
+    write_trajectory(tmp_path / "t.h5", traj)
+    back = read_trajectory(tmp_path / "t.h5")
+    np.testing.assert_array_equal(back.corr, traj.corr)
+    assert back.snapshots.shape == (len(traj.times), 1, 2, 20, 3)
+    norms = np.linalg.norm(back.snapshots, axis=-1)
+    np.testing.assert_allclose(norms, 1, atol=1e-6)
+    assert back.attrs["engine"] == "ed" and back.attrs["J"] == 6.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(configs=0), dict(replicas=0), dict(t_max=0.001), dict(engine="magic"), dict(bin_width=0)],
+)
+def test_invalid_quench_config(kwargs):
+    with pytest.raises(ConfigError):
+        QuenchConfig(**kwargs)
