@@ -1,4 +1,4 @@
-"""The `sdglass` command line: generate, label, quench, dos, bench.
+"""The `sdglass` command line: generate, label, quench, dos, bench, dataset, train, eval.
 
 Every sub-command's defaults are the paper's values (PHYSICS.md); units are
 ell for lengths, t0 for energies and temperatures, 1/(gamma t0) for times.
@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_device(p)
     p.set_defaults(func=cmd_bench)
+
+    from core.cli_ml import add_ml_commands  # dataset, train, eval
+
+    add_ml_commands(sub)
     return parser
 
 

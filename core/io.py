@@ -33,6 +33,9 @@ the ED labels (PHYSICS.md "Electrons"), each a float, absent when not recorded:
 hopping cutoff was used: when any electron parameter is recorded, an absent
 ``r_hop`` means "all minimum-image pairs").
 
+Frames files written by ``sdglass dataset`` also carry root attributes
+``dataset_*`` recording how the frames were generated; readers ignore them.
+
 Trajectory file (``format = "sdglass-trajectory"``, ``format_version = 1``)
 ------------------------------------------------------------------------------
 Observables of a quench run (PHYSICS.md "Observables") at T >= 1 times and R >= 1

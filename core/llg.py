@@ -1,10 +1,16 @@
 """Stochastic LLG integrators and a stepper over any field provider (PHYSICS.md "LLG dynamics").
 
 Paper Eq. 3, dS/dt = gamma S x (H + eta) - alpha S x (S x H), is integrated as
-dS/dt = Omega x S with Omega = -gamma (H + eta) + alpha (S x H). The thermal field
-eta is one Gaussian draw per step shared by predictor and corrector (Stratonovich).
-Spins are (B, N, 3) tensors for B replicas of N spins; every operation is vectorized
-and follows the device and dtype of the spins. Time in 1/(gamma t0), fields in t0.
+dS/dt = Omega x S with Omega = -gamma (H + eta)_perp + alpha (S x H), where _perp
+drops the part along S (no torque, so the same equation; see _omega). The thermal
+field eta is one Gaussian draw per step shared by predictor and corrector
+(Stratonovich). Spins are (B, N, 3) tensors for B replicas of N spins; every
+operation is vectorized and follows the device and dtype of the spins. Time in
+1/(gamma t0), fields in t0.
+
+Measured thermal bias of <S_z> for single spins at B = kT = alpha = 1, dt = 0.05
+(exact 0.3130): sib none within 3e-4; depondt -1e-3, still -7e-4 at dt = 0.0125;
+heun +8e-3, first order in dt (from the projection onto the sphere).
 """
 
 from __future__ import annotations

@@ -37,11 +37,13 @@ def test_help_lists_every_subcommand(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("generate", "label", "quench", "dos", "bench"):
+    for name in ("generate", "label", "quench", "dos", "bench", "dataset", "train", "eval"):
         assert name in out
 
 
-@pytest.mark.parametrize("sub", ["generate", "label", "quench", "dos", "bench"])
+@pytest.mark.parametrize(
+    "sub", ["generate", "label", "quench", "dos", "bench", "dataset", "train", "eval"]
+)
 def test_subcommand_help_shows_units_and_defaults(capsys, sub):
     with pytest.raises(SystemExit):
         cli.main([sub, "--help"])

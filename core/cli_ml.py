@@ -1,0 +1,329 @@
+"""`sdglass` ML sub-commands: dataset, train, eval (PHYSICS.md "Behler-Parrinello model").
+
+`add_ml_commands(subparsers)` registers them on the main parser of core.cli;
+`main(argv)` runs them on their own with the same error handling (one line
+`sdglass: error: ...`, exit 2; Ctrl-C exits 130 and leaves no output file).
+Units: ell for lengths, t0 for energies and fields, 1/(gamma t0) for times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+import core.cli as base
+from core.errors import SdglassError
+
+PAPER_RADII = (0.5, 2.46, 50)
+
+
+# --------------------------------------------------------------------------- dataset
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    """ED-labelled random and relaxation frames (paper Sec. IV)."""
+    from core.config import ElectronConfig, LLGConfig, SystemConfig
+    from core.dataset import DatasetConfig, generate_dataset, write_dataset
+    from core.io import check_output
+
+    check_output(args.output, args.force)
+    cfg = DatasetConfig(
+        system=SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed),
+        electrons=ElectronConfig().replace(**base._electron_overrides(args)),
+        configs=args.configs,
+        spins_per_config=args.spins_per_config,
+        random_fraction=args.random_fraction,
+        replicas=args.replicas,
+        relax=LLGConfig(
+            temperature=args.relax_temperature,
+            alpha=args.relax_alpha,
+            dt=args.relax_dt,
+            integrator=args.relax_integrator,
+            seed=args.noise_seed,
+        ),
+        t_first=args.t_first,
+        t_max=args.t_max,
+        batch=args.batch,
+        device=base._device(args.device),
+    )
+    start = time.perf_counter()
+    with base._progress(cfg.configs * cfg.work_per_config, "dataset (ED)", "unit") as bar:
+        frames = generate_dataset(cfg, on_progress=bar.update)
+    elapsed = time.perf_counter() - start
+    write_dataset(args.output, frames, cfg.attributes(), args.force)
+    hperp = np.cross(frames.spins, frames.fields)
+    print(
+        f"wrote {args.output}: {cfg.configs} configuration(s) x {cfg.spins_per_config} frames "
+        f"({cfg.n_random} random, {cfg.n_relaxation} relaxation each), N = {cfg.system.n}, "
+        f"L = {cfg.system.side:.4g}, in {elapsed:.1f} s; energy per spin "
+        f"{frames.energy.mean() / frames.n_atoms:.5f} t0, H_perp component std {hperp.std():.4g} t0"
+    )
+
+
+# --------------------------------------------------------------------------- train
+
+
+def _spec(args: argparse.Namespace):
+    from core.config import ConfigError
+    from core.descriptor import DescriptorSpec
+
+    start, stop, count = args.radii
+    if count != int(count) or count < 1:
+        raise ConfigError(f"--radii COUNT must be a positive integer, got {count:g}")
+    return DescriptorSpec(
+        rc=args.rc,
+        w=args.width,
+        radii=tuple(np.linspace(start, stop, int(count))),
+        include_g3m=not args.no_g3m,
+        include_chi=not args.no_chi,
+    )
+
+
+class _EpochBars:
+    """One tqdm bar per training run with the live losses as postfix."""
+
+    def __init__(self) -> None:
+        self.run = None
+        self.bar = None
+
+    def __call__(self, log) -> None:
+        if log.run != self.run:
+            self.close()
+            self.run = log.run
+            self.bar = base._progress(log.max_epochs, f"train {log.run}", "epoch")
+        post = {"loss": f"{log.train_loss:.3g}", "lr": f"{log.lr:.1e}"}
+        if log.val_loss is not None:
+            post.update(val=f"{log.val_loss:.3g}", rmse_hperp=f"{log.val_rmse_hperp:.3g}")
+        self.bar.set_postfix(post)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Cross-validated training, held-out metrics, model file and training report."""
+    from core.io import check_output, read_frames
+    from core.model import Architecture
+    from core.training import TrainConfig, report_path, save_trained, train
+
+    check_output(args.output, args.force)
+    check_output(report_path(args.output), args.force)
+    cfg = TrainConfig(
+        arch=Architecture.parse(args.arch, args.activation),
+        spec=_spec(args),
+        epochs=args.epochs,
+        patience=args.patience,
+        mu_h=args.mu_h,
+        mu_e=args.mu_e,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        folds=args.folds,
+        test_configs=args.test_configs,
+        val_configs=args.val_configs,
+        time_reversal_augment=args.time_reversal_augment,
+        seed=args.seed,
+        dtype=args.dtype,
+        device=base._device(args.device),
+    )
+    frames = read_frames(args.data)
+    bars = _EpochBars()
+    try:
+        result = train(frames, cfg, on_epoch=bars)
+    finally:
+        bars.close()
+    model_path, report = save_trained(result, frames, args.data, args.output, args.force)
+    cv = result.cv_summary()
+    print(
+        f"wrote {model_path} and {report}: {cfg.arch.kind} {list(cfg.arch.hidden)}, "
+        f"{result.seconds:.1f} s; validation rmse_hperp {cv['rmse_hperp_mean']:.4g} "
+        f"+- {cv['rmse_hperp_std']:.2g} t0 over {cv['folds']} fold(s)"
+    )
+    for name, m in result.test.items():
+        print(
+            f"held-out configurations {result.test_ids}, {name} frames: "
+            f"rmse_hperp {m['rmse_hperp']:.4g} t0 (rel {m['rel_rmse_hperp']:.3g}), "
+            f"rmse_energy_per_atom {m['rmse_energy_per_atom']:.3g} t0, {m['n_frames']} frames"
+        )
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """H_perp and energy errors of a model on an ED-labelled frames file."""
+    from core.config import ElectronConfig
+    from core.evaluation import METRIC_KEYS, evaluate, frames_physical
+    from core.io import check_output, read_frames
+    from core.model import check_physical_parameters
+    from core.modelfile import load_model
+
+    if args.plot:
+        check_output(args.plot, args.force)
+    model, card = load_model(args.model)
+    frames = read_frames(args.data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # printed below as one line each
+        problems = check_physical_parameters(
+            card.physical, frames_physical(frames, ElectronConfig())
+        )
+    for message in problems:
+        print(f"sdglass: warning: {message}", file=sys.stderr)
+    metrics = evaluate(model, frames, base._device(args.device), None, args.plot, args.force)
+    if args.json:
+        print(json.dumps({k: metrics[k] for k in METRIC_KEYS}))
+        return
+    for key in METRIC_KEYS:
+        value = metrics[key]
+        unit = "" if key.startswith(("n_", "rel_")) else " t0"
+        print(f"{key:<22}{value:.6g}{unit}" if isinstance(value, float) else f"{key:<22}{value}")
+    if args.plot:
+        print(f"wrote {args.plot}")
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _add_dataset(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser(
+        "dataset",
+        help="ED-labelled frames: random spins and states along ED-LLG relaxations",
+        formatter_class=fmt,
+    )
+    base._add_system(p)
+    base._add_electrons(p, paper_defaults=True)
+    g = p.add_argument_group("frames (paper: 10 configurations x 250 spin states)")
+    g.add_argument("--configs", type=int, default=10, help="atomic configurations (seed + c)")
+    g.add_argument("--spins-per-config", type=int, default=250, help="frames per configuration")
+    g.add_argument(
+        "--random-fraction", type=float, default=0.2, help="share of uniformly random spin frames"
+    )
+    g.add_argument("--batch", type=int, default=32, help="random frames per ED call")
+    g = p.add_argument_group("relaxations (ED-LLG from random starts, sampled log-spaced in t)")
+    g.add_argument("--replicas", type=int, default=8, help="relaxations per configuration")
+    g.add_argument("--relax-alpha", type=float, default=1.0, help="Gilbert damping")
+    g.add_argument("--relax-dt", type=float, default=0.5, help="time step in 1/(gamma t0)")
+    g.add_argument("--relax-temperature", type=float, default=0.001, help="bath k_B T in t0")
+    g.add_argument(
+        "--relax-integrator", choices=("sib", "depondt", "heun"), default="sib", help="integrator"
+    )
+    g.add_argument("--t-first", type=float, default=1.0, help="first sample time")
+    g.add_argument("--t-max", type=float, default=100.0, help="last sample time")
+    g.add_argument("--noise-seed", type=int, default=0, help="seed of spins and noise (+ c)")
+    base._add_device(p)
+    base._add_output(p, "output frames file (.h5)")
+    p.set_defaults(func=cmd_dataset)
+
+
+def _add_train(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser(
+        "train",
+        help="train an ML field model (paper Eq. 19) with cross-validation by configuration",
+        formatter_class=fmt,
+    )
+    p.add_argument("data", help="ED-labelled frames file (.h5), e.g. from sdglass dataset")
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--arch", default="compact",
+        help="paper (8 hidden layers, ReLU), compact (128,64,32 SiLU), pairwise (J(R), "
+        "linear least squares), or comma-separated hidden sizes",
+    )  # fmt: skip
+    g.add_argument(
+        "--activation", choices=("relu", "silu", "tanh", "softplus"), default=None,
+        help="hidden activation (None: relu for paper, silu otherwise)",
+    )  # fmt: skip
+    g.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="network precision"
+    )
+    g = p.add_argument_group("descriptor (PHYSICS.md; default: the paper's 450 features)")
+    g.add_argument("--rc", type=float, default=2.5, help="cutoff Rc in ell (<= L/2)")
+    g.add_argument("--width", type=float, default=0.05, help="radial width w in ell")
+    g.add_argument(
+        "--radii", type=float, nargs=3, default=PAPER_RADII, metavar=("START", "STOP", "COUNT"),
+        help="evenly spaced centres d in ell",
+    )  # fmt: skip
+    g.add_argument("--no-g3m", action="store_true", help="leave out the G3m features")
+    g.add_argument("--no-chi", action="store_true", help="leave out the chiral G3chi features")
+    g = p.add_argument_group("training")
+    g.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: one split)")
+    g.add_argument("--epochs", type=int, default=300, help="most epochs per run")
+    g.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
+    g.add_argument("--mu-h", type=float, default=1.0, help="weight of mean |dH_perp|^2 (t0^-2)")
+    g.add_argument("--mu-e", type=float, default=0.01, help="weight of mean (dE/N)^2 (t0^-2)")
+    g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    g.add_argument("--batch-size", type=int, default=16, help="frames per step")
+    g.add_argument(
+        "--test-configs", type=int, default=None,
+        help="configurations held out for the final metrics (None: 20 %%, at least 1)",
+    )  # fmt: skip
+    g.add_argument(
+        "--val-configs", type=int, default=None,
+        help="validation configurations when --folds 1 (None: 20 %% of the rest, at least 1)",
+    )  # fmt: skip
+    g.add_argument(
+        "--time-reversal-augment", action="store_true",
+        help="add -S frames with fields -H and the same energy to the training data",
+    )  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="seed of splits, initial weights, batches")
+    base._add_device(p)
+    base._add_output(p, "output model file (.safetensors); the report goes to MODEL.report.png")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="H_perp and energy errors of a model against ED labels",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("model", help="model file (.safetensors)")
+    p.add_argument("data", help="ED-labelled frames file (.h5)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on one line")
+    p.add_argument("--plot", default=None, help="also write a parity plot (png/pdf/svg)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing plot")
+    base._add_device(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def add_ml_commands(subparsers) -> None:
+    """Register dataset, train and eval on the sub-parsers of the sdglass parser."""
+    _add_dataset(subparsers)
+    _add_train(subparsers)
+    _add_eval(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdglass", description="sdglass ML commands")
+    add_ml_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ML sub-commands alone, with core.cli's error handling."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        args.func(args)
+    except SdglassError as err:
+        print(f"sdglass: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdglass: interrupted; no output file was written", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,697 @@
+"""Magnetic atom-centred symmetry functions (PHYSICS.md "Magnetic descriptor", paper Sec. III.B).
+
+Equations (lengths in ell):
+
+    fc(R)       = 0.5 (cos(pi R / Rc) + 1) for R <= Rc, else 0
+    F2(R; d, w) = exp(-(R - d)^2 / w^2) fc(R)
+    F3          = 2^(1-zeta) (1 + lambda cos theta_ijk)^zeta
+                  F2(R_ij; d, w) F2(R_ik; d, w) F2(R_jk; d', w')
+    G2m(d)               = sum_j F2(R_ij) (S_i . S_j)
+    G3m(lambda, d', d)   = sum_{j != k} F3 (S_j . S_k)
+    G3chi(lambda, d', d) = sum_{j != k} sign(R_ik - R_ij) F3 S_i . (S_j x S_k)
+
+Sums run over ordered pairs j != k of neighbours of i (both != i).
+
+Conventions (decided here, where PHYSICS.md and the paper are silent):
+
+* G3chi orientation. F3 is symmetric under j <-> k while the scalar chirality
+  S_i . (S_j x S_k) is antisymmetric, so the plain ordered sum of PHYSICS.md
+  vanishes identically. Three points carry no rotation-invariant orientation
+  in 3D, and ordering j, k by atom index would break permutation invariance, so
+  each ordered pair is weighted by sign(R_ik - R_ij): the chirality is always
+  taken from the nearer to the farther neighbour. The weight is symmetric
+  under j <-> k together with the chirality, so nothing cancels; the feature
+  is invariant under rotations, translations, periodic image shifts and atom
+  permutations, invariant under global spin rotations and odd under S -> -S.
+  Ties |R_ik - R_ij| <= CHI_TIE_TOLERANCE get weight 0 (for random positions
+  they do not occur; in symmetric test geometries this keeps the feature
+  independent of round-off). The weight is discontinuous in the positions,
+  which is harmless: positions never move during spin dynamics.
+* R_jk. The triplet is the triangle formed by i and the images of j and k
+  that neighbour i, so R_jk = |r_ik - r_ij| (the dscribe/ASE convention).
+  With Rc <= L/2 each neighbour image is unique. If |r_ik - r_ij| < Rc <= L/2
+  it is also the minimum-image distance of j and k (any other image is at
+  least L - L/2 away). If it is >= Rc, fc kills the term, although the
+  minimum image of k may be nearer to j: that image is not the neighbour of i
+  that enters the triangle, so the term is correctly zero. Rc > L/2 is
+  rejected because the neighbour images would then be ambiguous.
+* triplet_tolerance. The d-dependent factor of F3 (the "d-part"),
+  exp(-(R_ij-d)^2/w^2) exp(-(R_ik-d)^2/w^2) fc(R_ij) fc(R_ik), is large for
+  only ~6 of the paper's 50 radii. An entry (triplet, d) is dropped when it is
+  below triplet_tolerance / TOLERANCE_SAFETY times the largest value the d-part
+  can take at that d (``d_part_peak``: ~0.8 at small d, ~2e-6 at d = 2.46, so
+  the columns near Rc keep their relative accuracy). The threshold depends only
+  on the spec, never on the configuration. Measured (tests): every feature
+  changes by less than triplet_tolerance x its scale (its largest value over
+  the atoms with all weights adding, floored at 5% of the largest triplet
+  column), and by less than 0.1 triplet_tolerance x the largest triplet
+  column. A nearly empty column (d near r_min in a small system) can change by
+  more than that relative to its own tiny scale, ~1e-7 absolute. Training and
+  inference use the same truncated descriptor (the spec is stored), and fields
+  are exact derivatives of it. G2m entries below PAIR_TOLERANCE (1e-12) are
+  dropped too.
+
+Feature layout (F = n_features): [G2m(d) for d in radii], then, if included,
+G3m, then G3chi, each ordered (lambda, d', d) with d fastest;
+``DescriptorSpec.feature_labels()`` names every column.
+
+Implementation. ``build_geometry`` computes everything that depends on the
+positions once, in float64 with numpy/scipy (stored in the requested dtype):
+the unordered pairs within Rc (periodic k-d tree), the triplets (i; j nearer,
+k farther) enumerated TorchANI-style (directed pairs sorted by centre and
+distance, expanded with cumulative counts; only pairs whose d-part can pass
+the threshold), and the weights. Each triplet (i; j, k) is identified with
+(centre i, pair (j, k)), and (j, k) is itself a pair within Rc whenever
+F2(R_jk) != 0, so every feature is a sparse linear map of per-pair
+quantities: G2m and G3m of the bonds S_a . S_b, G3chi of S_i . V_i with V
+a sparse map of S_a x S_b. These maps (rows (atom, d), columns pairs) are
+stored as CSR matrices with their transposes: one for G2m, and one per
+(lambda, d') for G3m and for G3chi, all triplet maps sharing one index
+pattern. Because F3, the bond and the signed chirality are all symmetric
+under j <-> k, each unordered triplet carries the factor 2 of the ordered
+sum. Per step ``features`` forms the pair bonds and cross products (P x B),
+applies the maps through a custom autograd Function whose backward applies
+the precomputed transposes (and is itself differentiable, so losses on fields
+-dE/dS can be trained), and contracts with S_i for G3chi. No step loops over
+atoms, pairs or triplets.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from scipy.spatial import cKDTree
+
+from core.config import ConfigError, _require
+from core.errors import StateError
+from core.system import AtomicSystem
+
+#: The paper's 50 radii d, evenly spaced in [0.5, 2.46] (ell).
+PAPER_RADII: tuple[float, ...] = tuple(float(x) for x in np.linspace(0.5, 2.46, 50))
+#: Written into to_dict(): the triplet sums run over ordered pairs j != k.
+TRIPLET_SUM = "ordered j != k"
+#: Written into to_dict(): the G3chi weight that keeps the ordered sum from cancelling.
+CHI_CONVENTION = "sign(R_ik - R_ij)"
+#: |R_ik - R_ij| at or below this (ell) counts as a tie: G3chi weight 0.
+CHI_TIE_TOLERANCE = 1e-9
+#: d-part entries below triplet_tolerance / TOLERANCE_SAFETY x their largest possible
+#: value (per d) are dropped; measured, every feature then changes by less than
+#: triplet_tolerance x its scale (floored at 5% of the largest triplet column; see
+#: test_dropping_changes_no_feature_by_more_than_tolerance).
+TOLERANCE_SAFETY = 10.0
+#: G2m entries F2(R; d, w) below this are dropped (exp tails; float64 round-off scale).
+PAIR_TOLERANCE = 1e-12
+
+
+def _floats(name: str, value: Any) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a sequence of numbers, got {value!r}") from None
+    _require(all(math.isfinite(v) for v in out), f"{name} must be finite, got {out}")
+    return out
+
+
+def _number(name: str, value: Any) -> float:
+    _require(
+        isinstance(value, int | float | np.floating | np.integer) and not isinstance(value, bool),
+        f"{name} must be a number, got {value!r}",
+    )
+    _require(math.isfinite(float(value)), f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class DescriptorSpec:
+    """Magnetic ACSF parameters (PHYSICS.md "Magnetic descriptor"); default: the paper's 450.
+
+    rc: cutoff Rc (ell); w: radial width of F2(R_ij), F2(R_ik) (ell); radii: the
+    centres d (ell, strictly increasing in [0, rc]); zeta: angular exponent
+    (>= 1); lambdas: angular signs (each +1 or -1); d_prime, w_prime: centres
+    and width of F2(R_jk; d', w') (ell); include_g3m, include_chi: which triplet
+    families to compute; triplet_tolerance: accuracy target of the triplet
+    features: (triplet, d) entries of the d-part below triplet_tolerance /
+    TOLERANCE_SAFETY x their largest possible value at that d are dropped (0 keeps
+    every entry; see the module docstring for the measured effect).
+    """
+
+    rc: float = 2.5
+    w: float = 0.05
+    radii: tuple[float, ...] = PAPER_RADII
+    zeta: float = 1.0
+    lambdas: tuple[float, ...] = (1.0, -1.0)
+    d_prime: tuple[float, ...] = (1.0, 2.0)
+    w_prime: float = 1.0
+    include_g3m: bool = True
+    include_chi: bool = True
+    triplet_tolerance: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("rc", "w", "zeta", "w_prime", "triplet_tolerance"):
+            object.__setattr__(self, name, _number(name, getattr(self, name)))
+        for name in ("radii", "lambdas", "d_prime"):
+            object.__setattr__(self, name, _floats(name, getattr(self, name)))
+        for name in ("include_g3m", "include_chi"):
+            value = getattr(self, name)
+            _require(isinstance(value, bool), f"{name} must be True or False, got {value!r}")
+        _require(self.rc > 0, f"cutoff rc must be > 0, got {self.rc}")
+        _require(self.w > 0, f"width w must be > 0, got {self.w}")
+        _require(self.w_prime > 0, f"width w_prime must be > 0, got {self.w_prime}")
+        _require(len(self.radii) > 0, "radii must not be empty")
+        _require(
+            all(0 <= d <= self.rc for d in self.radii),
+            f"radii must lie in [0, rc = {self.rc}], got {self.radii}",
+        )
+        _require(
+            all(b > a for a, b in zip(self.radii, self.radii[1:], strict=False)),
+            f"radii must be strictly increasing, got {self.radii}",
+        )
+        _require(self.zeta >= 1, f"zeta must be >= 1, got {self.zeta}")
+        triplets = self.include_g3m or self.include_chi
+        _require(
+            not triplets or len(self.lambdas) > 0,
+            "lambdas must not be empty when triplet features are included",
+        )
+        _require(
+            all(lam in (1.0, -1.0) for lam in self.lambdas),
+            f"lambdas must each be +1 or -1, got {self.lambdas}",
+        )
+        _require(
+            len(set(self.lambdas)) == len(self.lambdas),
+            f"lambdas must not repeat, got {self.lambdas}",
+        )
+        _require(
+            not triplets or len(self.d_prime) > 0,
+            "d_prime must not be empty when triplet features are included",
+        )
+        _require(all(d >= 0 for d in self.d_prime), f"d_prime must be >= 0, got {self.d_prime}")
+        _require(
+            0 <= self.triplet_tolerance < 1,
+            f"triplet_tolerance must be in [0, 1), got {self.triplet_tolerance}",
+        )
+
+    @classmethod
+    def paper(cls) -> DescriptorSpec:
+        """The paper's 450 features: Rc 2.5, w 0.05, 50 d, zeta 1, lambda +-1, d' 1, 2, w' 1."""
+        return cls()
+
+    @property
+    def n_radii(self) -> int:
+        return len(self.radii)
+
+    @property
+    def n_angular(self) -> int:
+        """(lambda, d') combinations per triplet family."""
+        return len(self.lambdas) * len(self.d_prime)
+
+    @property
+    def n_triplet_families(self) -> int:
+        return int(self.include_g3m) + int(self.include_chi)
+
+    @property
+    def n_features(self) -> int:
+        """G2m + G3m + G3chi columns (450 for the paper)."""
+        return self.n_radii * (1 + self.n_triplet_families * self.n_angular)
+
+    def feature_labels(self) -> list[str]:
+        """Column names in feature order, e.g. 'G3m(lambda=-1,d'=2,d=0.54)'."""
+        labels = [f"G2m(d={d:.6g})" for d in self.radii]
+        families = [n for n, on in (("G3m", self.include_g3m), ("G3chi", self.include_chi)) if on]
+        for family in families:
+            for lam in self.lambdas:
+                for dp in self.d_prime:
+                    labels += [
+                        f"{family}(lambda={lam:+.0f},d'={dp:.6g},d={d:.6g})" for d in self.radii
+                    ]
+        return labels
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able parameters plus the summation conventions."""
+        data = asdict(self)
+        for name in ("radii", "lambdas", "d_prime"):
+            data[name] = list(data[name])
+        data["triplet_sum"] = TRIPLET_SUM
+        data["chi_convention"] = CHI_CONVENTION
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DescriptorSpec:
+        """Inverse of to_dict; refuses unknown keys and other summation conventions."""
+        data = dict(data)
+        for key, expected in (("triplet_sum", TRIPLET_SUM), ("chi_convention", CHI_CONVENTION)):
+            value = data.pop(key, expected)
+            _require(value == expected, f"{key} must be {expected!r}, got {value!r}")
+        names = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - names
+        _require(not unknown, f"unknown DescriptorSpec keys: {sorted(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> DescriptorSpec:
+        return replace(self, **changes)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def cutoff_function(r: np.ndarray, rc: float) -> np.ndarray:
+    """fc(R) = 0.5 (cos(pi R / Rc) + 1) for R <= Rc, else 0 (PHYSICS.md "Magnetic descriptor")."""
+    return np.where(r <= rc, 0.5 * (np.cos(np.pi * np.minimum(r, rc) / rc) + 1.0), 0.0)
+
+
+def d_part_peak(spec: DescriptorSpec) -> np.ndarray:
+    """Largest possible d-part exp(-(R_ij-d)^2/w^2) exp(-(R_ik-d)^2/w^2) fc(R_ij) fc(R_ik) per d.
+
+    Attained at R_ij = R_ik = R, so max over R of exp(-2 (R-d)^2/w^2) fc(R)^2, on a
+    grid fine against w (relative accuracy ~1e-5). About 1 for small d, tiny near Rc.
+    """
+    r = np.linspace(0.0, spec.rc, 4001)
+    r = np.unique(np.concatenate([r, np.clip(np.asarray(spec.radii), 0, spec.rc)]))
+    radii = np.asarray(spec.radii)[:, None]
+    peak = (np.exp(-2 * ((r - radii) / spec.w) ** 2) * cutoff_function(r, spec.rc) ** 2).max(1)
+    return peak
+
+
+def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ranges [lo_t, hi_t): (owner t, index) of every member, without Python loops."""
+    counts = np.maximum(hi - lo, 0)
+    owner = np.repeat(np.arange(len(lo)), counts)
+    starts = np.cumsum(counts) - counts
+    index = np.arange(owner.size) - np.repeat(starts - lo, counts)
+    return owner, index
+
+
+def _index_dtype(*sizes: int) -> torch.dtype:
+    """int32 sparse indices when they fit (MKL's int32 kernels are ~2x faster), else int64."""
+    return torch.int32 if max(sizes, default=0) < 2**31 - 1 else torch.int64
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
+    """torch CSR tensor; our constructions keep the invariants (sorted, in range)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
+
+
+class _Pattern:
+    """One sparsity pattern (row, col) in CSR order and transposed, for several value sets.
+
+    perm / perm_t put the entries (in the order given) into CSR order of the
+    matrix / its transpose, column indices sorted within rows (scipy's linear-time
+    COO -> CSR and CSR -> CSC conversions), as torch's CSR invariants require.
+    """
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
+        nnz = len(rows)
+        ids = sp.csr_matrix((np.arange(nnz, dtype=np.int64), (rows, cols)), shape=shape)
+        if ids.nnz != nnz:
+            raise RuntimeError("internal error: repeated (row, col) entry in a descriptor map")
+        ids_t = ids.T.tocsr()
+        index = _index_dtype(nnz, *shape)
+        self.shape = shape
+        self.crow = torch.from_numpy(ids.indptr).to(index)
+        self.col = torch.from_numpy(ids.indices).to(index)
+        self.crow_t = torch.from_numpy(ids_t.indptr).to(index)
+        self.col_t = torch.from_numpy(ids_t.indices).to(index)
+        self.perm, self.perm_t = ids.data, ids_t.data
+
+    def maps(
+        self, values: np.ndarray, dtype: torch.dtype, device
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(matrix, transpose) CSR pairs for each column of values (nnz, K), in entry order."""
+        records = torch.from_numpy(np.ascontiguousarray(values))
+        out = []
+        for perm in (self.perm, self.perm_t):
+            # one row gather of K-value records, then one transposing copy (torch is much
+            # faster at both than numpy fancy indexing)
+            taken = records.index_select(0, torch.from_numpy(perm))
+            out.append(taken.t().contiguous().to(dtype))
+        return [
+            (
+                _csr(self.crow, self.col, f, self.shape).to(device),
+                _csr(self.crow_t, self.col_t, b, self.shape[::-1]).to(device),
+            )
+            for f, b in zip(out[0], out[1], strict=True)
+        ]
+
+
+@dataclass
+class DescriptorGeometry:
+    """Everything position-dependent, computed once per configuration (PHYSICS.md: atoms never move).
+
+    pairs (2, P): unordered pairs a < b within Rc (atom indices, int64). Sparse
+    CSR maps from pairs to rows (i, d), each with its transpose for the backward
+    pass: g2 (N n_d, P) takes bonds S_a . S_b to G2m; g3m[l] takes bonds to G3m
+    for the l-th (lambda, d'); chi[l] takes S_a x S_b to vectors V with
+    G3chi_i = S_i . V_i. Entries are the F2 and F3 weights (d-part x angular
+    part), summed over ordered j != k; the g3m and chi maps share one index
+    pattern. atom_offsets: first atom of each concatenated configuration;
+    n_triplets: unordered triplets (i; j, k) with at least one kept entry.
+    """
+
+    spec: DescriptorSpec
+    n_atoms: int
+    pairs: torch.Tensor
+    g2: tuple[torch.Tensor, torch.Tensor]
+    g3m: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    chi: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    n_triplets: int = 0
+    atom_offsets: tuple[int, ...] = (0,)
+
+    @property
+    def n_features(self) -> int:
+        return self.spec.n_features
+
+    @property
+    def n_pairs(self) -> int:
+        return self.pairs.shape[1]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.g2[0].dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.g2[0].device
+
+    def stats(self) -> dict[str, int]:
+        """Sizes: atoms, pairs, unordered triplets, stored nonzeros of all maps (one direction)."""
+        nnz = self.g2[0].values().numel()
+        nnz += sum(m.values().numel() for m, _ in self.g3m + self.chi)
+        return {
+            "atoms": self.n_atoms,
+            "pairs": self.n_pairs,
+            "triplets": self.n_triplets,
+            "g2_nnz": int(self.g2[0].values().numel()),
+            "triplet_nnz": int(self.g3m[0][0].values().numel()) if self.g3m else 0,
+            "nnz": int(nnz),
+        }
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> DescriptorGeometry:
+        """A copy on another device and/or floating dtype of the weights."""
+
+        def move(pair):
+            return tuple(m.to(device=device, dtype=dtype) for m in pair)
+
+        return replace(
+            self,
+            pairs=self.pairs.to(device),
+            g2=move(self.g2),
+            g3m=tuple(move(p) for p in self.g3m),
+            chi=tuple(move(p) for p in self.chi),
+        )
+
+
+def _pairs(positions: np.ndarray, box: float, rc: float):
+    """Unordered pairs a < b within rc (minimum image), sorted; displacement r_b - r_a and R."""
+    n = len(positions)
+    wrapped = np.mod(positions, box)
+    wrapped[wrapped >= box] -= box  # np.mod can round up to box itself
+    # a hair beyond rc, so that every triangle distance R_jk < rc finds its pair (fc(rc) = 0)
+    found = cKDTree(wrapped, boxsize=box).query_pairs(rc * (1 + 1e-9), output_type="ndarray")
+    found = found.reshape(-1, 2).astype(np.int64)
+    found = found[np.argsort(found[:, 0] * n + found[:, 1], kind="stable")]
+    a, b = found[:, 0], found[:, 1]
+    delta = wrapped[b] - wrapped[a]
+    delta -= box * np.round(delta / box)
+    r = np.linalg.norm(delta, axis=1)
+    if r.size and r.min() == 0:
+        raise ConfigError("coincident atoms: a pair distance is 0, the descriptor is undefined")
+    return a, b, delta, r
+
+
+def build_geometry(
+    system: AtomicSystem,
+    spec: DescriptorSpec | None = None,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> DescriptorGeometry:
+    """F2 and F3 weights of one configuration as sparse pair->feature maps (PHYSICS.md "Magnetic descriptor").
+
+    Computed in float64, stored in dtype (float32 for the ML path, float64 for
+    checks). Raises ConfigError when rc > L/2 (minimum image ambiguous).
+    """
+    spec = DescriptorSpec() if spec is None else spec
+    box = float(system.box)
+    if spec.rc > box / 2:
+        raise ConfigError(
+            f"descriptor cutoff rc = {spec.rc} exceeds half the box side L/2 = {box / 2:.6g} "
+            f"(L = {box:.6g}): the minimum image is ambiguous; need rc <= L/2"
+        )
+    pos = np.asarray(system.positions, dtype=np.float64)
+    n, n_d = len(pos), spec.n_radii
+    w, radii = spec.w, np.asarray(spec.radii)
+    a, b, delta, r = _pairs(pos, box, spec.rc)
+
+    # directed pairs (centre -> neighbour): both orientations of every stored pair
+    centre = np.concatenate([a, b])
+    neighbour = np.concatenate([b, a])
+    vec = np.concatenate([delta, -delta])
+    dist = np.concatenate([r, r])
+    pair_id = np.concatenate([np.arange(len(a)), np.arange(len(a))])
+    fc = cutoff_function(dist, spec.rc)
+
+    # G2m: F2(R; d, w) on the window of d where it can exceed PAIR_TOLERANCE
+    half = w * math.sqrt(math.log(1 / PAIR_TOLERANCE))
+    lo = np.searchsorted(radii, dist - half, side="left")
+    hi = np.searchsorted(radii, dist + half, side="right")
+    owner, d_idx = _expand(lo, hi)
+    value = np.exp(-(((dist[owner] - radii[d_idx]) / w) ** 2)) * fc[owner]
+    keep = value >= PAIR_TOLERANCE
+    owner, d_idx, value = owner[keep], d_idx[keep], value[keep]
+    g2_pattern = _Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
+    (g2,) = g2_pattern.maps(value[:, None], dtype, device)
+
+    g3m, chi, n_triplets = [], [], 0
+    if spec.include_g3m or spec.include_chi:
+        t_centre, t_pair, angular, chi_sign, owner, d_idx, value = _triplets(
+            spec, n, centre, neighbour, vec, dist, fc, a, b, radii
+        )
+        n_triplets = len(t_centre)
+        # per entry: d-part x angular part for each (lambda, d'), then the same x chi sign
+        # (owner is sorted, so these gathers stream)
+        np_dtype = np.float32 if dtype == torch.float32 else np.float64
+        weights = np.take(angular.astype(np_dtype), owner, axis=0)
+        weights *= value.astype(np_dtype)[:, None]
+        families = [weights] if spec.include_g3m else []
+        if spec.include_chi:
+            families.append(weights * chi_sign.astype(np_dtype)[owner, None])
+        pattern = _Pattern(t_centre[owner] * n_d + d_idx, t_pair[owner], (n * n_d, len(a)))
+        maps = pattern.maps(np.concatenate(families, axis=1), dtype, device)
+        n_g3m = spec.n_angular if spec.include_g3m else 0
+        g3m, chi = maps[:n_g3m], maps[n_g3m:]
+    return DescriptorGeometry(
+        spec=spec,
+        n_atoms=n,
+        pairs=torch.from_numpy(np.stack([a, b])).to(device),
+        g2=g2,
+        g3m=tuple(g3m),
+        chi=tuple(chi),
+        n_triplets=n_triplets,
+    )
+
+
+def _triplets(spec, n, centre, neighbour, vec, dist, fc, a, b, radii):
+    """Unordered triplets (i; j nearer, k farther) with their F3 factors, TorchANI-style.
+
+    Returns per triplet: centre, pair index of (j, k), angular part (T, L) and
+    G3chi sign; per kept d-part entry: owning triplet, d index and value.
+    """
+    rc, w, n_d = spec.rc, spec.w, spec.n_radii
+    threshold = spec.triplet_tolerance / TOLERANCE_SAFETY * d_part_peak(spec)  # per d
+    tol = float(threshold.min())  # loosest threshold: bounds the candidate windows
+    # sort directed pairs by centre, then distance: a centre's neighbours form a segment
+    order = np.lexsort((dist, centre))
+    c_s, nb_s, r_s, fc_s = centre[order], neighbour[order], dist[order], fc[order]
+    v_s = np.asfortranarray(vec[order])  # columns contiguous: per-component gathers
+    seg_end = np.searchsorted(c_s, c_s, side="right")
+    if tol > 0:
+        # the d-part is <= exp(-(R_ij - R_ik)^2 / (2 w^2)): k lies within dmax beyond j
+        dmax = w * math.sqrt(2 * math.log(1 / tol)) * (1 + 1e-9) + 1e-12
+        key = c_s * (4 * rc + 4 * dmax + 1.0) + r_s
+        end = np.minimum(np.searchsorted(key, key + dmax, side="right"), seg_end)
+    else:
+        end = seg_end
+    # every later slot of the same centre (up to end) pairs with slot `first`
+    first, second = _expand(np.arange(len(c_s)) + 1, end)
+    ra, rb, fa, fb = r_s[first], r_s[second], fc_s[first], fc_s[second]
+    if tol > 0:
+        keep = np.exp(-((ra - rb) ** 2) / (2 * w**2)) * fa * fb >= tol
+        first, second, ra, rb, fa, fb = (x[keep] for x in (first, second, ra, rb, fa, fb))
+    # triangle distance R_jk = |r_ik - r_ij| (see the module docstring), per component
+    rjk2 = sum((v_s[:, c][second] - v_s[:, c][first]) ** 2 for c in range(3))
+    keep = rjk2 < rc**2
+    first, second, ra, rb, fa, fb = (x[keep] for x in (first, second, ra, rb, fa, fb))
+    rjk = np.sqrt(rjk2[keep])
+
+    # d-part entries (triplet, d) on the window of d where they can reach tol:
+    # (R_ij - d)^2 + (R_ik - d)^2 = 2 (m - d)^2 + (R_ij - R_ik)^2 / 2, m the mean
+    mean = 0.5 * (ra + rb)
+    if tol > 0:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            span = (w**2 * np.log(fa * fb / tol) - 0.5 * (ra - rb) ** 2) / 2
+        half = np.sqrt(np.maximum(np.nan_to_num(span, nan=0.0, neginf=0.0), 0.0))
+        half = half * (1 + 1e-9) + 1e-12
+        lo = np.searchsorted(radii, mean - half, side="left")
+        hi = np.searchsorted(radii, mean + half, side="right")
+    else:
+        lo, hi = np.zeros(len(mean), dtype=np.int64), np.full(len(mean), n_d)
+    owner, d_idx = _expand(lo, hi)  # owner is sorted: the gathers below stream
+    scale = np.exp(-0.5 * ((ra - rb) / w) ** 2) * fa * fb
+    value = scale[owner] * np.exp(-2 * ((mean[owner] - radii[d_idx]) / w) ** 2)
+    keep = value >= threshold[d_idx] if tol > 0 else value > 0
+    owner, d_idx, value = owner[keep], d_idx[keep], value[keep]
+
+    # compact: keep only triplets that own an entry
+    used = np.flatnonzero(np.bincount(owner, minlength=len(first)))
+    remap = np.full(len(first), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    owner = remap[owner]
+    first, second, ra, rb, rjk = (x[used] for x in (first, second, ra, rb, rjk))
+
+    t_centre = c_s[first]
+    j, k = nb_s[first], nb_s[second]
+    dot = sum(v_s[:, c][first] * v_s[:, c][second] for c in range(3))
+    cos = np.clip(dot / (ra * rb), -1.0, 1.0)
+    lo_atom, hi_atom = np.minimum(j, k), np.maximum(j, k)
+    pair_keys = a * n + b
+    wanted = lo_atom * n + hi_atom
+    t_pair = np.minimum(np.searchsorted(pair_keys, wanted), max(len(a) - 1, 0))
+    if wanted.size and not np.array_equal(pair_keys[t_pair], wanted):
+        raise RuntimeError("internal error: a triplet's (j, k) is missing from the pair list")
+
+    # convention: G3chi weights each ordered (j, k) by sign(R_ik - R_ij); with j the
+    # nearer neighbour this is +1 (0 for ties), and with the stored pair (a, b) =
+    # (min, max) of (j, k), S_j x S_k = orientation (S_a x S_b).
+    orientation = np.where(j == lo_atom, 1.0, -1.0)
+    chi_sign = np.where(rb - ra <= CHI_TIE_TOLERANCE, 0.0, orientation)
+
+    # angular and jk part; the factor 2 collects the ordered pairs (j, k) and (k, j),
+    # equal for G3m (F3 and S_j . S_k symmetric) and for G3chi (weight and chirality odd)
+    fjk = cutoff_function(rjk, rc)
+    prefactor = 2.0 * 2.0 ** (1 - spec.zeta)
+    columns = []
+    for lam in spec.lambdas:  # parameters, not atoms
+        ang = prefactor * (1 + lam * cos) ** spec.zeta
+        for dp in spec.d_prime:
+            columns.append(ang * np.exp(-(((rjk - dp) / spec.w_prime) ** 2)) * fjk)
+    angular = np.stack(columns, axis=1)
+    return t_centre, t_pair, angular, chi_sign, owner, d_idx, value
+
+
+# --------------------------------------------------------------------------- per step
+
+
+class _SparseApply(torch.autograd.Function):
+    """out = M @ x for a constant sparse M; backward applies the precomputed M^T."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, matrix: torch.Tensor, matrix_t: torch.Tensor):
+        ctx.matrices = (matrix, matrix_t)
+        # beta = 0 into fresh memory: skips the zero fill and copy of a plain matmul (~1.5x)
+        out = torch.empty(matrix.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
+        return torch.addmm(out, matrix, x, beta=0, out=out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        matrix, matrix_t = ctx.matrices
+        # the same Function with the roles swapped: differentiable again (fields in a loss)
+        return _SparseApply.apply(grad.contiguous(), matrix_t, matrix), None, None
+
+
+def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a x b over dim 1 (faster than torch.linalg.cross for (P, 3, B) on CPU)."""
+    a1, a2, b1, b2 = a.roll(-1, 1), a.roll(-2, 1), b.roll(-1, 1), b.roll(-2, 1)
+    return a1 * b2 - a2 * b1
+
+
+def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
+    """G2m, G3m, G3chi of every atom, (B, N, F) from spins (B, N, 3) (PHYSICS.md "Magnetic descriptor").
+
+    Computed in the geometry's dtype (spins are cast, differentiably); an (N, 3)
+    input gives (N, F). Differentiable w.r.t. spins to any order.
+    """
+    squeeze = spins.ndim == 2
+    if squeeze:
+        spins = spins.unsqueeze(0)
+    n = geometry.n_atoms
+    if spins.ndim != 3 or spins.shape[1:] != (n, 3):
+        raise StateError(f"spins must have shape (B, {n}, 3) or ({n}, 3), got {tuple(spins.shape)}")
+    batch = spins.shape[0]
+    # layout (atom, component, batch): gathers copy whole rows, reductions over the
+    # component axis add contiguous batch vectors
+    s = spins.to(dtype=geometry.dtype, device=geometry.device).permute(1, 2, 0)  # (N, 3, B)
+    sa, sb = s[geometry.pairs[0]], s[geometry.pairs[1]]  # (P, 3, B)
+    bond = (sa * sb).sum(1)  # S_a . S_b
+    out = [_SparseApply.apply(bond, *geometry.g2)]
+    out += [_SparseApply.apply(bond, *maps) for maps in geometry.g3m]
+    out = [o.view(n, -1, batch) for o in out]
+    if geometry.chi:
+        cross = _cross(sa, sb).reshape(-1, 3 * batch)  # S_a x S_b
+        for maps in geometry.chi:
+            v = _SparseApply.apply(cross, *maps).view(n, -1, 3, batch)
+            out.append((v * s[:, None]).sum(2))  # S_i . V_i
+    result = torch.cat([o.permute(2, 0, 1) for o in out], dim=2)
+    return result[0] if squeeze else result
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def _block_diag(mats: list[torch.Tensor]) -> torch.Tensor:
+    """Block-diagonal CSR matrix from CSR blocks (rows and columns offset)."""
+    nnz = [m.values().numel() for m in mats]
+    rows = sum(m.shape[0] for m in mats)
+    cols = sum(m.shape[1] for m in mats)
+    index = _index_dtype(sum(nnz), rows, cols)
+    crow = [torch.zeros(1, dtype=index, device=mats[0].device)]
+    col = []
+    n_off = c_off = 0
+    for m, k in zip(mats, nnz, strict=True):
+        crow.append(m.crow_indices()[1:].to(index) + n_off)
+        col.append(m.col_indices().to(index) + c_off)
+        n_off += k
+        c_off += m.shape[1]
+    values = torch.cat([m.values() for m in mats])
+    return _csr(torch.cat(crow), torch.cat(col), values, (rows, cols))
+
+
+def _block_diag_maps(
+    maps: list[tuple[torch.Tensor, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _block_diag([m for m, _ in maps]), _block_diag([t for _, t in maps])
+
+
+def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometry:
+    """Several configurations as one, atoms concatenated with offsets (TorchANI-style batches).
+
+    Spins for the result are (B, sum N, 3); features are (B, sum N, F), the same
+    as evaluating each configuration on its own slice of atoms.
+    """
+    if not geometries:
+        raise ValueError("concat_geometries needs at least one geometry")
+    first = geometries[0]
+    for g in geometries[1:]:
+        if g.spec != first.spec:
+            raise ValueError("concat_geometries: all geometries must share one DescriptorSpec")
+        if g.dtype != first.dtype or g.device != first.device:
+            raise ValueError("concat_geometries: all geometries must share dtype and device")
+    atom_off = np.cumsum([0] + [g.n_atoms for g in geometries])
+    offsets: list[int] = []
+    for g, off in zip(geometries, atom_off[:-1], strict=True):
+        offsets += [int(off) + o for o in g.atom_offsets]
+    return DescriptorGeometry(
+        spec=first.spec,
+        n_atoms=int(atom_off[-1]),
+        pairs=torch.cat([g.pairs + int(o) for g, o in zip(geometries, atom_off, strict=False)], 1),
+        g2=_block_diag_maps([g.g2 for g in geometries]),
+        g3m=tuple(_block_diag_maps([g.g3m[l] for g in geometries]) for l in range(len(first.g3m))),
+        chi=tuple(_block_diag_maps([g.chi[l] for g in geometries]) for l in range(len(first.chi))),
+        n_triplets=sum(g.n_triplets for g in geometries),
+        atom_offsets=tuple(offsets),
+    )

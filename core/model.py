@@ -1,0 +1,202 @@
+"""Behler-Parrinello energy models on the magnetic descriptor (PHYSICS.md "Behler-Parrinello model").
+
+E = sum_i eps(G_i) with one MLP shared by all atoms on standardised features;
+fields H_i = -dE/dS_i by automatic differentiation through the descriptor of
+every neighbour. The pairwise baseline E = sum_{i<j} J(R_ij) S_i.S_j with J(R)
+on the G2m radial basis is the same model with a linear eps on G2m only.
+Both are field providers for every LLG integrator via `MLFieldProvider`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.config import ConfigError, ElectronConfig, _require
+from core.descriptor import DescriptorGeometry, DescriptorSpec, build_geometry, features
+from core.system import AtomicSystem
+
+ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+
+#: Hidden layer sizes of the named architectures ("paper": Sec. IV of the paper).
+ARCHITECTURES = {
+    "paper": (1024, 1024, 512, 256, 128, 128, 128, 128),
+    "compact": (128, 64, 32),
+    "pairwise": (),
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """MLP shape: hidden layer sizes and activation; hidden = () with kind "pairwise" is linear in G2m."""
+
+    hidden: tuple[int, ...] = ARCHITECTURES["compact"]
+    activation: str = "silu"
+    kind: str = "mlp"
+
+    def __post_init__(self) -> None:
+        _require(
+            self.kind in ("mlp", "pairwise"), f"kind must be mlp or pairwise, got {self.kind!r}"
+        )
+        _require(
+            self.activation in ACTIVATIONS,
+            f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}",
+        )
+        _require(
+            all(isinstance(h, int) and h > 0 for h in self.hidden),
+            f"hidden layer sizes must be positive integers, got {self.hidden!r}",
+        )
+        _require(self.kind == "mlp" or not self.hidden, "the pairwise model has no hidden layers")
+
+    @classmethod
+    def parse(cls, text: str, activation: str | None = None) -> Architecture:
+        """'paper' (ReLU), 'compact' (SiLU), 'pairwise', or comma-separated sizes like '256,128,64'."""
+        if text == "pairwise":
+            return cls(hidden=(), activation=activation or "silu", kind="pairwise")
+        if text in ARCHITECTURES:
+            default = "relu" if text == "paper" else "silu"
+            return cls(hidden=ARCHITECTURES[text], activation=activation or default)
+        try:
+            sizes = tuple(int(x) for x in text.split(","))
+        except ValueError:
+            raise ConfigError(
+                f"--arch must be paper, compact, pairwise or comma-separated layer sizes, got {text!r}"
+            ) from None
+        return cls(hidden=sizes, activation=activation or "silu")
+
+    def to_dict(self) -> dict:
+        return {"hidden": list(self.hidden), "activation": self.activation, "kind": self.kind}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Architecture:
+        return cls(hidden=tuple(data["hidden"]), activation=data["activation"], kind=data["kind"])
+
+
+class EnergyModel(nn.Module):
+    """eps(G_i) = MLP((G_i - mean) / scale) + offset; E = sum_i eps_i accumulated in float64."""
+
+    def __init__(self, spec: DescriptorSpec, arch: Architecture) -> None:
+        super().__init__()
+        self.spec = spec
+        self.arch = arch
+        n_in = spec.n_radii if arch.kind == "pairwise" else spec.n_features
+        self.register_buffer("feature_mean", torch.zeros(n_in, dtype=torch.float64))
+        self.register_buffer("feature_scale", torch.ones(n_in, dtype=torch.float64))
+        self.register_buffer("energy_offset", torch.zeros((), dtype=torch.float64))
+        layers: list[nn.Module] = []
+        width = n_in
+        for h in arch.hidden:
+            layers += [nn.Linear(width, h), ACTIVATIONS[arch.activation]()]
+            width = h
+        last = nn.Linear(width, 1, bias=False)
+        nn.init.zeros_(last.weight)
+        self.net = nn.Sequential(*layers, last)
+
+    @property
+    def n_inputs(self) -> int:
+        return self.feature_mean.numel()
+
+    def local_energies(self, g: torch.Tensor) -> torch.Tensor:
+        """eps_i of every atom, (B, N) in float64, from descriptor features (B, N, F)."""
+        g = g[..., : self.n_inputs]
+        dtype = next(self.net.parameters()).dtype
+        x = ((g.to(torch.float64) - self.feature_mean) / self.feature_scale).to(dtype)
+        return self.net(x).squeeze(-1).to(torch.float64) + self.energy_offset
+
+    def energy(self, g: torch.Tensor) -> torch.Tensor:
+        """E = sum_i eps(G_i) (paper Eq. 6), (B,) float64."""
+        return self.local_energies(g).sum(-1)
+
+    def set_standardisation(self, g: torch.Tensor, energy_per_atom: float) -> None:
+        """Feature mean/scale from training features (..., F) and a per-atom energy offset."""
+        flat = g.reshape(-1, g.shape[-1])[:, : self.n_inputs].to(torch.float64)
+        self.feature_mean.copy_(flat.mean(0))
+        std = flat.std(0)
+        self.feature_scale.copy_(torch.where(std > 1e-12, std, torch.ones_like(std)))
+        self.energy_offset.fill_(energy_per_atom)
+
+    def exchange(self, r: np.ndarray) -> np.ndarray:
+        """Pairwise baseline only: J(R) = sum_m c_m F2(R; d_m, w) in t0 (E = sum_{i<j} J S_i.S_j)."""
+        if self.arch.kind != "pairwise":
+            raise ValueError("J(R) is defined for the pairwise model only")
+        coeff = (self.net[-1].weight[0].detach().double() / self.feature_scale).numpy()
+        radii = np.asarray(self.spec.radii)
+        rc, w = self.spec.rc, self.spec.w
+        fc = np.where(r <= rc, 0.5 * (np.cos(np.pi * r / rc) + 1), 0.0)
+        basis = np.exp(-((r[:, None] - radii[None]) ** 2) / w**2) * fc[:, None]
+        # sum_i G2m_i = 2 sum_{i<j} F2 S_i.S_j, so each pair carries 2 c_m F2
+        return 2 * basis @ coeff
+
+
+class MLFieldProvider:
+    """Field provider for one atomic configuration: H = -dE/dS by autograd, E in float64.
+
+    The descriptor geometry is built once here; each call only touches spins.
+    """
+
+    def __init__(
+        self,
+        model: EnergyModel,
+        system: AtomicSystem,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        # the network runs in dtype; standardisation buffers and energies stay float64
+        self.model = model.to(device=device)
+        self.model.net.to(dtype)
+        spec = model.spec
+        if model.arch.kind == "pairwise":  # G2m only: no triplets to build
+            spec = spec.replace(include_g3m=False, include_chi=False)
+        self.geometry: DescriptorGeometry = build_geometry(system, spec, device, dtype)
+        self.dtype = dtype
+
+    def energy(self, spins: torch.Tensor) -> torch.Tensor:
+        return self.model.energy(features(self.geometry, spins.to(self.dtype)))
+
+    def local_energies(self, spins: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.local_energies(features(self.geometry, spins.to(self.dtype)))
+
+    def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """H_i = -dE/dS_i (paper Eq. 7) and E, in the dtype and device of the input spins."""
+        s = spins.detach().to(self.dtype).requires_grad_(True)
+        with torch.enable_grad():
+            e = self.energy(s)
+            (grad,) = torch.autograd.grad(e.sum(), s)
+        return (-grad).to(spins.dtype), e.detach().to(spins.dtype)
+
+
+#: Physical parameters a model is trained for, compared on use.
+PHYSICAL_KEYS = ("t0", "ell", "J", "filling", "kT_e", "density")
+
+
+def physical_parameters(electrons: ElectronConfig, density: float) -> dict[str, float]:
+    return {
+        "t0": electrons.t0,
+        "ell": electrons.ell,
+        "J": electrons.J,
+        "filling": electrons.filling,
+        "kT_e": electrons.kT_e,
+        "density": density,
+    }
+
+
+def check_physical_parameters(
+    trained: dict[str, float], used: dict[str, float], rel_tol: float = 1e-6
+) -> list[str]:
+    """Warn (and return the messages) for each parameter that differs from the model's training value."""
+    problems = []
+    for key in PHYSICAL_KEYS:
+        a, b = trained.get(key), used.get(key)
+        if a is None or b is None:
+            continue
+        if not math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12):
+            problems.append(f"model was trained for {key} = {a:g} but is used with {key} = {b:g}")
+    for message in problems:
+        warnings.warn(message, stacklevel=2)
+    return problems

@@ -1,0 +1,140 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core import cli_ml
+from core.io import Frames, read_frames, write_frames
+
+TINY_DESCRIPTOR = ["--rc", "1.5", "--width", "0.15", "--radii", "0.5", "1.4", "8"]
+
+
+def run(capsys, *argv):
+    code = cli_ml.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("sdglass: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("ml")
+
+
+@pytest.fixture(scope="module")
+def dataset(workdir):
+    path = workdir / "train.h5"
+    argv = ["dataset", "-n", 24, "--seed", 5, "--configs", 3, "--spins-per-config", 6,
+            "--replicas", 2, "--t-first", 0.5, "--t-max", 3, "-o", path]  # fmt: skip
+    assert cli_ml.main([str(a) for a in argv]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(workdir, dataset):
+    path = workdir / "pair.safetensors"
+    argv = ["train", dataset, "-o", path, "--arch", "pairwise", "--folds", 2, *TINY_DESCRIPTOR]
+    assert cli_ml.main([str(a) for a in argv]) == 0
+    return path
+
+
+@pytest.mark.parametrize("sub", ["dataset", "train", "eval"])
+def test_help_shows_defaults(capsys, sub):
+    with pytest.raises(SystemExit) as exc:
+        cli_ml.main([sub, "--help"])
+    assert exc.value.code == 0
+    assert "default" in capsys.readouterr().out
+
+
+def test_dataset_writes_labelled_frames_with_sources(dataset):
+    frames = read_frames(dataset)
+    assert frames.n_frames == 18 and frames.n_atoms == 24
+    assert frames.fields is not None and frames.energy is not None
+    np.testing.assert_array_equal(np.bincount(frames.source), [3, 15])
+    with h5py.File(dataset) as f:
+        assert f.attrs["dataset_relax_alpha"] == 1.0
+
+
+def test_train_writes_model_and_report(model_file, capsys):
+    assert model_file.exists()
+    assert model_file.with_suffix(".report.png").exists()
+
+
+def test_eval_json_is_one_line_with_exactly_the_metric_keys(capsys, model_file, dataset):
+    code, out, _ = run(capsys, "eval", model_file, dataset, "--json")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) == 1
+    metrics = json.loads(lines[0])
+    assert list(metrics) == [
+        "rmse_hperp", "mae_hperp", "max_abs_hperp", "rel_rmse_hperp",
+        "rmse_energy_per_atom", "n_frames", "n_atoms",
+    ]  # fmt: skip
+    assert metrics["n_frames"] == 18 and 0 < metrics["rel_rmse_hperp"] < 1
+
+
+def test_eval_table_and_plot(capsys, model_file, dataset, workdir):
+    code, out, _ = run(capsys, "eval", model_file, dataset, "--plot", workdir / "p.png")
+    assert code == 0 and "rmse_hperp" in out and (workdir / "p.png").exists()
+
+
+def test_eval_warns_when_the_file_has_other_physics(capsys, model_file, dataset, workdir):
+    frames = read_frames(dataset)
+    frames.attrs["J"] = 4.0
+    other = write_frames(workdir / "j4.h5", frames, force=True)
+    code, _, err = run(capsys, "eval", model_file, other, "--json")
+    assert code == 0
+    assert "sdglass: warning: model was trained for J = 6 but is used with J = 4" in err
+
+
+def test_train_refuses_to_overwrite(capsys, model_file, dataset):
+    code, _, err = run(capsys, "train", dataset, "-o", model_file, "--arch", "pairwise")
+    assert code == 2 and "--force" in error_line(err)
+
+
+def test_train_rejects_a_cutoff_beyond_half_the_box(capsys, dataset, workdir):
+    code, _, err = run(capsys, "train", dataset, "-o", workdir / "x.safetensors", "--arch",
+                       "pairwise", "--folds", 2)  # fmt: skip
+    assert code == 2 and "L/2" in error_line(err)
+
+
+def test_frames_without_fields_give_one_line(capsys, model_file, dataset, workdir):
+    frames = read_frames(dataset)
+    bare = write_frames(
+        workdir / "bare.h5", Frames(positions=frames.positions, box=frames.box,
+                                    spins=frames.spins), force=True,
+    )  # fmt: skip
+    code, _, err = run(capsys, "eval", model_file, bare)
+    assert code == 2 and "no ED fields" in error_line(err)
+    code, _, err = run(capsys, "train", bare, "-o", workdir / "y.safetensors", *TINY_DESCRIPTOR)
+    assert code == 2 and "no ED fields" in error_line(err)
+
+
+def test_nan_in_data_gives_one_line(capsys, model_file, dataset, workdir):
+    path = workdir / "nan.h5"
+    path.write_bytes(dataset.read_bytes())
+    with h5py.File(path, "a") as f:
+        f["fields"][1, 2, 0] = np.nan
+    code, _, err = run(capsys, "eval", model_file, path)
+    assert code == 2 and "NaN" in error_line(err)
+    code, _, err = run(capsys, "train", path, "-o", workdir / "z.safetensors", *TINY_DESCRIPTOR)
+    assert code == 2 and "NaN" in error_line(err)
+
+
+def test_model_file_from_another_program_gives_one_line(capsys, dataset, workdir):
+    foreign = workdir / "foreign.safetensors"
+    save_file({"weight": torch.zeros(3)}, str(foreign), metadata={"producer": "other"})
+    code, _, err = run(capsys, "eval", foreign, dataset)
+    assert code == 2 and "not an sdglass model" in error_line(err)
+    junk = workdir / "junk.safetensors"
+    junk.write_bytes(b"\x00" * 64)
+    code, _, err = run(capsys, "eval", junk, dataset)
+    assert code == 2 and "safetensors" in error_line(err)
