@@ -1,4 +1,4 @@
-"""Speed benchmarks: wall-clock seconds per field evaluation (not part of the timed tests)."""
+"""Speed benchmarks: wall-clock seconds per field evaluation and per LLG step (not timed tests)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,14 @@ from collections.abc import Callable, Iterable
 
 import torch
 
-from core.config import ElectronConfig, SystemConfig
+from core.config import ElectronConfig, LLGConfig, SystemConfig
 from core.electrons import EDSolver
+from core.fields import FieldProvider
+from core.llg import LLG
+from core.model import EnergyModel, MLFieldProvider
 from core.system import generate_positions, random_spins
+
+Row = dict[str, float | int | str]
 
 
 def time_call(fn: Callable[[], object], repeats: int) -> float:
@@ -24,22 +29,59 @@ def time_call(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+def bench_provider(
+    engine: str, provider: FieldProvider, n: int, repeats: int, device: str, batch: int = 1
+) -> Row:
+    """Seconds per field evaluation and per SIB LLG step (2 evaluations) of one provider."""
+    spins = random_spins(batch, n, torch.Generator().manual_seed(0), device=device)
+    stepper = LLG(provider, LLGConfig(), device=device)
+    return {
+        "engine": engine,
+        "n": n,
+        "batch": batch,
+        "device": device,
+        "seconds_per_eval": time_call(lambda: provider.fields(spins), repeats),
+        "seconds_per_step": time_call(lambda: stepper.step(spins), repeats),
+    }
+
+
 def bench_ed(
     sizes: Iterable[int] = (100, 250, 500, 1000),
     repeats: int = 3,
     device: str = "cpu",
     on_size: Callable[[int], None] | None = None,
-) -> list[dict[str, float | int | str]]:
-    """Seconds per ED field evaluation (one spin configuration) at the paper's density."""
+) -> list[Row]:
+    """ED at the paper's density, one spin configuration per evaluation."""
     rows = []
     for n in sizes:
         if on_size is not None:
             on_size(n)
         system = generate_positions(SystemConfig(n=n, seed=0))
-        ed = EDSolver(system, ElectronConfig(), device)
-        spins = random_spins(1, n, torch.Generator().manual_seed(0), device=device)
-        seconds = time_call(lambda ed=ed, spins=spins: ed.fields(spins), repeats)
-        rows.append({"engine": "ed", "n": n, "seconds_per_eval": seconds, "device": device})
+        rows.append(
+            bench_provider("ed", EDSolver(system, ElectronConfig(), device), n, repeats, device)
+        )
+    return rows
+
+
+def bench_ml(
+    model: EnergyModel,
+    sizes: Iterable[int] = (100, 500, 2000, 10000),
+    repeats: int = 3,
+    device: str = "cpu",
+    batch: int = 1,
+    on_size: Callable[[int], None] | None = None,
+) -> list[Row]:
+    """The ML model (float32 network) at the paper's density; geometry set-up time reported too."""
+    rows = []
+    for n in sizes:
+        if on_size is not None:
+            on_size(n)
+        system = generate_positions(SystemConfig(n=n, seed=0))
+        start = time.perf_counter()
+        provider = MLFieldProvider(model, system, device)
+        setup = time.perf_counter() - start
+        row = bench_provider("ml", provider, n, repeats, device, batch)
+        rows.append({**row, "setup_seconds": setup})
     return rows
 
 
@@ -47,10 +89,13 @@ def machine_description() -> str:
     return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def format_table(rows: list[dict[str, float | int | str]]) -> str:
-    """A plain-text table of benchmark rows."""
-    lines = [f"{'engine':<8}{'N':>7}{'s / field eval':>17}{'evals / s':>12}"]
+def format_table(rows: list[Row]) -> str:
+    """A plain-text table of benchmark rows, with the speed per spin."""
+    lines = [f"{'engine':<7}{'N':>7}{'B':>4}{'s / eval':>11}{'s / step':>11}{'us / spin-step':>16}"]
     for r in rows:
-        s = float(r["seconds_per_eval"])
-        lines.append(f"{r['engine']!s:<8}{r['n']:>7}{s:>17.4g}{1 / s:>12.3g}")
+        per_spin = 1e6 * float(r["seconds_per_step"]) / (int(r["n"]) * int(r["batch"]))
+        lines.append(
+            f"{r['engine']!s:<7}{r['n']:>7}{r['batch']:>4}{float(r['seconds_per_eval']):>11.4g}"
+            f"{float(r['seconds_per_step']):>11.4g}{per_spin:>16.4g}"
+        )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from core import __version__
 from core.config import INTEGRATORS, ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.errors import SdglassError
+from core.paths import DEFAULT_MODEL
 
 PAPER = ElectronConfig()
 PAPER_LLG = LLGConfig()
@@ -139,6 +140,7 @@ def cmd_quench(args: argparse.Namespace) -> None:
         bin_width=args.bin_width,
         snapshots=args.snapshots,
         device=_device(args.device),
+        model_path=args.model if args.engine == "ml" else None,
     )
     start = time.perf_counter()
     with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
@@ -192,14 +194,30 @@ def cmd_dos(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    """Seconds per field evaluation."""
-    from core.bench import bench_ed, format_table, machine_description
+    """Seconds per field evaluation and per LLG step."""
+    from core.bench import bench_ed, bench_ml, format_table, machine_description
 
     device = _device(args.device)
-    sizes = args.sizes or [100, 250, 500, 1000]
-    with _progress(len(sizes), "bench ed", "size") as bar:
-        rows = bench_ed(sizes, args.repeats, device, on_size=lambda n: bar.set_postfix(N=n))
-        bar.update(len(sizes))
+    if args.target == "ed":
+        sizes = args.sizes or [100, 250, 500, 1000]
+    else:
+        from core.modelfile import load_model
+
+        model, _ = load_model(args.model)
+        sizes = args.sizes or [100, 500, 2000, 10000]
+    with _progress(len(sizes), f"bench {args.target}", "size") as bar:
+
+        def on_size(n: int) -> None:
+            bar.set_postfix(N=n)
+            bar.update(0 if n == sizes[0] else 1)
+
+        if args.target == "ed":
+            rows = bench_ed(sizes, args.repeats, device, on_size)
+        else:
+            rows = bench_ml(model, sizes, args.repeats, device, args.batch, on_size)
+            ed_sizes = [n for n in sizes if n <= args.ed_max]
+            rows += bench_ed(ed_sizes, args.repeats, device, on_size) if ed_sizes else []
+        bar.update(1)
     if args.json:
         print(json.dumps({"machine": machine_description(), "results": rows}))
     else:
@@ -285,7 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "quench", help="ensemble thermal quench with stochastic LLG", formatter_class=fmt
     )
-    p.add_argument("--engine", choices=("ed",), default="ed", help="field engine")
+    p.add_argument(
+        "--engine", choices=("ed", "ml"), default="ed",
+        help="field engine: exact diagonalization or the ML model",
+    )  # fmt: skip
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file for --engine ml")
     _add_system(p)
     _add_electrons(p, paper_defaults=True)
     g = p.add_argument_group("LLG dynamics (paper Eq. 3)")
@@ -328,13 +350,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dos)
 
     p = sub.add_parser("bench", help="speed benchmarks", formatter_class=fmt)
-    p.add_argument("target", choices=("ed",), help="what to benchmark")
+    p.add_argument("target", choices=("ed", "ml"), help="what to benchmark")
     p.add_argument(
-        "--sizes", type=int, nargs="+", default=None, help="N values (default: 100 250 500 1000)"
-    )
+        "--sizes", type=int, nargs="+", default=None,
+        help="N values (default: ed 100 250 500 1000; ml 100 500 2000 10000)",
+    )  # fmt: skip
     p.add_argument(
         "--repeats", type=int, default=3, help="timed repeats per size (best is reported)"
     )
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file for bench ml")
+    p.add_argument("--batch", type=int, default=1, help="replicas B per ML evaluation")
+    p.add_argument("--ed-max", type=int, default=1000, help="bench ml: also time ED up to this N")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_device(p)
     p.set_defaults(func=cmd_bench)

@@ -18,6 +18,13 @@ from core.electrons import EDSolver
 from core.fields import FieldProvider
 from core.io import Trajectory
 from core.llg import LLG
+from core.model import (
+    EnergyModel,
+    MLFieldProvider,
+    check_physical_parameters,
+    physical_parameters,
+)
+from core.modelfile import load_model
 from core.observables import (
     CorrelationAccumulator,
     bin_edges,
@@ -27,7 +34,7 @@ from core.observables import (
 )
 from core.system import AtomicSystem, generate_positions, random_spins
 
-ENGINES = ("ed",)
+ENGINES = ("ed", "ml")
 
 
 @dataclass(frozen=True)
@@ -50,9 +57,14 @@ class QuenchConfig:
     bin_width: float = 0.1
     snapshots: bool = False
     device: str = "cpu"
+    model_path: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.engine in ENGINES, f"engine must be one of {ENGINES}, got {self.engine!r}")
+        _require(
+            self.engine != "ml" or self.model_path is not None,
+            "the ml engine needs a model file (model_path)",
+        )
         _require(self.configs >= 1, f"configs must be >= 1, got {self.configs}")
         _require(self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}")
         _require(
@@ -90,6 +102,8 @@ class QuenchConfig:
             n_steps=self.n_steps,
             bin_width=self.bin_width,
         )
+        if self.engine == "ml":
+            out["model"] = str(self.model_path)
         return out
 
 
@@ -127,20 +141,34 @@ class QuenchResult:
 
 
 def field_provider(
-    engine: str, system: AtomicSystem, electrons: ElectronConfig, device: str = "cpu"
+    qc: QuenchConfig, system: AtomicSystem, model: EnergyModel | None = None
 ) -> FieldProvider:
-    """The engine that computes local fields for one configuration."""
-    if engine == "ed":
-        return EDSolver(system, electrons, device)
-    raise ValueError(f"unknown engine {engine!r}; choose from {ENGINES}")
+    """The engine that computes local fields for one configuration: ED, or the ML model."""
+    if qc.engine == "ed":
+        return EDSolver(system, qc.electrons, qc.device)
+    if model is None:
+        model, _ = load_model(qc.model_path)
+    return MLFieldProvider(model, system, qc.device)
+
+
+def load_quench_model(qc: QuenchConfig) -> EnergyModel | None:
+    """Load the ML model once per process and warn if it was trained for other parameters."""
+    if qc.engine != "ml":
+        return None
+    model, card = load_model(qc.model_path)
+    check_physical_parameters(card.physical, physical_parameters(qc.electrons, qc.system.density))
+    return model
 
 
 def run_configuration(
-    qc: QuenchConfig, index: int, on_steps: Callable[[int], None] | None = None
+    qc: QuenchConfig,
+    index: int,
+    on_steps: Callable[[int], None] | None = None,
+    model: EnergyModel | None = None,
 ) -> ConfigurationResult:
     """Quench all replicas of atomic configuration `index` (PHYSICS.md "LLG dynamics")."""
     system = generate_positions(qc.system.replace(seed=qc.system.seed + index))
-    provider = field_provider(qc.engine, system, qc.electrons, qc.device)
+    provider = field_provider(qc, system, model)
     bins = pair_bins(system, qc.edges(), qc.device)
     stepper = LLG(provider, qc.llg.replace(seed=qc.llg.seed + index), device=qc.device)
     gen = torch.Generator(device=qc.device).manual_seed(qc.llg.seed + index)
@@ -194,7 +222,8 @@ def merge_results(qc: QuenchConfig, parts: list[ConfigurationResult]) -> QuenchR
 
 def run_quench(qc: QuenchConfig, on_steps: Callable[[int], None] | None = None) -> QuenchResult:
     """All configurations one after another in this process."""
-    parts = [run_configuration(qc, c, on_steps) for c in range(qc.configs)]
+    model = load_quench_model(qc)
+    parts = [run_configuration(qc, c, on_steps, model) for c in range(qc.configs)]
     return merge_results(qc, parts)
 
 

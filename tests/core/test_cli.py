@@ -190,3 +190,29 @@ def test_interrupted_label_leaves_no_output(tmp_path, capsys, monkeypatch, syste
     code, _, _ = run(capsys, "label", system_file, "-o", tmp_path / "x.h5")
     assert code == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["system.h5"]
+
+
+def test_ml_quench_and_bench_with_a_model_file(tmp_path, capsys, tiny_model_file):
+    model = tiny_model_file
+    code, out, err = run(
+        capsys, "quench", "--engine", "ml", "--model", model, "-n", 20, "--configs", 1,
+        "--replicas", 2, "--t-max", 0.1, "--records", 3, "-o", tmp_path / "ml.h5",
+    )  # fmt: skip
+    assert code == 0, err
+    assert read_trajectory(tmp_path / "ml.h5").attrs["engine"] == "ml"
+    code, out, _ = run(
+        capsys, "bench", "ml", "--model", model, "--sizes", 20, 30, "--ed-max", 20,
+        "--repeats", 1, "--json",
+    )  # fmt: skip
+    assert code == 0
+    rows = json.loads(out)["results"]
+    assert [(r["engine"], r["n"]) for r in rows] == [("ml", 20), ("ml", 30), ("ed", 20)]
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+
+
+def test_ml_quench_with_missing_model_fails_clearly(tmp_path, capsys):
+    code, _, err = run(
+        capsys, "quench", "--engine", "ml", "--model", tmp_path / "none.safetensors",
+        "-n", 20, "-o", tmp_path / "ml.h5",
+    )  # fmt: skip
+    assert code == 2 and "no such model file" in error_line(err)

@@ -80,3 +80,36 @@ def test_trajectory_round_trip_with_snapshots(tmp_path, tiny):
 def test_invalid_quench_config(kwargs):
     with pytest.raises(ConfigError):
         QuenchConfig(**kwargs)
+
+
+def test_ml_engine_quench_runs_the_same_pipeline(tiny, tiny_model_file):
+    qc = QuenchConfig(**{**tiny.__dict__, "engine": "ml", "model_path": str(tiny_model_file)})
+    result = run_quench(qc)
+    assert result.corr.shape == tiny_result_shape(tiny)
+    assert np.all(np.isfinite(result.energy_per_spin))
+    assert to_trajectory(result).attrs["model"] == str(tiny_model_file)
+
+
+def tiny_result_shape(qc):
+    return (len(qc.record_steps()), len(qc.edges()) - 1)
+
+
+def test_ml_engine_warns_when_model_was_trained_for_other_parameters(tiny, tiny_model_file):
+    from core.config import ElectronConfig
+
+    qc = QuenchConfig(
+        **{
+            **tiny.__dict__,
+            "engine": "ml",
+            "model_path": str(tiny_model_file),
+            "electrons": ElectronConfig(J=1.0),
+            "configs": 1,
+        }
+    )
+    with pytest.warns(UserWarning, match="J = 6 but is used with J = 1"):
+        run_quench(qc)
+
+
+def test_ml_engine_needs_a_model():
+    with pytest.raises(ConfigError, match="model"):
+        QuenchConfig(engine="ml")

@@ -1,0 +1,8 @@
+"""Where sdglass finds its shipped assets (no heavy imports: the CLI reads this at start-up)."""
+
+from pathlib import Path
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+#: The model shipped with sdglass, trained by the project's own commands (see its card).
+DEFAULT_MODEL = ASSETS / "models" / "default.safetensors"
