@@ -13,12 +13,10 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Sequence
 
 import numpy as np
 
 import core.cli as base
-from core.errors import SdglassError
 
 PAPER_RADII = (0.5, 2.46, 50)
 
@@ -299,31 +297,3 @@ def add_ml_commands(subparsers) -> None:
     _add_dataset(subparsers)
     _add_train(subparsers)
     _add_eval(subparsers)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdglass", description="sdglass ML commands")
-    add_ml_commands(parser.add_subparsers(dest="command", metavar="COMMAND"))
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """The ML sub-commands alone, with core.cli's error handling."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
-    try:
-        args.func(args)
-    except SdglassError as err:
-        print(f"sdglass: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("sdglass: interrupted; no output file was written", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -10,18 +10,7 @@ from core.config import ElectronConfig
 from core.electrons import EDSolver
 from core.io import read_frames, read_trajectory
 from core.system import AtomicSystem
-
-
-def run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err):
-    lines = [line for line in err.splitlines() if line.startswith("sdglass: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+from tests.core.cli_helpers import error_line, run
 
 
 @pytest.fixture

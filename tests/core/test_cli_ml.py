@@ -6,22 +6,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import cli_ml
+from core import cli
 from core.io import Frames, read_frames, write_frames
+from tests.core.cli_helpers import error_line, run
 
 TINY_DESCRIPTOR = ["--rc", "1.5", "--width", "0.15", "--radii", "0.5", "1.4", "8"]
-
-
-def run(capsys, *argv):
-    code = cli_ml.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def error_line(err):
-    lines = [line for line in err.splitlines() if line.startswith("sdglass: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +23,7 @@ def dataset(workdir):
     path = workdir / "train.h5"
     argv = ["dataset", "-n", 24, "--seed", 5, "--configs", 3, "--spins-per-config", 6,
             "--replicas", 2, "--t-first", 0.5, "--t-max", 3, "-o", path]  # fmt: skip
-    assert cli_ml.main([str(a) for a in argv]) == 0
+    assert cli.main([str(a) for a in argv]) == 0
     return path
 
 
@@ -42,14 +31,14 @@ def dataset(workdir):
 def model_file(workdir, dataset):
     path = workdir / "pair.safetensors"
     argv = ["train", dataset, "-o", path, "--arch", "pairwise", "--folds", 2, *TINY_DESCRIPTOR]
-    assert cli_ml.main([str(a) for a in argv]) == 0
+    assert cli.main([str(a) for a in argv]) == 0
     return path
 
 
 @pytest.mark.parametrize("sub", ["dataset", "train", "eval"])
 def test_help_shows_defaults(capsys, sub):
     with pytest.raises(SystemExit) as exc:
-        cli_ml.main([sub, "--help"])
+        cli.main([sub, "--help"])
     assert exc.value.code == 0
     assert "default" in capsys.readouterr().out
 
