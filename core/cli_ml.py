@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     model_path, report = save_trained(result, frames, args.data, args.output, args.force)
     cv = result.cv_summary()
     print(
-        f"wrote {model_path} and {report}: {cfg.arch.kind} {list(cfg.arch.hidden)}, "
+        f"wrote {model_path} and {report}: {cfg.arch.describe()}, "
         f"{result.seconds:.1f} s; validation rmse_hperp {cv['rmse_hperp_mean']:.4g} "
         f"+- {cv['rmse_hperp_std']:.2g} t0 over {cv['folds']} fold(s)"
     )
@@ -182,6 +182,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         value = metrics[key]
         unit = "" if key.startswith(("n_", "rel_")) else " t0"
         print(f"{key:<22}{value:.6g}{unit}" if isinstance(value, float) else f"{key:<22}{value}")
+    for label, part in metrics.get("by_source", {}).items():
+        print(
+            f"{label} frames: rmse_hperp {part['rmse_hperp']:.4g} t0 "
+            f"(rel {part['rel_rmse_hperp']:.3g}), {part['n_frames']} frames"
+        )
     if args.plot:
         print(f"wrote {args.plot}")
 

@@ -155,7 +155,13 @@ def evaluate(
         ml[members] = cross(spins, h.to(spins.dtype)).cpu().numpy()
         energy[members] = e.cpu().numpy()
     ed = np.cross(frames.spins, frames.fields)
-    result = hperp_metrics(ml, ed, energy, frames.energy)
+    result: dict = hperp_metrics(ml, ed, energy, frames.energy)
+    if frames.source is not None:  # separately on random and relaxation frames
+        result["by_source"] = {
+            label: hperp_metrics(ml[sel], ed[sel], energy[sel], frames.energy[sel])
+            for code, label in enumerate(frames.source_labels)
+            if (sel := frames.source == code).any()
+        }
     if plot is not None:
         from core.plots import save_figure
 

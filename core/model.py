@@ -72,6 +72,12 @@ class Architecture:
     def to_dict(self) -> dict:
         return {"hidden": list(self.hidden), "activation": self.activation, "kind": self.kind}
 
+    def describe(self) -> str:
+        """Human-readable: 'pairwise J(R)' or 'MLP 128-64-32 silu'."""
+        if self.kind == "pairwise":
+            return "pairwise J(R)"
+        return f"MLP {'-'.join(map(str, self.hidden)) or 'linear'} {self.activation}"
+
     @classmethod
     def from_dict(cls, data: dict) -> Architecture:
         return cls(hidden=tuple(data["hidden"]), activation=data["activation"], kind=data["kind"])
