@@ -193,6 +193,34 @@ def cmd_dos(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    """C(r, t) of two or more quench runs: largest difference per time, and one figure."""
+    from core.io import check_output, read_trajectory
+    from core.plots import comparison_figure, save_figure
+
+    if args.plot:
+        check_output(args.plot, args.force)
+    trajs = [read_trajectory(p) for p in args.runs]
+    ref = trajs[0]
+    for path, traj in zip(args.runs[1:], trajs[1:], strict=True):
+        if traj.corr.shape != ref.corr.shape or not np.allclose(traj.times, ref.times):
+            raise ConfigError(
+                f"{path} has other record times or bins than {args.runs[0]}: "
+                f"corr {traj.corr.shape} vs {ref.corr.shape}; run both with the same --t-max, "
+                "--dt, --records and --bin-width"
+            )
+        keep = ref.times <= args.t_max
+        diff = np.abs(traj.corr[keep] - ref.corr[keep]).max(axis=1)
+        print(
+            f"{path} vs {args.runs[0]}: max |delta C(r, t)| over bins for t <= {args.t_max:g}: "
+            f"{diff.max():.4f} (at t = {ref.times[keep][np.argmax(diff)]:.3g})"
+        )
+    if args.plot:
+        labels = args.labels or [str(t.attrs.get("engine", i)).upper() for i, t in enumerate(trajs)]
+        save_figure(comparison_figure(trajs, labels, args.title), args.plot, args.force)
+        print(f"wrote {args.plot}")
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     """Seconds per field evaluation and per LLG step."""
     from core.bench import bench_ed, bench_ml, format_table, machine_description
@@ -348,6 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=80, help="histogram bins")
     _add_output(p, "output figure (png/pdf/svg)")
     p.set_defaults(func=cmd_dos)
+
+    p = sub.add_parser(
+        "compare", help="compare C(r, t) of quench runs (e.g. ED vs ML)", formatter_class=fmt
+    )
+    p.add_argument("runs", nargs="+", help="trajectory files (.h5); the first is the reference")
+    p.add_argument("--t-max", type=float, default=100.0, help="compare record times t <= t-max")
+    p.add_argument("--plot", default=None, help="write C(r, t) of all runs in one figure")
+    p.add_argument("--labels", nargs="+", default=None, help="legend labels (default: engines)")
+    p.add_argument("--title", default="", help="figure title")
+    p.add_argument("--force", action="store_true", help="overwrite an existing figure")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("bench", help="speed benchmarks", formatter_class=fmt)
     p.add_argument("target", choices=("ed", "ml"), help="what to benchmark")

@@ -88,3 +88,29 @@ def dos_figure(dos: DensityOfStates, title: str = "") -> Figure:
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def comparison_figure(trajs: list, labels: list[str], title: str = "") -> Figure:
+    """C(r, t) of several runs at the same record times in one panel (solid, dashed, ...), like Fig. 4."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    first = trajs[0]
+    picks = pick_times(first.times, 6)
+    cmap = plt.get_cmap("viridis")
+    styles = ["o-", "s--", "^:", "d-."]
+    for style, traj, label in zip(styles, trajs, labels, strict=False):
+        for rank, k in enumerate(picks):
+            ax.plot(
+                traj.r_centres, traj.corr[k], style, ms=3, lw=1,
+                color=cmap(rank / max(1, len(picks) - 1)),
+                label=f"{label}, t = {traj.times[k]:.3g}",
+            )  # fmt: skip
+    r_min = float(first.attrs.get("r_min", first.r_edges[0]))
+    ax.axvspan(0, r_min, color="0.85")
+    ax.axhline(0, color="0.4", lw=0.8)
+    ax.set_xlim(0, first.r_centres[-1] + 0.5 * (first.r_centres[1] - first.r_centres[0]))
+    ax.set_xlabel(r"$r$ ($\ell$)")
+    ax.set_ylabel(r"$C(r, t)$")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    return fig

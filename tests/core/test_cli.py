@@ -26,7 +26,17 @@ def test_help_lists_every_subcommand(capsys):
         cli.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for name in ("generate", "label", "quench", "dos", "bench", "dataset", "train", "eval"):
+    for name in (
+        "generate",
+        "label",
+        "quench",
+        "dos",
+        "compare",
+        "bench",
+        "dataset",
+        "train",
+        "eval",
+    ):
         assert name in out
 
 
@@ -205,3 +215,28 @@ def test_ml_quench_with_missing_model_fails_clearly(tmp_path, capsys):
         "-n", 20, "-o", tmp_path / "ml.h5",
     )  # fmt: skip
     assert code == 2 and "no such model file" in error_line(err)
+
+
+def test_compare_reports_largest_difference_and_plots(tmp_path, capsys):
+    common = ["quench", "-n", 16, "--configs", 1, "--replicas", 2, "--t-max", 0.1, "--records", 4]
+    a, b, c = tmp_path / "a.h5", tmp_path / "b.h5", tmp_path / "c.h5"
+    assert run(capsys, *common, "-o", a)[0] == 0
+    assert run(capsys, *common, "-o", b)[0] == 0
+    assert run(capsys, *common, "--noise-seed", 5, "-o", c)[0] == 0
+    code, out, _ = run(capsys, "compare", a, b, c, "--plot", tmp_path / "cmp.png")
+    assert code == 0
+    same, other = out.splitlines()[:2]
+    assert same.split("over bins for t <= 100: ")[1].startswith("0.0000")
+    ref, new = read_trajectory(a), read_trajectory(c)
+    expected = np.abs(new.corr - ref.corr).max()
+    assert f"{expected:.4f}" in other and expected > 0
+    assert (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
+def test_compare_rejects_runs_with_other_record_times(tmp_path, capsys):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    base = ["quench", "-n", 16, "--configs", 1, "--replicas", 1, "--t-max", 0.1]
+    assert run(capsys, *base, "--records", 4, "-o", a)[0] == 0
+    assert run(capsys, *base, "--records", 3, "-o", b)[0] == 0
+    code, _, err = run(capsys, "compare", a, b)
+    assert code == 2 and "other record times" in error_line(err)
