@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # GUI tests need a display: use a virtual one when none is set
 XVFB := $(shell [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-screen 0 1600x1000x24'")
 
-.PHONY: install run test lint format clean
+.PHONY: install run screenshot test lint format clean
 
 install: $(STAMP)
 
@@ -20,11 +20,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	@echo "The napari app is not built yet (issue 4): running a headless demo quench instead."
-	mkdir -p out
-	$(BIN)/sdglass quench --engine ed -n 100 --configs 1 --replicas 2 --t-max 10 \
-		-o out/demo-quench.h5 --plot out/demo-quench.png --force
-	@echo "Figure: out/demo-quench.png   data: out/demo-quench.h5"
+	$(BIN)/sdglass app
+
+# the README's screenshot, taken by the app's own headless capture
+screenshot: $(STAMP)
+	$(XVFB) $(BIN)/sdglass app --steps 400 --screenshot assets/screenshots/app.png
 
 test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest

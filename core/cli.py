@@ -1,4 +1,5 @@
-"""The `sdglass` command line: generate, label, quench, dos, bench, dataset, train, eval.
+"""The `sdglass` command line: app (default), generate, label, quench, dos, compare, bench,
+dataset, train, eval.
 
 Every sub-command's defaults are the paper's values (PHYSICS.md); units are
 ell for lengths, t0 for energies and temperatures, 1/(gamma t0) for times.
@@ -221,6 +222,15 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(f"wrote {args.plot}")
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    """The napari explorer (imported lazily: the rest of the CLI never loads Qt)."""
+    from app.launcher import launch
+
+    return int(
+        launch(steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n) or 0
+    )
+
+
 def cmd_bench(args: argparse.Namespace) -> None:
     """Seconds per field evaluation and per LLG step."""
     from core.bench import bench_ed, bench_ml, format_table, machine_description
@@ -378,6 +388,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dos)
 
     p = sub.add_parser(
+        "app",
+        help="open the napari explorer (the default with no sub-command)",
+        formatter_class=fmt,
+    )
+    p.add_argument("-n", type=int, default=100, help="number of atoms N (paper: 100)")
+    p.add_argument("--model", default=None, help=f"ML model file (default: {DEFAULT_MODEL.name})")
+    p.add_argument("--steps", type=int, default=None, help="run K LLG steps at start")
+    p.add_argument(
+        "--screenshot", default=None,
+        help="after the steps, save the whole window to this PNG and exit with status 0",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser(
         "compare", help="compare C(r, t) of quench runs (e.g. ED vs ML)", formatter_class=fmt
     )
     p.add_argument("runs", nargs="+", help="trajectory files (.h5); the first is the reference")
@@ -414,18 +438,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sdglass` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    if args.command is None:  # plain `sdglass` opens the app
+        args = parser.parse_args(["app"])
     try:
-        args.func(args)
+        return int(args.func(args) or 0)
     except SdglassError as err:
         print(f"sdglass: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("sdglass: interrupted; no output file was written", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,133 @@
+"""`launch`: one function builds the whole sdglass viewer (STYLE.md, micro-sam pattern).
+
+Used by `python -m app`, `sdglass app` and the GUI tests (return_viewer=True).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
+
+from app.panels.dynamics import DynamicsPanel
+from app.panels.export import ExportPanel
+from app.panels.fields import FieldsPanel
+from app.panels.model import ModelPanel
+from app.panels.system import SystemPanel
+from app.session import AppSession
+
+#: The session of each viewer built by launch (keyed by id(viewer)).
+_SESSIONS: dict[int, AppSession] = {}
+
+
+def session_of(viewer) -> AppSession:
+    """The AppSession behind a viewer built by launch (tests and plugins use it)."""
+    return _SESSIONS[id(viewer)]
+
+
+#: Delay after the last dynamics step before the screenshot (ms): plots and canvas redraw.
+SETTLE_MS = 800
+
+
+def dock_panels(viewer, session: AppSession) -> dict:
+    """Dock the panels right (tabbed) and the live plots at the bottom; returns the panels."""
+    panels = {
+        "System": SystemPanel(session),
+        "Dynamics": DynamicsPanel(session),
+        "Fields": FieldsPanel(session),
+        "Model": ModelPanel(session),
+        "Export": ExportPanel(session),
+    }
+    docks = {}
+    for name in ("System", "Model", "Export", "Dynamics", "Fields"):
+        docks[name] = viewer.window.add_dock_widget(
+            panels[name], name=name, area="right", tabify=name not in ("System", "Dynamics")
+        )
+
+    def raise_main() -> None:
+        docks["System"].raise_()
+        docks["Dynamics"].raise_()
+
+    QTimer.singleShot(0, raise_main)
+    viewer.window.add_dock_widget(session.plots, name="Live plots", area="bottom")
+    return panels
+
+
+def frame_view(viewer) -> None:
+    """Oblique 3D view of the whole box with some margin."""
+    viewer.reset_view()
+    scene = getattr(viewer, "scene", None)
+    camera = scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+    camera.angles = (-15.0, 25.0, 140.0)
+    camera.zoom *= 0.7
+
+
+def _dismiss_notifications(viewer) -> None:
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    window = getattr(viewer.window, "_qt_window", None)
+    if window is not None:
+        for toast in window.findChildren(NapariQtNotification):
+            toast.close()
+
+
+def launch(
+    viewer=None,
+    return_viewer: bool = False,
+    steps: int | None = None,
+    screenshot: str | Path | None = None,
+    model_path: str | Path | None = None,
+    n: int = 100,
+):
+    """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
+
+    steps: run this many LLG steps at once in the background; screenshot: after
+    those steps save the whole window to this PNG and close (headless capture).
+    Returns the viewer when return_viewer (else runs the event loop and returns None).
+    """
+    if viewer is None:
+        viewer = napari.Viewer(title="sdglass: metallic spin-glass quench explorer", ndisplay=3)
+    viewer.dims.ndisplay = 3
+    session = AppSession(viewer, model_path=model_path, n=n)
+    panels = dock_panels(viewer, session)
+    _SESSIONS[id(viewer)] = session
+    session.panels = panels
+    qt_window = getattr(viewer.window, "_qt_window", None)
+    if qt_window is not None:
+        qt_window.resize(1600, 1000)
+    viewer.layers.selection.active = session.scene.atoms
+    QTimer.singleShot(50, lambda: frame_view(viewer))
+    outcome = {"status": 0}
+
+    if screenshot is not None:
+        path = Path(screenshot)
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+        def capture() -> None:
+            session.plots.flush()
+            session.plots.canvas.draw()
+            _dismiss_notifications(viewer)
+            QApplication.processEvents()
+            viewer.window.screenshot(str(path), canvas_only=False, flash=False)
+            if session.errors:
+                outcome["status"] = 1
+            if not return_viewer:
+                viewer.close()
+
+        def on_state(state: str) -> None:
+            if state == "stopped":
+                QTimer.singleShot(SETTLE_MS, capture)
+
+        if steps:
+            session.run_state_changed.connect(on_state)
+        else:
+            QTimer.singleShot(SETTLE_MS, capture)
+
+    if steps:
+        panels["Dynamics"].start(max_steps=int(steps))
+    if return_viewer:
+        return viewer
+    napari.run()
+    return outcome["status"]

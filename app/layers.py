@@ -1,0 +1,180 @@
+"""The 3D scene: atoms coloured by a quantity, spin arrows, field arrows and the periodic box.
+
+Pure functions from numpy arrays to layer data; `SceneLayers` owns the napari
+layers and is touched only from the main thread.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib import colormaps
+
+#: Colour quantities: label -> (colormap, symmetric around 0).
+QUANTITIES = {
+    "S_z": ("coolwarm", True),
+    "S.n": ("coolwarm", True),
+    "|H_perp|": ("magma", False),
+    "local energy (ML)": ("viridis", False),
+    "ML-ED field error": ("inferno", False),
+}
+
+#: Above this many atoms only a subsample of spin arrows is drawn.
+MAX_ARROWS = 2000
+
+
+def box_edges(side: float) -> np.ndarray:
+    """The 12 edges of the cube [0, L]^3 as napari vectors (12, 2, 3): start and displacement."""
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], float)
+    edges = []
+    for a in range(8):
+        for b in range(a + 1, 8):
+            if np.abs(corners[a] - corners[b]).sum() == 1:
+                edges.append([corners[a] * side, (corners[b] - corners[a]) * side])
+    return np.array(edges)
+
+
+def h_perp(spins: np.ndarray, fields: np.ndarray) -> np.ndarray:
+    """Transverse field H_perp = S x H (PHYSICS.md "Scales"), the part that drives the dynamics."""
+    return np.cross(spins, fields)
+
+
+def colours(values: np.ndarray, quantity: str) -> tuple[np.ndarray, tuple[float, float]]:
+    """RGBA colours (N, 4) of values and the colour range used."""
+    cmap_name, symmetric = QUANTITIES.get(quantity, ("viridis", False))
+    v = np.nan_to_num(np.asarray(values, float))
+    if symmetric:
+        hi = max(float(np.abs(v).max()), 1e-12)
+        lo = -hi
+        if quantity in ("S_z", "S.n"):
+            lo, hi = -1.0, 1.0
+    else:
+        lo, hi = float(v.min()), float(v.max())
+        if hi - lo < 1e-12:
+            hi = lo + 1e-12
+    return colormaps[cmap_name]((v - lo) / (hi - lo)), (lo, hi)
+
+
+def arrow_subset(n: int, max_arrows: int = MAX_ARROWS) -> np.ndarray:
+    """Indices of the atoms that carry an arrow: all, or an evenly spread subsample."""
+    if n <= max_arrows:
+        return np.arange(n)
+    return np.linspace(0, n - 1, max_arrows).round().astype(int)
+
+
+def spin_vectors(positions: np.ndarray, spins: np.ndarray, length: float) -> np.ndarray:
+    """Arrows centred on each atom: (N, 2, 3) of start point and displacement."""
+    return np.stack([positions - 0.5 * length * spins, length * spins], axis=1)
+
+
+class SceneLayers:
+    """Atoms, Spins, Fields and Box layers of one viewer (main thread only)."""
+
+    def __init__(self, viewer) -> None:
+        self.viewer = viewer
+        self.quantity = "S_z"
+        self.axis = np.array([0.0, 0.0, 1.0])
+        self.arrow_length = 0.45
+        self.arrow_width = 0.06
+        self.atom_size = 0.32
+        self.error: np.ndarray | None = None  # per-atom ML-ED |dH_perp|
+        self.local_energy: np.ndarray | None = None
+        self.positions = np.zeros((0, 3))
+        self.spins = np.zeros((0, 3))
+        self.fields: np.ndarray | None = None
+        self.atoms = None
+        self.spin_layer = None
+        self.field_layer = None
+        self.box_layer = None
+        self.legend = ""
+
+    # -------------------------------------------------------------- building
+
+    def set_system(self, positions: np.ndarray, side: float, spins: np.ndarray) -> None:
+        """(Re)build every layer for a new atomic configuration."""
+        self.positions = np.asarray(positions, float)
+        self.spins = np.asarray(spins, float)
+        self.fields, self.error, self.local_energy = None, None, None
+        v = self.viewer
+        for layer in (self.atoms, self.spin_layer, self.field_layer, self.box_layer):
+            if layer is not None and layer in v.layers:
+                v.layers.remove(layer)
+        self.box_layer = v.add_vectors(
+            box_edges(side), name="Box", edge_width=0.03, edge_color="#9aa3ad",
+            vector_style="line", opacity=0.8,
+        )  # fmt: skip
+        rgba, _ = self._colours()
+        self.atoms = v.add_points(
+            self.positions, name="Atoms", size=self.atom_size, shading="spherical",
+            face_color=rgba, border_width=0, ndim=3,
+        )  # fmt: skip
+        idx = arrow_subset(len(self.positions))
+        self.spin_layer = v.add_vectors(
+            spin_vectors(self.positions[idx], self.spins[idx], self.arrow_length),
+            name="Spins", edge_width=self.arrow_width, edge_color=rgba[idx], vector_style="arrow",
+        )  # fmt: skip
+        self.field_layer = v.add_vectors(
+            np.zeros((1, 2, 3)), name="Fields (H_perp)", edge_width=0.04,
+            edge_color="#7fff7f", vector_style="arrow", visible=False,
+        )  # fmt: skip
+        v.dims.ndisplay = 3
+        v.reset_view()
+        self._update_legend()
+
+    # -------------------------------------------------------------- updates
+
+    def quantity_values(self) -> np.ndarray:
+        """Per-atom values of the selected colour quantity."""
+        s = self.spins
+        q = self.quantity
+        if q == "S_z":
+            return s[:, 2]
+        if q == "S.n":
+            n = self.axis / max(np.linalg.norm(self.axis), 1e-12)
+            return s @ n
+        if q == "|H_perp|" and self.fields is not None:
+            return np.linalg.norm(h_perp(s, self.fields), axis=-1)
+        if q == "local energy (ML)" and self.local_energy is not None:
+            return self.local_energy
+        if q == "ML-ED field error" and self.error is not None:
+            return self.error
+        return np.zeros(len(s))
+
+    def _colours(self):
+        return colours(self.quantity_values(), self.quantity)
+
+    def update_spins(self, spins: np.ndarray, fields: np.ndarray | None = None) -> None:
+        """New spin state (replica 0) and optionally the fields of the last evaluation."""
+        self.spins = np.asarray(spins, float)
+        if fields is not None:
+            self.fields = np.asarray(fields, float)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Recolour atoms, redraw arrows and field vectors from the stored state."""
+        if self.atoms is None:
+            return
+        rgba, _ = self._colours()
+        self.atoms.face_color = rgba
+        self.atoms.size = self.atom_size
+        idx = arrow_subset(len(self.positions))
+        self.spin_layer.data = spin_vectors(self.positions[idx], self.spins[idx], self.arrow_length)
+        self.spin_layer.edge_width = self.arrow_width
+        self.spin_layer.edge_color = rgba[idx]
+        if self.fields is not None:
+            hp = h_perp(self.spins, self.fields)[idx]
+            scale = 0.8 / max(float(np.linalg.norm(hp, axis=-1).max()), 1e-12)
+            self.field_layer.data = np.stack([self.positions[idx], scale * hp], axis=1)
+            self.field_layer.name = f"Fields (H_perp x {scale:.3g})"
+        self._update_legend()
+
+    def _update_legend(self) -> None:
+        values = self.quantity_values()
+        _, (lo, hi) = self._colours()
+        cmap = QUANTITIES.get(self.quantity, ("viridis", False))[0]
+        missing = self.quantity not in ("S_z", "S.n") and not np.any(values)
+        note = " (not computed yet)" if missing else ""
+        self.legend = f"Colour: {self.quantity}{note} from {lo:.3g} to {hi:.3g} ({cmap})"
+        overlay = self.viewer.canvas.overlays.text
+        overlay.text = self.legend
+        overlay.visible = True
+        overlay.font_size = 10

@@ -1,0 +1,188 @@
+"""Dynamics panel: engine, LLG parameters, run control and a live readout (PHYSICS.md "LLG dynamics")."""
+
+from __future__ import annotations
+
+import torch
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+
+from core.config import INTEGRATORS, LLGConfig
+from core.errors import SdglassError
+
+ENGINE_LABELS = {"ED (exact diagonalization)": "ed", "ML (machine-learned)": "ml"}
+
+
+class DynamicsPanel(Container):
+    """Engine ED / ML, temperature, alpha, dt, integrator, replicas, device, steps per frame."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        llg = session.sim.llg_config
+        self.engine = ComboBox(
+            label="Engine", choices=list(ENGINE_LABELS), value="ED (exact diagonalization)",
+            tooltip="Field provider: exact diagonalization of the s-d Hamiltonian (the paper's "
+            "reference) or the machine-learned force field (needs a model).",
+        )  # fmt: skip
+        self.temperature = FloatSpinBox(
+            label="k_B T (t0)", value=llg.temperature, min=0, max=10, step=0.001,
+            tooltip="Bath temperature k_B T in t0 (thermal noise). Paper quench: 0.001. "
+            "Takes effect at the next step while running.",
+        )  # fmt: skip
+        self.temperature.native.setDecimals(4)
+        self.alpha = FloatSpinBox(
+            label="alpha", value=llg.alpha, min=0, max=10, step=0.01,
+            tooltip="Gilbert damping alpha (dimensionless). Paper: 0.05. "
+            "Takes effect at the next step while running.",
+        )  # fmt: skip
+        self.dt = FloatSpinBox(
+            label="dt (1/gamma t0)", value=llg.dt, min=0.0001, max=1, step=0.005,
+            tooltip="LLG time step in 1/(gamma t0). Paper: not given; 0.01-0.05 is typical "
+            "for fields of order J.",
+        )  # fmt: skip
+        self.dt.native.setDecimals(4)
+        self.integrator = ComboBox(
+            label="Integrator", choices=list(INTEGRATORS), value=llg.integrator,
+            tooltip="sib: semi-implicit (Mentink 2010, norm exact, no thermal bias); depondt: "
+            "rotation predictor-corrector; heun: with projection. 2 field evaluations per step.",
+        )  # fmt: skip
+        self.replicas = SpinBox(
+            label="Replicas", value=session.sim.replicas, min=1, max=64,
+            tooltip="Independent spin states on the same atoms; C(r, t) averages over them and "
+            "subtracts <S_i>.<S_j>. Changing it resets the spins.",
+        )  # fmt: skip
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        self.device = ComboBox(
+            label="Device", choices=devices, value="cpu",
+            tooltip="Where the fields are computed (cuda only when available).",
+        )  # fmt: skip
+        self.steps_per_frame = SpinBox(
+            label="Steps per frame", value=session.steps_per_frame, min=1, max=10000,
+            tooltip="LLG steps between energy samples (one point of the energy plot each).",
+        )  # fmt: skip
+        self.start_button = PushButton(text="Start", tooltip="Run the dynamics in the background.")
+        self.pause_button = PushButton(
+            text="Pause", tooltip="Pause or resume the running dynamics."
+        )
+        self.stop_button = PushButton(text="Stop", tooltip="Stop the dynamics (state is kept).")
+        self.reset_button = PushButton(
+            text="Reset spins", tooltip="New random spins on the same atoms; clock back to t = 0."
+        )
+        self.readout = Label(value="")
+        self.message = Label(value="")
+        buttons = Container(
+            widgets=[self.start_button, self.pause_button, self.stop_button, self.reset_button],
+            layout="horizontal", labels=False,
+        )  # fmt: skip
+        super().__init__(
+            widgets=[
+                self.engine, self.temperature, self.alpha, self.dt, self.integrator,
+                self.replicas, self.device, self.steps_per_frame, buttons, self.readout,
+                self.message,
+            ],
+            label="Dynamics",
+        )  # fmt: skip
+        for w in (self.temperature, self.alpha, self.dt, self.integrator):
+            w.changed.connect(self.apply_llg)
+        self.steps_per_frame.changed.connect(self._steps_changed)
+        self.engine.changed.connect(self._engine_changed)
+        self.replicas.changed.connect(self._replicas_changed)
+        self.start_button.clicked.connect(self.start)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button.clicked.connect(self.stop)
+        self.reset_button.clicked.connect(self.reset)
+        session.snapshot_ready.connect(self.show_readout)
+        session.run_state_changed.connect(self._state_changed)
+        session.model_changed.connect(self._model_changed)
+        self._model_changed()
+        self._state_changed("stopped")
+        self.show_readout(session.last_snapshot)
+
+    # -------------------------------------------------------------- parameters
+
+    def llg_config(self) -> LLGConfig:
+        return self.session.sim.llg_config.replace(
+            temperature=float(self.temperature.value),
+            alpha=float(self.alpha.value),
+            dt=float(self.dt.value),
+            integrator=str(self.integrator.value),
+        )
+
+    def apply_llg(self, *_) -> None:
+        """Thread-safe update: the running stepper uses the new values at its next step."""
+        try:
+            self.session.sim.set_llg(self.llg_config())
+            self._say("")
+        except SdglassError as err:
+            self._say(f"⚠ {err}")
+
+    def _steps_changed(self, value: int) -> None:
+        self.session.steps_per_frame = int(value)
+
+    def _engine_changed(self, label: str) -> None:
+        engine = ENGINE_LABELS[label]
+        if engine == "ml" and self.session.model is None:
+            self._say("⚠ No ML model loaded: the ML engine is disabled.")
+            self.engine.value = "ED (exact diagonalization)"
+            return
+        was_running = self.session.running
+        self.session.stop(wait=True)
+        try:
+            self.session.sim.set_engine(engine)
+            self._say("")
+        except SdglassError as err:
+            self._say(f"⚠ {err}")
+        if was_running:
+            self.start()
+
+    def _replicas_changed(self, value: int) -> None:
+        self.session.stop(wait=True)
+        self.session.sim.set_replicas(int(value))
+        self.session.reset_spins()
+
+    def _model_changed(self) -> None:
+        has = self.session.model is not None
+        self.engine.native.model().item(1).setEnabled(has)
+        tip = "" if has else " (disabled: no ML model available)"
+        self.engine.native.setItemData(1, f"Machine-learned force field{tip}", 3)
+
+    def _say(self, text: str) -> None:
+        self.message.value = text
+        self.message.native.setStyleSheet("color: #ff6b6b;")
+        self.message.native.setWordWrap(True)
+
+    # -------------------------------------------------------------- run control
+
+    def start(self, max_steps: int | None = None):
+        self.apply_llg()
+        self.session.steps_per_frame = int(self.steps_per_frame.value)
+        return self.session.start(max_steps=max_steps if isinstance(max_steps, int) else None)
+
+    def toggle_pause(self) -> None:
+        if self.session.state == "running":
+            self.session.pause()
+        elif self.session.state == "paused":
+            self.session.resume()
+
+    def stop(self) -> None:
+        self.session.stop()
+
+    def reset(self) -> None:
+        self.session.reset_spins()
+
+    def _state_changed(self, state: str) -> None:
+        self.start_button.enabled = state == "stopped"
+        self.pause_button.enabled = state != "stopped"
+        self.stop_button.enabled = state != "stopped"
+        self.pause_button.text = "Resume" if state == "paused" else "Pause"
+        for w in (self.engine, self.replicas, self.device):
+            w.enabled = state == "stopped"
+        self.show_readout(self.session.last_snapshot)
+
+    def show_readout(self, snap) -> None:
+        if snap is None:
+            return
+        e = "n/a" if snap.step == 0 else f"{snap.energy_per_spin:.5f} t0"
+        self.readout.value = (
+            f"step {snap.step}   t = {snap.time:.4g} (1/gamma t0)\n"
+            f"E/N = {e}   |m| = {snap.magnetisation:.3f}\n"
+            f"{snap.steps_per_second:.1f} steps/s   [{self.session.state}]"
+        )

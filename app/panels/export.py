@@ -1,0 +1,121 @@
+"""Export panel: frames file, trajectory, plot PNG/CSV and screenshot (core.io formats)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import Container, FileEdit, Label, PushButton
+from napari.utils.notifications import show_error, show_info
+
+from core.io import Frames, Trajectory, electron_attrs, write_frames, write_trajectory
+
+
+def frames_of(session) -> Frames:
+    """The current state as a frames file: one frame per replica, no labels."""
+    sim = session.sim
+    spins = sim.snapshot().spins
+    b = spins.shape[0]
+    return Frames(
+        positions=np.repeat(sim.system.positions[None], b, axis=0),
+        box=np.full(b, sim.system.box),
+        spins=spins,
+        attrs=electron_attrs(sim.electrons),
+    )
+
+
+def trajectory_of(session) -> Trajectory:
+    """The run so far as a trajectory file: C(r, t), xi(t) at the record times, energies interpolated."""
+    sim = session.sim
+    snap = sim.snapshot()
+    if len(snap.record_times) < 1 or len(snap.energy_times) < 1:
+        raise ValueError("nothing recorded yet: run the dynamics first")
+    acc = sim.correlations()
+    e = np.interp(snap.record_times, snap.energy_times, snap.energy_history)
+    m = np.interp(snap.record_times, snap.energy_times, snap.magnetisation_history)
+    attrs = {**sim.system_config.to_dict(), **sim.electrons.to_dict(), **sim.llg_config.to_dict()}
+    attrs.update(box=sim.system.box, engine=sim.engine, replicas=sim.replicas, configs=1)
+    return Trajectory(
+        times=snap.record_times,
+        energy_per_spin=e,
+        magnetisation=m,
+        corr=snap.corr,
+        r_centres=acc.centres,
+        r_edges=acc.edges,
+        pair_counts=sim.bins.counts.astype(np.int64),
+        xi=np.nan_to_num(snap.xi, nan=0.0),
+        attrs={k: v for k, v in attrs.items() if v is not None},
+        positions=sim.system.positions[None],
+    )
+
+
+def write_csv(plots, stem: Path) -> list[Path]:
+    """One CSV per plot: stem-correlation.csv, stem-xi.csv, stem-energy.csv."""
+    out = []
+    for name, (header, rows) in plots.csv_rows().items():
+        path = stem.with_name(f"{stem.stem}-{name}.csv")
+        np.savetxt(path, rows, delimiter=",", header=",".join(header), comments="")
+        out.append(path)
+    return out
+
+
+class ExportPanel(Container):
+    """Save the state, the run, the plots and a screenshot."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.path = FileEdit(
+            label="Output", mode="w", value=Path("sdglass-export"),
+            tooltip="Base path; the suffix is chosen per export (.h5, .png, .csv).",
+        )  # fmt: skip
+        self.frames_button = PushButton(text="Save frames (.h5)", tooltip="Current spins and positions (sdglass frames file).")  # fmt: skip
+        self.traj_button = PushButton(text="Save trajectory (.h5)", tooltip="C(r, t), xi(t), E/N and |m| of the run so far (sdglass trajectory file).")  # fmt: skip
+        self.plots_button = PushButton(text="Save plots (PNG + CSV)", tooltip="The live plots as PNG and their data as CSV.")  # fmt: skip
+        self.shot_button = PushButton(text="Save screenshot", tooltip="The whole window (canvas and panels) as PNG.")  # fmt: skip
+        self.message = Label(value="")
+        super().__init__(
+            widgets=[self.path, self.frames_button, self.traj_button, self.plots_button,
+                     self.shot_button, self.message],
+            label="Export",
+        )  # fmt: skip
+        self.frames_button.clicked.connect(lambda: self._do(self.save_frames))
+        self.traj_button.clicked.connect(lambda: self._do(self.save_trajectory))
+        self.plots_button.clicked.connect(lambda: self._do(self.save_plots))
+        self.shot_button.clicked.connect(lambda: self._do(self.save_screenshot))
+
+    def _base(self) -> Path:
+        p = Path(self.path.value)
+        return p.with_suffix("") if p.suffix else p
+
+    def _do(self, action) -> None:
+        try:
+            paths = action()
+        except Exception as err:
+            show_error(f"Export failed: {err}")
+            self.message.value = f"⚠ {err}"
+            return
+        self.message.value = "wrote " + ", ".join(p.name for p in paths)
+        show_info(self.message.value)
+
+    def save_frames(self) -> list[Path]:
+        return [
+            write_frames(
+                self._base().with_suffix(".frames.h5"), frames_of(self.session), force=True
+            )
+        ]
+
+    def save_trajectory(self) -> list[Path]:
+        path = self._base().with_suffix(".traj.h5")
+        return [write_trajectory(path, trajectory_of(self.session), force=True)]
+
+    def save_plots(self) -> list[Path]:
+        plots = self.session.plots
+        plots.flush()
+        png = self._base().with_suffix(".plots.png")
+        plots.figure.savefig(png, dpi=150, facecolor=plots.figure.get_facecolor())
+        return [png, *write_csv(plots, self._base())]
+
+    def save_screenshot(self) -> list[Path]:
+        path = self._base().with_suffix(".screenshot.png")
+        self.session.viewer.window.screenshot(str(path), canvas_only=False, flash=False)
+        return [path]

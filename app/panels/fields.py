@@ -1,0 +1,155 @@
+"""Fields panel: ED / ML local fields of the current spins, ML vs ED comparison, display options."""
+
+from __future__ import annotations
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+)
+from napari.qt.threading import thread_worker
+from napari.utils.notifications import show_error
+
+from app.layers import QUANTITIES
+
+
+class FieldsPanel(Container):
+    """Compute fields in the background, compare ML with ED, choose what the atoms show."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        scene = session.scene
+        self.colour_by = ComboBox(
+            label="Colour atoms by", choices=list(QUANTITIES), value=scene.quantity,
+            tooltip="S_z; S.n along the axis n; |H_perp| = |S x H| in t0 (the field that drives "
+            "the dynamics, ~0.013 per component for the paper's system); local energy eps_i "
+            "(ML); ML-ED error |dH_perp| (after Compare).",
+        )  # fmt: skip
+        self.axis = ComboBox(
+            label="Axis n", choices=["x", "y", "z", "(1,1,1)"], value="z",
+            tooltip="Axis n of the S.n colouring.",
+        )  # fmt: skip
+        self.arrow_length = FloatSpinBox(
+            label="Arrow length (ell)", value=scene.arrow_length, min=0.05, max=3, step=0.05,
+            tooltip="Length of the spin arrows in ell (the paper's r_min is 0.5).",
+        )  # fmt: skip
+        self.arrow_width = FloatSpinBox(
+            label="Arrow width", value=scene.arrow_width, min=0.005, max=1, step=0.01,
+            tooltip="Width of the spin arrows (screen-independent, in ell).",
+        )  # fmt: skip
+        self.show_fields = CheckBox(
+            label="Show fields", value=False,
+            tooltip="Show the transverse local fields H_perp = S x H of the last evaluation, "
+            "scaled so that the longest arrow is 0.8 ell.",
+        )  # fmt: skip
+        self.ed_button = PushButton(
+            text="Compute ED fields", tooltip="Exact-diagonalization fields H_i for the spins."
+        )
+        self.ml_button = PushButton(
+            text="Compute ML fields", tooltip="ML force-field fields H_i = -dE/dS_i (autograd)."
+        )
+        self.compare_button = PushButton(
+            text="Compare ML vs ED",
+            tooltip="RMSE and MAE of the ML transverse fields H_perp against ED (t0); the "
+            "paper's error width is ~1e-3. Colours atoms by the per-atom error.",
+        )
+        self.result = Label(value="")
+        self.worker = None
+        self.last_comparison: dict | None = None
+        super().__init__(
+            widgets=[
+                self.colour_by, self.axis, self.arrow_length, self.arrow_width,
+                self.show_fields, self.ed_button, self.ml_button, self.compare_button,
+                self.result,
+            ],
+            label="Fields",
+        )  # fmt: skip
+        self.colour_by.changed.connect(self._display)
+        self.axis.changed.connect(self._display)
+        self.arrow_length.changed.connect(self._display)
+        self.arrow_width.changed.connect(self._display)
+        self.show_fields.changed.connect(self._display)
+        self.ed_button.clicked.connect(lambda: self.compute("ed"))
+        self.ml_button.clicked.connect(lambda: self.compute("ml"))
+        self.compare_button.clicked.connect(self.compare)
+        session.model_changed.connect(self._model_changed)
+        self._model_changed()
+
+    def _model_changed(self) -> None:
+        has = self.session.model is not None
+        self.ml_button.enabled = has
+        self.compare_button.enabled = has
+        if not has:
+            self.result.value = "ML fields need a model (see the Model panel)."
+
+    def _display(self, *_) -> None:
+        scene = self.session.scene
+        scene.quantity = str(self.colour_by.value)
+        scene.axis = {
+            "x": np.array([1.0, 0, 0]), "y": np.array([0, 1.0, 0]), "z": np.array([0, 0, 1.0]),
+            "(1,1,1)": np.ones(3),
+        }[self.axis.value]  # fmt: skip
+        scene.arrow_length = float(self.arrow_length.value)
+        scene.arrow_width = float(self.arrow_width.value)
+        if scene.field_layer is not None:
+            scene.field_layer.visible = bool(self.show_fields.value)
+        if scene.quantity == "local energy (ML)" and self.session.model is not None:
+            eps = self.session.sim.local_energies()
+            scene.local_energy = None if eps is None else eps[0]
+        scene.refresh()
+
+    def _run(self, job, done) -> None:
+        if self.worker is not None:
+            return
+        self.result.value = "computing..."
+        for b in (self.ed_button, self.ml_button, self.compare_button):
+            b.enabled = False
+        worker = thread_worker(job, start_thread=False)()
+        worker.returned.connect(done)
+        worker.errored.connect(lambda err: show_error(f"Field computation failed: {err}"))
+        worker.finished.connect(self._finished)
+        self.worker = worker
+        worker.start()
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.ed_button.enabled = True
+        self._model_changed()
+
+    def compute(self, engine: str) -> None:
+        """Fields of the current spins from ED or ML, shown as the Fields layer."""
+
+        def done(result) -> None:
+            h, e = result
+            n = self.session.sim.system.n
+            scene = self.session.scene
+            scene.fields = h[0]
+            hp = np.cross(scene.spins, h[0])
+            self.result.value = (
+                f"{engine.upper()}: E/N = {e[0] / n:.5f} t0, |H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0,"
+                f"\nH_perp std {hp.std():.4f} t0"
+            )
+            self.show_fields.value = True
+            scene.refresh()
+
+        self._run(lambda: self.session.sim.compute_fields(engine), done)
+
+    def compare(self) -> None:
+        """RMSE / MAE of ML vs ED transverse fields; atoms coloured by the per-atom error."""
+
+        def done(stats) -> None:
+            self.last_comparison = stats
+            scene = self.session.scene
+            scene.error = stats["per_atom"]
+            self.result.value = (
+                f"ML vs ED, H_perp: RMSE {stats['rmse_hperp']:.3e} t0, "
+                f"MAE {stats['mae_hperp']:.3e} t0\n|dE|/N {stats['energy_error_per_spin']:.3e} t0"
+            )
+            self.colour_by.value = "ML-ED field error"
+            scene.refresh()
+
+        self._run(self.session.compare, done)

@@ -1,0 +1,142 @@
+"""System panel: the amorphous configuration and the electrons' parameters (PHYSICS.md)."""
+
+from __future__ import annotations
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
+
+from core.config import ElectronConfig, SystemConfig
+from core.errors import SdglassError
+
+PRESETS = {
+    "Paper (N = 100)": {"n": 100, "J": 6.0},
+    "Larger quench (N = 500)": {"n": 500, "J": 6.0},
+    "Weak coupling (J = 1)": {"n": 100, "J": 1.0},
+}
+
+
+class SystemPanel(Container):
+    """N, box or density, r_min, seed, J, filling, kT_e, hopping cutoff; presets; Generate."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+        sc, ec = session.sim.system_config, session.sim.electrons
+        self.preset = ComboBox(
+            label="Preset", choices=[*PRESETS, "Custom"], value="Paper (N = 100)",
+            tooltip="Parameter sets: the paper's N = 100 system, a larger quench at the "
+            "paper's density (N = 500, the paper's psi fit), or weak s-d coupling J = 1.",
+        )  # fmt: skip
+        self.n = SpinBox(
+            label="N atoms", value=sc.n, min=2, max=20000,
+            tooltip="Number of atoms N. Paper: 100 (and 500 for the psi fit).",
+        )  # fmt: skip
+        self.keep_density = CheckBox(
+            label="Keep density 0.8", value=sc.box is None,
+            tooltip="Box side L = 5 (N/100)^(1/3) ell, the paper's density 0.8 per ell^3; "
+            "uncheck to set the side L directly.",
+        )  # fmt: skip
+        self.box = FloatSpinBox(
+            label="Box side L (ell)", value=sc.side, min=0.5, max=200, step=0.5,
+            tooltip="Periodic cube side L in units of the hopping decay length ell. Paper: 5.",
+        )  # fmt: skip
+        self.r_min = FloatSpinBox(
+            label="r_min (ell)", value=sc.r_min, min=0.0, max=5, step=0.05,
+            tooltip="Smallest allowed minimum-image distance between atoms (ell). Paper: 0.5.",
+        )  # fmt: skip
+        self.seed = SpinBox(
+            label="Seed", value=sc.seed, min=0, max=2**31 - 1,
+            tooltip="Random seed of the atomic positions (reproducible configurations).",
+        )  # fmt: skip
+        self.J = FloatSpinBox(
+            label="J (t0)", value=ec.J, min=-100, max=100, step=0.5,
+            tooltip="s-d exchange coupling J in units of the hopping t0. Paper: 6.",
+        )  # fmt: skip
+        self.filling = FloatSpinBox(
+            label="Filling", value=ec.filling, min=0.01, max=0.99, step=0.05,
+            tooltip="Electrons per spin-orbital (0.5 = half filling, N electrons). Paper: 0.5.",
+        )  # fmt: skip
+        self.kT_e = FloatSpinBox(
+            label="kT_e (t0)", value=ec.kT_e, min=0, max=10, step=0.01,
+            tooltip="Electron temperature k_B T_e in t0 (0 = ground state). Paper: 0.",
+        )  # fmt: skip
+        self.r_hop = FloatSpinBox(
+            label="Hopping cutoff (ell)", value=0.0, min=0, max=100, step=0.5,
+            tooltip="Hopping cutoff R_hop in ell; 0 = no cutoff, all minimum-image pairs "
+            "(the paper's choice).",
+        )  # fmt: skip
+        self.generate_button = PushButton(
+            text="Generate", tooltip="New random atomic configuration and random spins."
+        )
+        self.message = Label(value="")
+        self.summary = Label(value="")
+        super().__init__(
+            widgets=[
+                self.preset, self.n, self.keep_density, self.box, self.r_min, self.seed,
+                self.J, self.filling, self.kT_e, self.r_hop, self.generate_button,
+                self.message, self.summary,
+            ],
+            label="System",
+        )  # fmt: skip
+        self.preset.changed.connect(self._apply_preset)
+        self.keep_density.changed.connect(self._sync_box)
+        self.n.changed.connect(self._sync_box)
+        self.generate_button.clicked.connect(self.generate)
+        self._sync_box()
+        self._summarise()
+
+    def _apply_preset(self, name: str) -> None:
+        if name in PRESETS:
+            values = PRESETS[name]
+            self.n.value = values["n"]
+            self.J.value = values["J"]
+            self.keep_density.value = True
+            self.r_min.value, self.filling.value, self.kT_e.value = 0.5, 0.5, 0.0
+
+    def _sync_box(self, *_) -> None:
+        self.box.enabled = not self.keep_density.value
+        if self.keep_density.value:
+            self.box.value = round(5.0 * (self.n.value / 100) ** (1 / 3), 4)
+
+    def configs(self) -> tuple[SystemConfig, ElectronConfig]:
+        """Validated configs from the widgets (ConfigError with the bad value and its range)."""
+        system = SystemConfig(
+            n=int(self.n.value),
+            box=None if self.keep_density.value else float(self.box.value),
+            r_min=float(self.r_min.value),
+            seed=int(self.seed.value),
+        )
+        electrons = ElectronConfig(
+            J=float(self.J.value),
+            filling=float(self.filling.value),
+            kT_e=float(self.kT_e.value),
+            r_hop=float(self.r_hop.value) or None,
+        )
+        return system, electrons
+
+    def generate(self) -> bool:
+        """Build the configuration; validation errors appear inline in red."""
+        try:
+            system, electrons = self.configs()
+            self.session.generate(system, electrons)
+        except (SdglassError, ValueError) as err:
+            self.message.value = f"⚠ {err}"
+            self.message.native.setStyleSheet("color: #ff6b6b;")
+            self.message.native.setWordWrap(True)
+            return False
+        self.message.value = ""
+        self._summarise()
+        return True
+
+    def _summarise(self) -> None:
+        s = self.session.sim
+        self.summary.value = (
+            f"N = {s.system.n}, L = {s.system.box:.3g} ell, density {s.system.density:.3g}, "
+            f"J = {s.electrons.J:g} t0"
+        )

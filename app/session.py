@@ -1,0 +1,236 @@
+"""Shared state of one sdglass viewer: the Simulation, the scene layers, the plots and the worker.
+
+Panels call these methods and subscribe to the signals; they never do physics
+themselves (core does). Everything here runs on the main thread except the
+Simulation.advance calls inside the dynamics worker.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_warning
+from psygnal import Signal
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QApplication
+
+from core.config import ElectronConfig, LLGConfig, SystemConfig
+from core.modelfile import ModelCard, load_model
+from core.paths import DEFAULT_MODEL
+from core.simulation import Simulation
+
+from .layers import SceneLayers
+from .plots import LivePlots
+from .worker import DynamicsError, dynamics_worker
+
+#: Longest wait for a stopping worker to finish its current chunk (s).
+STOP_TIMEOUT_S = 30.0
+
+
+class _CloseFilter(QObject):
+    """Stops the dynamics worker when the main window closes (no traceback on exit)."""
+
+    def __init__(self, session: AppSession) -> None:
+        super().__init__()
+        self.session = session
+
+    def eventFilter(self, obj, event):
+        if event.type() == QEvent.Close:
+            self.session.stop(wait=True)
+        return False
+
+
+class AppSession:
+    """One viewer's simulation state and run control."""
+
+    snapshot_ready = Signal(object)
+    system_changed = Signal()
+    model_changed = Signal()
+    run_state_changed = Signal(str)  # "running", "paused", "stopped"
+
+    def __init__(self, viewer, model_path: str | Path | None = None, n: int = 100) -> None:
+        self.viewer = viewer
+        self.scene = SceneLayers(viewer)
+        self.model = None
+        self.card: ModelCard | None = None
+        self.model_path: Path | None = None
+        self.model_message = ""
+        self.warnings: list[str] = []
+        self.sim = Simulation(SystemConfig(n=n), ElectronConfig(), LLGConfig())
+        self.plots = LivePlots(str(viewer.theme), self.sim.system_config.r_min)
+        self.worker = None
+        self.steps_per_frame = 2
+        self.last_snapshot = None
+        self.state = "stopped"
+        self.errors: list[str] = []
+        self.try_load_model(model_path)
+        self._show_system()
+        self._close_filter = _CloseFilter(self)
+        try:
+            viewer.window._qt_window.installEventFilter(self._close_filter)
+        except AttributeError:  # headless viewer without a window
+            pass
+
+    # -------------------------------------------------------------- model
+
+    def try_load_model(self, path: str | Path | None) -> bool:
+        """Load `path` (default: the shipped model if present); notify and keep ED on failure."""
+        explicit = path is not None
+        path = Path(path) if explicit else DEFAULT_MODEL
+        if not path.is_file() and not explicit:
+            self.model_message = (
+                f"No ML model available ({path.name} not found in assets/models): "
+                "the ML engine is disabled; ED works."
+            )
+            self.model_changed.emit()
+            return False
+        try:
+            model, card = load_model(path)
+        except Exception as err:  # FileFormatError and anything a broken file raises
+            self.model_message = f"Could not load model: {err}"
+            show_error(self.model_message)
+            self.model_changed.emit()
+            return False
+        self.model, self.card, self.model_path = model, card, path
+        self.sim.model = model
+        self.model_message = f"Loaded {path.name}"
+        self.check_model()
+        self.model_changed.emit()
+        return True
+
+    def check_model(self) -> list[str]:
+        """Warnings where the model's training parameters differ from the current system's."""
+        import warnings
+
+        if self.card is None:
+            self.warnings = []
+            return []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.warnings = self.sim.model_warnings(self.card.physical)
+        for message in self.warnings:
+            show_warning(message)
+        return self.warnings
+
+    # -------------------------------------------------------------- system
+
+    def generate(self, system: SystemConfig, electrons: ElectronConfig) -> None:
+        """New configuration (stops the run first); raises ConfigError/PackingError unchanged."""
+        self.stop(wait=True)
+        self.sim.generate(system, electrons)
+        self._show_system()
+        self.check_model()
+        self.system_changed.emit()
+
+    def reset_spins(self, seed: int | None = None) -> None:
+        self.stop(wait=True)
+        self.sim.reset_spins(seed)
+        self._show_system(rebuild=False)
+
+    def _show_system(self, rebuild: bool = True) -> None:
+        snap = self.sim.snapshot()
+        self.last_snapshot = snap
+        if rebuild:
+            self.scene.set_system(self.sim.system.positions, self.sim.system.box, snap.spins[0])
+        else:
+            self.scene.fields = None
+            self.scene.update_spins(snap.spins[0])
+        self.plots.reset(self.sim.system_config.r_min)
+        self.snapshot_ready.emit(snap)
+
+    # -------------------------------------------------------------- dynamics
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None
+
+    def start(self, max_steps: int | None = None):
+        """Run the dynamics in a thread_worker (no-op if already running); returns the worker."""
+        if self.worker is not None:
+            return self.worker
+        worker = dynamics_worker(self.sim, lambda: self.steps_per_frame, max_steps)
+        worker.yielded.connect(lambda snap, w=worker: self._on_snapshot(w, snap))
+        worker.errored.connect(lambda err, w=worker: self._on_error(w, err))
+        worker.finished.connect(lambda w=worker: self._on_finished(w))
+        self.worker = worker
+        worker.start()
+        self._set_state("running")
+        return worker
+
+    def pause(self) -> None:
+        if self.worker is not None and self.state == "running":
+            self.worker.pause()
+            self._set_state("paused")
+
+    def resume(self) -> None:
+        if self.worker is not None and self.state == "paused":
+            self.worker.resume()
+            self._set_state("running")
+
+    def stop(self, wait: bool = False) -> None:
+        """Ask the worker to quit; with wait, block until its thread has ended."""
+        worker = self.worker
+        if worker is None:
+            return
+        if self.state == "paused":
+            worker.resume()
+        worker.quit()
+        if wait:  # the worker's finished signal arrives through the main event loop
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self.worker is worker and time.monotonic() < deadline:
+                QApplication.processEvents()
+                time.sleep(0.002)
+            self._on_finished(worker)
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.run_state_changed.emit(state)
+
+    def _on_snapshot(self, worker, snap) -> None:
+        if snap is None or worker is not self.worker:
+            return
+        if isinstance(snap, DynamicsError):
+            self._on_error(worker, snap.error)
+            return
+        self.show_snapshot(snap)
+
+    def show_snapshot(self, snap) -> None:
+        """Main thread: push a snapshot to the layers, the plots and the panels."""
+        self.last_snapshot = snap
+        fields = None if snap.fields is None else snap.fields[0]
+        self.scene.update_spins(snap.spins[0], fields)
+        self.plots.update(snap)
+        self.snapshot_ready.emit(snap)
+
+    def _on_error(self, worker, err: Exception) -> None:
+        message = f"Dynamics stopped: {type(err).__name__}: {err}"
+        self.errors.append(message)
+        show_error(message)
+
+    def _on_finished(self, worker) -> None:
+        if worker is not self.worker:
+            return
+        self.worker = None
+        snap = self.sim.snapshot()
+        if snap.step:
+            self.show_snapshot(snap)
+            self.plots.flush()
+        self._set_state("stopped")
+
+    # -------------------------------------------------------------- fields
+
+    def compare(self) -> dict[str, float]:
+        """ML vs ED transverse fields H_perp on the current spins: RMSE, MAE (t0), per-atom error."""
+        h_ed, e_ed = self.sim.compute_fields("ed")
+        h_ml, e_ml = self.sim.compute_fields("ml")
+        s = self.sim.snapshot().spins
+        diff = np.cross(s, h_ml) - np.cross(s, h_ed)
+        n = s.shape[1]
+        return {
+            "rmse_hperp": float(np.sqrt(np.mean(diff**2))),
+            "mae_hperp": float(np.mean(np.abs(diff))),
+            "energy_error_per_spin": float(np.mean(np.abs(e_ml - e_ed)) / n),
+            "per_atom": np.linalg.norm(diff[0], axis=-1),
+        }

@@ -1,0 +1,69 @@
+"""Background dynamics: a napari thread_worker generator over core.simulation.Simulation.
+
+The worker runs several LLG steps per chunk, copies the state to CPU numpy
+(Simulation.snapshot) at most every `min_interval` seconds, and yields None in
+between so that pause and stop take effect within one chunk. Only the main
+thread touches layers and widgets (it receives the yielded snapshots).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from napari.qt.threading import GeneratorWorker, thread_worker
+
+from core.simulation import Simulation
+
+
+class DynamicsError:
+    """Yielded once when a step raises: the main thread reports it, then the generator ends."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}"
+
+
+#: Shortest interval between two snapshots sent to the main thread (s).
+MIN_INTERVAL = 0.03
+
+
+def dynamics(
+    sim: Simulation,
+    steps_per_frame: Callable[[], int],
+    max_steps: int | None = None,
+    min_interval: float = MIN_INTERVAL,
+):
+    """Generator: advance in chunks of steps_per_frame(); yield a Snapshot or None per chunk."""
+    done = 0
+    last = time.perf_counter()
+    while max_steps is None or done < max_steps:
+        n = max(1, int(steps_per_frame()))
+        if max_steps is not None:
+            n = min(n, max_steps - done)
+        try:
+            sim.advance(n)
+        except Exception as err:  # reported on the main thread; the run ends cleanly
+            yield DynamicsError(err)
+            return
+        done += n
+        now = time.perf_counter()
+        if now - last >= min_interval or done == max_steps:
+            last = now
+            yield sim.snapshot()
+        else:
+            yield None
+
+
+def dynamics_worker(
+    sim: Simulation,
+    steps_per_frame: Callable[[], int],
+    max_steps: int | None = None,
+    min_interval: float = MIN_INTERVAL,
+) -> GeneratorWorker:
+    """A not-yet-started napari GeneratorWorker running `dynamics`."""
+    return thread_worker(dynamics, start_thread=False)(
+        sim, steps_per_frame, max_steps, min_interval
+    )

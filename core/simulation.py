@@ -1,0 +1,294 @@
+"""A live simulation: one atomic configuration, its field provider, the LLG stepper and observables.
+
+The Qt-free model behind the napari app (STYLE.md, napari-animation pattern):
+`Simulation` owns the system, the field provider (ED or ML), the stepper, the
+spins (B, N, 3), the clock and the live observables (energy per spin and |m|
+per advance call; C(r, t) and xi(t) at a growing, log-spaced set of times).
+`advance` runs in a worker thread; parameter changes from another thread go
+through `set_llg` (LLG.set_config, thread safe) and take effect at the next step.
+Everything returned to callers is a CPU numpy copy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from core.config import ConfigError, ElectronConfig, LLGConfig, SystemConfig
+from core.electrons import EDSolver
+from core.fields import FieldProvider
+from core.llg import LLG
+from core.model import (
+    EnergyModel,
+    MLFieldProvider,
+    check_physical_parameters,
+    physical_parameters,
+)
+from core.observables import (
+    CorrelationAccumulator,
+    PairBins,
+    bin_edges,
+    correlation_length,
+    correlation_sums,
+    fit_droplet,
+    magnetisation,
+    pair_bins,
+)
+from core.system import AtomicSystem, generate_positions, random_spins
+
+ENGINES = ("ed", "ml")
+
+#: Ratio between consecutive C(r, t) record steps: about 10 records per decade of t.
+RECORD_RATIO = 10 ** (1 / 10)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """CPU copies of the live state: spins (B, N, 3), fields of the last evaluation
+    (B, N, 3) or None, energy/|m| histories, and C(r, t), xi(t) at the record times."""
+
+    step: int
+    time: float
+    spins: np.ndarray
+    fields: np.ndarray | None
+    energy_per_spin: float
+    magnetisation: float
+    steps_per_second: float
+    energy_times: np.ndarray
+    energy_history: np.ndarray
+    magnetisation_history: np.ndarray
+    record_times: np.ndarray
+    corr: np.ndarray
+    xi: np.ndarray
+    r_edges: np.ndarray
+    r_min: float
+
+
+@dataclass
+class _History:
+    energy_times: list[float] = field(default_factory=list)
+    energy: list[float] = field(default_factory=list)
+    magnetisation: list[float] = field(default_factory=list)
+    record_times: list[float] = field(default_factory=list)
+    corr: list[np.ndarray] = field(default_factory=list)
+
+
+class Simulation:
+    """PHYSICS.md "LLG dynamics" on one amorphous configuration, with live observables.
+
+    engine: "ed" (exact diagonalization) or "ml" (needs `model`); replicas: B
+    independent spin states on the same atoms (C(r, t) then subtracts the
+    replica-averaged disconnected part); bin_width: C(r, t) bin width in ell.
+    """
+
+    def __init__(
+        self,
+        system: SystemConfig | None = None,
+        electrons: ElectronConfig | None = None,
+        llg: LLGConfig | None = None,
+        engine: str = "ed",
+        replicas: int = 1,
+        device: str = "cpu",
+        model: EnergyModel | None = None,
+        bin_width: float = 0.1,
+        spin_seed: int = 0,
+    ) -> None:
+        self._lock = threading.RLock()
+        self.system_config = system or SystemConfig()
+        self.electrons = electrons or ElectronConfig()
+        self.device = device
+        self.model = model
+        self.bin_width = bin_width
+        self._llg_config = llg or LLGConfig()
+        self._check_engine(engine, model)
+        self.engine = engine
+        if not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
+        self.replicas = replicas
+        self.spin_seed = spin_seed
+        self.system: AtomicSystem
+        self.provider: FieldProvider
+        self.stepper: LLG
+        self.bins: PairBins
+        self.spins: torch.Tensor
+        self.generate(self.system_config, self.electrons)
+
+    # ------------------------------------------------------------------ set-up
+
+    @staticmethod
+    def _check_engine(engine: str, model: EnergyModel | None) -> None:
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine == "ml" and model is None:
+            raise ConfigError("the ML engine needs a model: no ML model is loaded")
+
+    def _make_provider(self, engine: str) -> FieldProvider:
+        if engine == "ed":
+            return EDSolver(self.system, self.electrons, self.device)
+        assert self.model is not None
+        return MLFieldProvider(self.model, self.system, self.device)
+
+    def generate(
+        self, system: SystemConfig | None = None, electrons: ElectronConfig | None = None
+    ) -> None:
+        """New atomic configuration (PHYSICS.md "Amorphous system"), fresh random spins, t = 0."""
+        system = system or self.system_config
+        electrons = electrons or self.electrons
+        atoms = generate_positions(system)  # raises PackingError before any state changes
+        with self._lock:
+            self.system_config, self.electrons, self.system = system, electrons, atoms
+            self.edges = bin_edges(system.r_min, atoms.box / 2, self.bin_width)
+            self.bins = pair_bins(atoms, self.edges, self.device)
+            self.provider = self._make_provider(self.engine)
+            self.stepper = LLG(self.provider, self._llg_config, device=self.device)
+            self.reset_spins(self.spin_seed)
+
+    def reset_spins(self, seed: int | None = None) -> None:
+        """Uniformly random spins for every replica (seeded), clock and observables back to 0."""
+        with self._lock:
+            if seed is not None:
+                self.spin_seed = int(seed)
+            gen = torch.Generator(device=self.device).manual_seed(self.spin_seed)
+            self.spins = random_spins(self.replicas, self.system.n, gen, device=self.device)
+            self.step_count = 0
+            self.time = 0.0
+            self.last_fields: np.ndarray | None = None
+            self.last_energy = math.nan
+            self._next_record = 0
+            self._history = _History()
+            self._rate = 0.0
+
+    def set_engine(self, engine: str, model: EnergyModel | None = None) -> None:
+        """Switch ED / ML, optionally with a new model (same system, spins and clock)."""
+        self._check_engine(engine, model if model is not None else self.model)
+        with self._lock:
+            if model is not None:
+                self.model = model
+            self.engine = engine
+            self.provider = self._make_provider(engine)
+            self.stepper = LLG(self.provider, self.stepper.config, device=self.device)
+
+    def set_replicas(self, replicas: int) -> None:
+        """Number of spin replicas B; resets the spins."""
+        if not isinstance(replicas, int) or replicas < 1:
+            raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
+        with self._lock:
+            self.replicas = replicas
+            self.reset_spins()
+
+    def model_warnings(self, trained: dict[str, float]) -> list[str]:
+        """Differences between a model's training parameters and the current system's."""
+        used = physical_parameters(self.electrons, self.system.density)
+        return check_physical_parameters(trained, used)
+
+    @property
+    def llg_config(self) -> LLGConfig:
+        return self.stepper.config
+
+    def set_llg(self, config: LLGConfig) -> None:
+        """Thread safe: the next step uses the new temperature, alpha, dt or integrator."""
+        self._llg_config = config
+        self.stepper.set_config(config)
+
+    # ------------------------------------------------------------------ dynamics
+
+    def _record(self, spins: torch.Tensor) -> None:
+        h = self._history
+        sums = correlation_sums(spins, self.bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corr = np.where(self.bins.counts > 0, sums / np.maximum(self.bins.counts, 1), 0.0)
+        h.record_times.append(self.time)
+        h.corr.append(corr)
+        self._next_record = max(self.step_count + 1, round(self.step_count * RECORD_RATIO))
+
+    def advance(self, n_steps: int) -> None:
+        """PHYSICS.md, LLG (paper Eq. 3): n_steps steps of all replicas, recording observables."""
+        if not isinstance(n_steps, int) or n_steps < 1:
+            raise ConfigError(f"n_steps must be an integer >= 1, got {n_steps!r}")
+        start = time.perf_counter()
+        with self._lock:
+            result = None
+            t_before = self.time
+            for _ in range(n_steps):
+                if self.step_count == self._next_record:
+                    self._record(self.spins)
+                t_before = self.time
+                result = self.stepper.step(self.spins)
+                self.spins = result.spins
+                self.step_count += 1
+                self.time += self.stepper.config.dt
+            assert result is not None
+            n = self.system.n
+            self.last_energy = float(result.energy.mean()) / n
+            self.last_fields = result.fields.detach().cpu().numpy()
+            h = self._history
+            h.energy_times.append(t_before)
+            h.energy.append(self.last_energy)
+            h.magnetisation.append(float(magnetisation(self.spins).mean()))
+            elapsed = time.perf_counter() - start
+            self._rate = n_steps / elapsed if elapsed > 0 else math.inf
+
+    def compute_fields(self, engine: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Local fields H (B, N, 3) and energies E (B,) of the current spins from ED or ML."""
+        engine = engine or self.engine
+        self._check_engine(engine, self.model)
+        with self._lock:
+            provider = self.provider if engine == self.engine else self._make_provider(engine)
+            spins = self.spins.clone()
+        h, e = provider.fields(spins)
+        return h.detach().cpu().numpy(), e.detach().cpu().numpy()
+
+    def local_energies(self) -> np.ndarray | None:
+        """Per-atom ML energies eps_i (B, N) of the current spins, or None without ML."""
+        if self.model is None:
+            return None
+        with self._lock:
+            provider = self.provider if self.engine == "ml" else self._make_provider("ml")
+            spins = self.spins.clone()
+        return provider.local_energies(spins).cpu().numpy()
+
+    # ------------------------------------------------------------------ observables
+
+    def correlations(self) -> CorrelationAccumulator:
+        """C(r, t) at the record times as an accumulator (one configuration)."""
+        with self._lock:
+            h = self._history
+            acc = CorrelationAccumulator(len(h.corr), self.edges)
+            if h.corr:
+                acc.sums[:] = np.stack(h.corr) * self.bins.counts
+                acc.counts[:] = self.bins.counts
+            return acc
+
+    def fit_psi(self, t_min: float = 1.5):
+        """Droplet fit xi ~ (log t)^(1/psi) of the recorded xi(t) (core.observables.fit_droplet)."""
+        snap = self.snapshot()
+        return fit_droplet(snap.record_times, snap.xi, t_min=t_min)
+
+    def snapshot(self) -> Snapshot:
+        """CPU copies of everything a viewer shows."""
+        with self._lock:
+            h = self._history
+            corr = np.array(h.corr).reshape(len(h.corr), len(self.edges) - 1)
+            xi = correlation_length(self.edges, corr) if len(corr) else np.zeros(0)
+            return Snapshot(
+                step=self.step_count,
+                time=self.time,
+                spins=self.spins.detach().cpu().numpy().copy(),
+                fields=None if self.last_fields is None else self.last_fields.copy(),
+                energy_per_spin=self.last_energy,
+                magnetisation=float(magnetisation(self.spins).mean()),
+                steps_per_second=self._rate,
+                energy_times=np.array(h.energy_times),
+                energy_history=np.array(h.energy),
+                magnetisation_history=np.array(h.magnetisation),
+                record_times=np.array(h.record_times),
+                corr=corr,
+                xi=xi,
+                r_edges=self.edges.copy(),
+                r_min=self.system_config.r_min,
+            )

@@ -1,0 +1,232 @@
+"""GUI tests driving the real widgets (pytest-qt, napari's make_napari_viewer; run under Xvfb)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from napari.utils.notifications import notification_manager
+
+from core.config import SystemConfig
+from core.paths import DEFAULT_MODEL
+
+TIMEOUT = 60_000  # ms
+
+
+def wait_stopped(qtbot, session):
+    qtbot.waitUntil(lambda: session.worker is None, timeout=TIMEOUT)
+
+
+def test_launch_builds_layers_and_panels(app_viewer):
+    viewer, session = app_viewer
+    names = [layer.name for layer in viewer.layers]
+    assert {"Atoms", "Spins", "Box"} <= set(names)
+    assert any(n.startswith("Fields") for n in names)
+    assert viewer.dims.ndisplay == 3
+    assert viewer.layers["Atoms"].data.shape == (30, 3)
+    assert viewer.layers["Spins"].data.shape == (30, 2, 3)
+    assert viewer.layers["Box"].data.shape == (12, 2, 3)
+    assert set(session.panels) == {"System", "Dynamics", "Fields", "Model", "Export"}
+    for panel in session.panels.values():
+        for widget in panel:
+            if hasattr(widget, "tooltip") and widget.widget_type not in ("Label", "Container"):
+                assert widget.tooltip, f"{widget.label} has no tooltip"
+
+
+def test_generate_from_system_panel(app_viewer):
+    viewer, session = app_viewer
+    panel = session.panels["System"]
+    panel.n.value = 40
+    panel.seed.value = 3
+    assert panel.generate()
+    assert viewer.layers["Atoms"].data.shape == (40, 3)
+    assert session.sim.system_config == SystemConfig(n=40, seed=3)
+
+
+def test_invalid_system_shows_inline_message(app_viewer):
+    viewer, session = app_viewer
+    panel = session.panels["System"]
+    panel.keep_density.value = False
+    panel.n.value = 2000
+    panel.box.value = 5.0
+    assert not panel.generate()
+    assert "cannot pack" in panel.message.value
+    assert viewer.layers["Atoms"].data.shape == (30, 3)
+
+
+def test_no_model_disables_ml(make_napari_viewer, monkeypatch, tmp_path):
+    import app.session
+    from app.launcher import launch, session_of
+
+    monkeypatch.setattr(app.session, "DEFAULT_MODEL", tmp_path / DEFAULT_MODEL.name)
+    session = session_of(launch(viewer=make_napari_viewer(), return_viewer=True, n=30))
+    assert session.model is None
+    assert "No ML model available" in session.panels["Model"].card.value
+    dyn = session.panels["Dynamics"]
+    dyn.engine.value = "ML (machine-learned)"
+    assert dyn.engine.value.startswith("ED")
+    assert not session.panels["Fields"].ml_button.enabled
+
+
+def test_run_ed_steps_through_dynamics_panel(app_viewer, qtbot):
+    viewer, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    dyn.steps_per_frame.value = 3
+    before = viewer.layers["Spins"].data.copy()
+    dyn.start(max_steps=12)
+    wait_stopped(qtbot, session)
+    snap = session.sim.snapshot()
+    assert snap.step == 12
+    np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-10)
+    assert not np.allclose(viewer.layers["Spins"].data, before)
+    session.plots.flush()
+    assert len(session.plots.energy_line.get_xdata()) == 12 // 3
+    assert len(session.plots.xi_line.get_xdata()) >= 5
+    assert "step 12" in dyn.readout.value
+
+
+def test_pause_resume_stop(app_viewer, qtbot):
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    dyn.steps_per_frame.value = 1
+    dyn.start()
+    qtbot.waitUntil(lambda: session.sim.step_count >= 2, timeout=TIMEOUT)
+    dyn.pause_button.clicked.emit()
+    assert session.state == "paused" and dyn.pause_button.text == "Resume"
+    qtbot.wait(300)
+    paused_at = session.sim.step_count
+    qtbot.wait(300)
+    assert session.sim.step_count <= paused_at + 1
+    dyn.pause_button.clicked.emit()
+    assert session.state == "running"
+    qtbot.waitUntil(lambda: session.sim.step_count > paused_at + 1, timeout=TIMEOUT)
+    dyn.stop_button.clicked.emit()
+    wait_stopped(qtbot, session)
+    assert session.state == "stopped" and dyn.start_button.enabled
+
+
+def test_temperature_change_mid_run_reaches_stepper(app_viewer, qtbot):
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    seen = []
+    stepper = session.sim.stepper
+    original = stepper.step
+
+    def spy(spins):
+        seen.append(stepper.config.temperature)
+        return original(spins)
+
+    stepper.step = spy
+    dyn.steps_per_frame.value = 1
+    dyn.start()
+    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=TIMEOUT)
+    dyn.temperature.value = 0.25
+    n = len(seen)
+    qtbot.waitUntil(lambda: len(seen) >= n + 2, timeout=TIMEOUT)
+    session.stop(wait=True)
+    assert seen[0] == pytest.approx(0.001)
+    assert seen[-1] == pytest.approx(0.25)
+
+
+def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):
+    _, session = app_viewer
+
+    def broken(n_steps):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(session.sim, "advance", broken)
+    notification_manager.records.clear()
+    session.panels["Dynamics"].start()
+    wait_stopped(qtbot, session)
+    assert session.state == "stopped"
+    assert any("boom" in e for e in session.errors)
+    assert any("boom" in str(r.message) for r in notification_manager.records)
+
+
+def test_corrupted_model_file_notifies(app_viewer, tmp_path):
+    _, session = app_viewer
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x00\x01 not a model")
+    notification_manager.records.clear()
+    before = session.model
+    assert not session.panels["Model"].load(bad)
+    assert session.model is before
+    messages = [str(r.message) for r in notification_manager.records]
+    assert any("Could not load model" in m for m in messages)
+    assert "Could not load model" in session.panels["Model"].card.value
+
+
+def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file):
+    _, session = app_viewer
+    assert session.panels["Model"].load(tiny_model_file)
+    assert "MLP 8" in session.panels["Model"].card.value
+    dyn = session.panels["Dynamics"]
+    dyn.engine.value = "ML (machine-learned)"
+    assert session.sim.engine == "ml"
+    dyn.steps_per_frame.value = 2
+    dyn.start(max_steps=6)
+    wait_stopped(qtbot, session)
+    snap = session.sim.snapshot()
+    assert snap.step == 6
+    np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-5)
+    session.plots.flush()
+    assert len(session.plots.energy_line.get_xdata()) == 3
+    fields = session.panels["Fields"]
+    fields.compare()
+    qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
+    stats = fields.last_comparison
+    h_ed, _ = session.sim.compute_fields("ed")
+    h_ml, _ = session.sim.compute_fields("ml")
+    s = snap.spins
+    expected = np.sqrt(np.mean((np.cross(s, h_ml) - np.cross(s, h_ed)) ** 2))
+    assert stats["rmse_hperp"] == pytest.approx(expected, rel=1e-6)
+    assert "RMSE" in fields.result.value
+    assert session.scene.quantity == "ML-ED field error"
+
+
+def test_fields_panel_computes_ed_fields(app_viewer, qtbot):
+    _, session = app_viewer
+    fields = session.panels["Fields"]
+    fields.compute("ed")
+    qtbot.waitUntil(lambda: session.scene.fields is not None, timeout=TIMEOUT)
+    assert session.scene.fields.shape == (30, 3)
+    fields.colour_by.value = "|H_perp|"
+    assert np.all(session.scene.quantity_values() > 0)
+
+
+def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
+    from core.io import read_frames, read_trajectory
+
+    _, session = app_viewer
+    session.panels["Dynamics"].start(max_steps=8)
+    wait_stopped(qtbot, session)
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "run"
+    frames = read_frames(export.save_frames()[0])
+    assert frames.spins.shape == (1, 30, 3)
+    traj = read_trajectory(export.save_trajectory()[0])
+    assert traj.n_times == len(session.sim.snapshot().record_times)
+    paths = export.save_plots()
+    assert all(Path(p).stat().st_size > 0 for p in paths) and len(paths) == 4
+
+
+def test_fit_psi_button(app_viewer, qtbot):
+    _, session = app_viewer
+    session.panels["Dynamics"].steps_per_frame.value = 10
+    session.panels["Dynamics"].start(max_steps=100)
+    wait_stopped(qtbot, session)
+    session.plots.fit_button.click()
+    assert "psi" in session.plots.fit_label.text()
+
+
+def test_screenshot_cli_produces_nonblank_png(tmp_path):
+    out = tmp_path / "shot.png"
+    cmd = [sys.executable, "-m", "app", "-n", "30", "--steps", "6", "--screenshot", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import matplotlib.image as mpimg
+
+    img = mpimg.imread(out)
+    assert img.shape[0] > 500 and img.shape[1] > 800
+    assert img[..., :3].std() > 0.05

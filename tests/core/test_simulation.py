@@ -1,0 +1,141 @@
+"""The Qt-free live simulation behind the app (core.simulation)."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from core.config import ConfigError, LLGConfig, SystemConfig
+from core.electrons import EDSolver
+from core.errors import PackingError
+from core.modelfile import load_model
+from core.simulation import Simulation
+
+SMALL = SystemConfig(n=30, seed=1)
+
+
+@pytest.fixture
+def sim():
+    return Simulation(SMALL, llg=LLGConfig(dt=0.05), replicas=2)
+
+
+def test_generate_builds_system_and_random_unit_spins(sim):
+    snap = sim.snapshot()
+    assert snap.spins.shape == (2, 30, 3)
+    np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-12)
+    assert sim.system.box == pytest.approx(SMALL.side)
+    assert snap.step == 0 and snap.time == 0.0 and snap.fields is None
+    assert snap.r_edges[0] == SMALL.r_min and snap.r_edges[-1] == pytest.approx(SMALL.side / 2)
+
+
+def test_advance_moves_spins_keeps_unit_length_and_records(sim):
+    before = sim.snapshot().spins
+    for _ in range(4):
+        sim.advance(5)
+    snap = sim.snapshot()
+    assert snap.step == 20 and snap.time == pytest.approx(20 * 0.05)
+    assert not np.allclose(snap.spins, before)
+    np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-10)
+    assert len(snap.energy_history) == 4 and len(snap.energy_times) == 4
+    assert np.all(np.diff(snap.energy_times) > 0)
+    assert snap.energy_per_spin == pytest.approx(snap.energy_history[-1])
+    # log-spaced records: step 0, 1, 2, ... strictly increasing, fewer than steps
+    assert snap.record_times[0] == 0.0
+    assert np.all(np.diff(snap.record_times) > 0)
+    assert 5 <= len(snap.record_times) < 20
+    assert snap.corr.shape == (len(snap.record_times), len(snap.r_edges) - 1)
+    assert snap.xi.shape == snap.record_times.shape
+    assert snap.fields.shape == (2, 30, 3)
+    assert snap.steps_per_second > 0
+
+
+def test_energy_matches_ed_of_the_stepped_state(sim):
+    sim.advance(1)
+    snap = sim.snapshot()
+    # the recorded energy belongs to the spins before the last step (t = 0)
+    sim2 = Simulation(SMALL, llg=LLGConfig(dt=0.05), replicas=2)
+    _, e = EDSolver(sim2.system, sim2.electrons).fields(sim2.spins)
+    assert snap.energy_per_spin == pytest.approx(float(e.mean()) / 30, rel=1e-12)
+    assert snap.energy_per_spin == pytest.approx(-6.0, abs=0.5)
+
+
+def test_reset_spins_restarts_clock_and_is_reproducible(sim):
+    first = sim.snapshot().spins
+    sim.advance(3)
+    sim.reset_spins()
+    snap = sim.snapshot()
+    assert snap.step == 0 and len(snap.energy_history) == 0 and len(snap.record_times) == 0
+    np.testing.assert_array_equal(snap.spins, first)
+    sim.reset_spins(seed=7)
+    assert not np.allclose(sim.snapshot().spins, first)
+
+
+def test_set_llg_takes_effect_at_next_step(sim):
+    sim.advance(1)
+    sim.set_llg(LLGConfig(dt=0.01, temperature=0.5))
+    sim.advance(1)
+    assert sim.stepper.config.temperature == 0.5
+    assert sim.time == pytest.approx(0.05 + 0.01)
+
+
+def test_set_llg_from_another_thread_while_advancing(sim):
+    seen = []
+    original = sim.stepper.step
+
+    def spy(spins):
+        seen.append(sim.stepper.config.temperature)
+        return original(spins)
+
+    sim.stepper.step = spy
+    worker = threading.Thread(target=lambda: [sim.advance(1) for _ in range(20)])
+    worker.start()
+    sim.set_llg(LLGConfig(dt=0.05, temperature=0.2))
+    worker.join()
+    assert seen[-1] == 0.2
+
+
+def test_invalid_parameters_raise_config_errors():
+    with pytest.raises(ConfigError, match="engine"):
+        Simulation(SMALL, engine="dft")
+    with pytest.raises(ConfigError, match="no ML model"):
+        Simulation(SMALL, engine="ml")
+    with pytest.raises(ConfigError, match="replicas"):
+        Simulation(SMALL, replicas=0)
+    sim = Simulation(SMALL)
+    with pytest.raises(ConfigError, match="n_steps"):
+        sim.advance(0)
+
+
+def test_failed_generate_keeps_previous_system(sim):
+    box = sim.system.box
+    with pytest.raises(PackingError):
+        sim.generate(SystemConfig(n=2000, box=5.0))
+    assert sim.system.box == box and sim.system.n == 30
+
+
+def test_ml_engine_with_tiny_model(tiny_model_file):
+    model, card = load_model(tiny_model_file)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), engine="ml", model=model)
+    sim.advance(3)
+    snap = sim.snapshot()
+    np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-5)
+    h_ml, _e_ml = sim.compute_fields("ml")
+    h_ed, _e_ed = sim.compute_fields("ed")
+    assert h_ml.shape == h_ed.shape == (1, 30, 3)
+    assert sim.local_energies().shape == (1, 30)
+    assert sim.model_warnings(card.physical) == []
+    sim.set_engine("ed")
+    sim.advance(1)
+    assert isinstance(sim.provider, EDSolver)
+
+
+def test_fit_psi_on_recorded_xi():
+    torch.manual_seed(0)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05))
+    for _ in range(10):
+        sim.advance(10)
+    fit = sim.fit_psi(t_min=1.2)
+    assert np.isfinite(fit.psi) and fit.n_points >= 3
+    acc = sim.correlations()
+    np.testing.assert_allclose(acc.correlation(), sim.snapshot().corr)
