@@ -194,6 +194,20 @@ def cmd_dos(args: argparse.Namespace) -> None:
     )
 
 
+def corr_at_times(traj, times: np.ndarray, path: str) -> np.ndarray:
+    """C(r, t) of a run at other times: linear in log t between its record times (t = 0 exact)."""
+    if times.max() > traj.times.max() * (1 + 1e-9):
+        raise ConfigError(f"{path} ends at t = {traj.times.max():g}, before t = {times.max():g}")
+    log_t = np.log(np.maximum(traj.times, 1e-300))
+    out = np.empty((len(times), traj.corr.shape[1]))
+    for k, t in enumerate(times):
+        if t <= 0:
+            out[k] = traj.corr[np.argmin(traj.times)]
+            continue
+        out[k] = [np.interp(np.log(t), log_t[1:], column[1:]) for column in traj.corr.T]
+    return out
+
+
 def cmd_compare(args: argparse.Namespace) -> None:
     """C(r, t) of two or more quench runs: largest difference per time, and one figure."""
     from core.io import check_output, read_trajectory
@@ -203,18 +217,20 @@ def cmd_compare(args: argparse.Namespace) -> None:
         check_output(args.plot, args.force)
     trajs = [read_trajectory(p) for p in args.runs]
     ref = trajs[0]
+    keep = ref.times <= args.t_max
     for path, traj in zip(args.runs[1:], trajs[1:], strict=True):
-        if traj.corr.shape != ref.corr.shape or not np.allclose(traj.times, ref.times):
+        if traj.corr.shape[1] != ref.corr.shape[1] or not np.allclose(traj.r_edges, ref.r_edges):
             raise ConfigError(
-                f"{path} has other record times or bins than {args.runs[0]}: "
-                f"corr {traj.corr.shape} vs {ref.corr.shape}; run both with the same --t-max, "
-                "--dt, --records and --bin-width"
+                f"{path} has other distance bins than {args.runs[0]}: run both with the same "
+                "system and --bin-width"
             )
-        keep = ref.times <= args.t_max
-        diff = np.abs(traj.corr[keep] - ref.corr[keep]).max(axis=1)
+        same_times = traj.times.shape == ref.times.shape and np.allclose(traj.times, ref.times)
+        corr = traj.corr if same_times else corr_at_times(traj, ref.times[keep], path)
+        diff = np.abs(corr[: keep.sum()] - ref.corr[keep]).max(axis=1)
+        how = "" if same_times else " (interpolated in log t onto the reference's record times)"
         print(
             f"{path} vs {args.runs[0]}: max |delta C(r, t)| over bins for t <= {args.t_max:g}: "
-            f"{diff.max():.4f} (at t = {ref.times[keep][np.argmax(diff)]:.3g})"
+            f"{diff.max():.4f} (at t = {ref.times[keep][np.argmax(diff)]:.3g}){how}"
         )
     if args.plot:
         labels = args.labels or [str(t.attrs.get("engine", i)).upper() for i, t in enumerate(trajs)]

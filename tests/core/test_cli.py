@@ -233,10 +233,22 @@ def test_compare_reports_largest_difference_and_plots(tmp_path, capsys):
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
 
 
-def test_compare_rejects_runs_with_other_record_times(tmp_path, capsys):
+def test_compare_interpolates_runs_with_other_record_times(tmp_path, capsys):
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    base = ["quench", "-n", 16, "--configs", 1, "--replicas", 1, "--t-max", 0.2]
+    assert run(capsys, *base, "--records", 6, "-o", a)[0] == 0
+    assert run(capsys, *base, "--records", 4, "-o", b)[0] == 0
+    code, out, _ = run(capsys, "compare", a, b)
+    assert code == 0 and "interpolated" in out
+    # b's record times are a subset of a's and the dynamics are identical (same seeds)
+    code, out, _ = run(capsys, "compare", b, a)
+    assert code == 0 and "t <= 100: 0.0000 " in out
+
+
+def test_compare_rejects_other_bins(tmp_path, capsys):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     base = ["quench", "-n", 16, "--configs", 1, "--replicas", 1, "--t-max", 0.1]
-    assert run(capsys, *base, "--records", 4, "-o", a)[0] == 0
-    assert run(capsys, *base, "--records", 3, "-o", b)[0] == 0
+    assert run(capsys, *base, "-o", a)[0] == 0
+    assert run(capsys, *base, "--bin-width", 0.2, "-o", b)[0] == 0
     code, _, err = run(capsys, "compare", a, b)
-    assert code == 2 and "other record times" in error_line(err)
+    assert code == 2 and "other distance bins" in error_line(err)
