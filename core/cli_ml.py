@@ -17,6 +17,7 @@ import warnings
 import numpy as np
 
 import core.cli as base
+from core.errors import FileFormatError
 
 PAPER_RADII = (0.5, 2.46, 50)
 
@@ -106,9 +107,24 @@ class _EpochBars:
             self.bar.close()
 
 
+def read_training_frames(paths: list[str]):
+    """One or more frames files as one set; their electron parameters must agree."""
+    from core.dataset import concat_frames
+    from core.io import read_frames
+
+    parts = [read_frames(p) for p in paths]
+    for path, part in zip(paths[1:], parts[1:], strict=True):
+        if part.attrs != parts[0].attrs:
+            raise FileFormatError(
+                f"{path} was labelled with other electron parameters than {paths[0]}: "
+                f"{part.attrs} vs {parts[0].attrs}"
+            )
+    return concat_frames(parts)
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     """Cross-validated training, held-out metrics, model file and training report."""
-    from core.io import check_output, read_frames
+    from core.io import check_output
     from core.model import Architecture
     from core.training import TrainConfig, report_path, save_trained, train
 
@@ -131,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         device=base._device(args.device),
     )
-    frames = read_frames(args.data)
+    frames = read_training_frames(args.data)
     bars = _EpochBars()
     try:
         result = train(frames, cfg, on_epoch=bars)
@@ -233,7 +249,10 @@ def _add_train(sub) -> None:
         help="train an ML field model (paper Eq. 19) with cross-validation by configuration",
         formatter_class=fmt,
     )
-    p.add_argument("data", help="ED-labelled frames file (.h5), e.g. from sdglass dataset")
+    p.add_argument(
+        "data", nargs="+",
+        help="ED-labelled frames file(s) (.h5), e.g. from sdglass dataset; several are joined",
+    )  # fmt: skip
     g = p.add_argument_group("model")
     g.add_argument(
         "--arch", default="compact",

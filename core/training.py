@@ -26,7 +26,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -535,13 +535,13 @@ def hardware(device: str) -> str:
     return text
 
 
-def model_card(result: TrainResult, frames: Frames, dataset: str | Path) -> ModelCard:
-    """ModelCard: physical parameters of the dataset, training provenance, held-out metrics."""
+def model_card(result: TrainResult, frames: Frames, datasets: Sequence[str | Path]) -> ModelCard:
+    """ModelCard: physical parameters of the data, training provenance, held-out metrics."""
     cfg = result.config
     density = float(np.mean(frames.n_atoms / frames.box**3))
     training = {
-        "dataset": str(dataset),
-        "dataset_sha256": sha256(dataset),
+        "dataset": [str(p) for p in datasets],
+        "dataset_sha256": [sha256(p) for p in datasets],
         "frames": frames.n_frames,
         "configurations": len(result.test_ids) + sum(len(f) for f in result.folds),
         "test_configurations": result.test_ids,
@@ -622,7 +622,7 @@ def describe_arch(arch: Architecture) -> str:
 def save_trained(
     result: TrainResult,
     frames: Frames,
-    dataset: str | Path,
+    datasets: Sequence[str | Path],
     output: str | Path,
     force: bool = False,
 ) -> tuple[Path, Path]:
@@ -631,6 +631,6 @@ def save_trained(
     from core.plots import save_figure
 
     report = report_path(output)
-    save_model(output, result.model, model_card(result, frames, dataset), force)
+    save_model(output, result.model, model_card(result, frames, datasets), force)
     save_figure(report_figure(result, frames.source_labels), report, force=True)
     return Path(output), report

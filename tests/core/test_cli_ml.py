@@ -8,6 +8,7 @@ from safetensors.torch import save_file
 
 from core import cli
 from core.io import Frames, read_frames, write_frames
+from core.modelfile import load_model
 from tests.core.cli_helpers import error_line, run
 
 TINY_DESCRIPTOR = ["--rc", "1.5", "--width", "0.15", "--radii", "0.5", "1.4", "8"]
@@ -127,3 +128,23 @@ def test_model_file_from_another_program_gives_one_line(capsys, dataset, workdir
     junk.write_bytes(b"\x00" * 64)
     code, _, err = run(capsys, "eval", junk, dataset)
     assert code == 2 and "safetensors" in error_line(err)
+
+
+def test_train_joins_several_files_and_records_each(workdir, dataset, capsys):
+    second = workdir / "second.h5"
+    argv = ["dataset", "-n", 24, "--seed", 50, "--configs", 2, "--spins-per-config", 6,
+            "--replicas", 2, "--t-first", 0.5, "--t-max", 3, "-o", second]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 0
+    path = workdir / "joined.safetensors"
+    argv = ["train", dataset, second, "-o", path, "--arch", "pairwise", "--folds", 2,
+            *TINY_DESCRIPTOR]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 0
+    _, card = load_model(path)
+    assert card.training["dataset"] == [str(dataset), str(second)]
+    assert card.training["configurations"] == 5 and card.training["frames"] == 30
+    relabelled = workdir / "j3.h5"
+    assert cli.main(["label", str(second), "--J", "3", "-o", str(relabelled)]) == 0
+    capsys.readouterr()
+    argv = ["train", dataset, relabelled, "-o", workdir / "x.safetensors", "--arch", "pairwise"]
+    assert cli.main([str(a) for a in argv]) == 2
+    assert "other electron parameters" in capsys.readouterr().err

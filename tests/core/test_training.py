@@ -189,11 +189,11 @@ def test_saved_model_carries_card_and_report(frames, tmp_path):
     dataset.write_bytes(b"stand-in for the dataset file")
     cfg = TrainConfig(arch=Architecture.parse("pairwise"), spec=SPEC, folds=2, test_configs=1)
     result = train(frames, cfg)
-    model_path, report = save_trained(result, frames, dataset, tmp_path / "m.safetensors")
+    model_path, report = save_trained(result, frames, [dataset], tmp_path / "m.safetensors")
     assert report.name == "m.report.png" and report.stat().st_size > 1000
     model, card = load_model(model_path)
     assert card.physical["J"] == 6.0 and card.physical["density"] == pytest.approx(0.8)
-    assert len(card.training["dataset_sha256"]) == 64 and card.training["folds"] == 2
+    assert len(card.training["dataset_sha256"][0]) == 64 and card.training["folds"] == 2
     assert card.metrics["rmse_hperp"] == pytest.approx(result.test["all"]["rmse_hperp"])
     assert {"random", "relaxation", "cross_validation", "exchange"} <= set(card.metrics)
     np.testing.assert_allclose(model.exchange(np.array([0.7, 1.1])),
