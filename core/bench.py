@@ -45,6 +45,14 @@ def bench_provider(
     }
 
 
+def paper_systems(sizes: Iterable[int], on_size: Callable[[int], None] | None = None):
+    """(N, system) at the paper's density for each N, announcing each size first."""
+    for n in sizes:
+        if on_size is not None:
+            on_size(n)
+        yield n, generate_positions(SystemConfig(n=n, seed=0))
+
+
 def bench_ed(
     sizes: Iterable[int] = (100, 250, 500, 1000),
     repeats: int = 3,
@@ -52,15 +60,10 @@ def bench_ed(
     on_size: Callable[[int], None] | None = None,
 ) -> list[Row]:
     """ED at the paper's density, one spin configuration per evaluation."""
-    rows = []
-    for n in sizes:
-        if on_size is not None:
-            on_size(n)
-        system = generate_positions(SystemConfig(n=n, seed=0))
-        rows.append(
-            bench_provider("ed", EDSolver(system, ElectronConfig(), device), n, repeats, device)
-        )
-    return rows
+    return [
+        bench_provider("ed", EDSolver(system, ElectronConfig(), device), n, repeats, device)
+        for n, system in paper_systems(sizes, on_size)
+    ]
 
 
 def bench_ml(
@@ -73,15 +76,13 @@ def bench_ml(
 ) -> list[Row]:
     """The ML model (float32 network) at the paper's density; geometry set-up time reported too."""
     rows = []
-    for n in sizes:
-        if on_size is not None:
-            on_size(n)
-        system = generate_positions(SystemConfig(n=n, seed=0))
+    for n, system in paper_systems(sizes, on_size):
         start = time.perf_counter()
         provider = MLFieldProvider(model, system, device)
         setup = time.perf_counter() - start
-        row = bench_provider("ml", provider, n, repeats, device, batch)
-        rows.append({**row, "setup_seconds": setup})
+        rows.append(
+            {**bench_provider("ml", provider, n, repeats, device, batch), "setup_seconds": setup}
+        )
     return rows
 
 
