@@ -13,7 +13,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from core.config import SystemConfig
-from core.errors import PackingError, StateError
+from core.errors import PackingError
 
 #: Random sequential adsorption of hard spheres jams at volume fraction ~0.3841;
 #: above this fraction a random sequential placement cannot succeed.
@@ -108,16 +108,3 @@ def random_spins(
     """Uniformly random unit spins on the sphere, shape (B, N, 3)."""
     v = torch.randn(batch, n, 3, generator=generator, dtype=dtype, device=device)
     return v / v.norm(dim=-1, keepdim=True)
-
-
-def check_spins(spins: torch.Tensor | np.ndarray, n: int | None = None, tol: float = 1e-6) -> None:
-    """Raise StateError for a spin array that is not (..., N, 3), finite and of unit length."""
-    s = torch.as_tensor(spins)
-    if s.ndim < 2 or s.shape[-1] != 3 or (n is not None and s.shape[-2] != n):
-        want = f"(..., {n}, 3)" if n is not None else "(..., N, 3)"
-        raise StateError(f"spins must have shape {want}, got {tuple(s.shape)}")
-    if not torch.isfinite(s).all():
-        raise StateError("spins contain NaN or infinite values")
-    dev = (s.norm(dim=-1) - 1).abs().max().item() if s.numel() else 0.0
-    if dev > tol:
-        raise StateError(f"spins are not unit vectors: max ||S|-1| = {dev:.3g} > {tol:g}")

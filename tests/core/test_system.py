@@ -3,10 +3,9 @@ import pytest
 import torch
 
 from core.config import ConfigError, SystemConfig
-from core.errors import PackingError, StateError
+from core.errors import PackingError
 from core.system import (
     AtomicSystem,
-    check_spins,
     distance_matrix,
     generate_positions,
     pairs_within,
@@ -84,16 +83,3 @@ def test_random_spins_are_unit_and_isotropic():
     assert s.shape == (4, 5000, 3)
     torch.testing.assert_close(s.norm(dim=-1), torch.ones(4, 5000, dtype=torch.float64))
     assert s.mean(dim=(0, 1)).abs().max() < 0.03
-
-
-def test_check_spins_rejects_bad_states():
-    good = random_spins(1, 4)
-    check_spins(good, n=4)
-    with pytest.raises(StateError, match="shape"):
-        check_spins(good, n=5)
-    bad = good.clone()
-    bad[0, 1, 0] = float("nan")
-    with pytest.raises(StateError, match="NaN"):
-        check_spins(bad)
-    with pytest.raises(StateError, match="unit"):
-        check_spins(2 * good)
