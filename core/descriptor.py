@@ -60,36 +60,42 @@ positions once, in float64 with numpy/scipy (stored in the requested dtype):
 the unordered pairs within Rc (periodic k-d tree), the triplets (i; j nearer,
 k farther) enumerated TorchANI-style (directed pairs sorted by centre and
 distance, expanded with cumulative counts; only pairs whose d-part can pass
-the threshold), and the weights. Each triplet (i; j, k) is identified with
-(centre i, pair (j, k)), and (j, k) is itself a pair within Rc whenever
-F2(R_jk) != 0, so every feature is a sparse linear map of per-pair
-quantities: G2m and G3m of the bonds S_a . S_b, G3chi of S_i . V_i with V
-a sparse map of S_a x S_b. These maps (rows (atom, d), columns pairs) are
-stored as CSR matrices with their transposes: one for G2m, and one per
-(lambda, d') for G3m and for G3chi, all triplet maps sharing one index
-pattern. Because F3, the bond and the signed chirality are all symmetric
-under j <-> k, each unordered triplet carries the factor 2 of the ordered
-sum. Per step ``features`` forms the pair bonds and cross products (P x B),
-applies the maps through a custom autograd Function whose backward applies
-the precomputed transposes (and is itself differentiable, so losses on fields
--dE/dS can be trained), and contracts with S_i for G3chi. No step loops over
-atoms, pairs or triplets.
+the threshold; chunks of TRIPLET_CHUNK centres run in a thread pool), and the
+weights. (j, k) is itself a pair within Rc whenever F2(R_jk) != 0. Because F3,
+the bond and the signed chirality are all symmetric under j <-> k, each
+unordered triplet carries the factor 2 of the ordered sum. Per step
+``features`` forms the pair bonds S_a . S_b (G2m: one CSR map from pairs to
+rows (i, d)) and, for the triplets, the triplet map
+
+    TRIPLET_MAP: M[(i, d), c] = sum_t D[(i, d), t] A[t, c] q_{p(t), src(c)}
+
+with q_p = (S_a . S_b, S_a x S_b) the four pair quantities, p(t) the pair
+(j, k) of triplet t, A the angular part of F3 per column c (G3m: each
+(lambda, d'), source the bond; G3chi: each (lambda, d') and component, source
+that component of S_j x S_k, times the G3chi sign) and D the d-part of F3.
+It runs as: gather q per triplet (a 0/1 CSR map), spread to the columns,
+multiply by A, apply the CSR map D; G3chi_i then contracts S_i with its
+three columns. The F3 weight thus factorises into ~6 d-part entries per
+triplet times a few angular numbers, and the stored maps stay small. Every
+CSR map is applied through ``core.sparse.SparseApply``, whose backward applies
+the precomputed transpose (and is itself differentiable, so losses on fields
+-dE/dS can be trained). No step loops over atoms, pairs or triplets.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from scipy.spatial import cKDTree
 
 from core.config import ConfigError, _require
 from core.errors import StateError
+from core.sparse import Pattern, SparseApply, block_diag_maps
 from core.system import AtomicSystem
 
 #: The paper's 50 radii d, evenly spaced in [0.5, 2.46] (ell).
@@ -286,81 +292,29 @@ def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return owner, index
 
 
-def _index_dtype(*sizes: int) -> torch.dtype:
-    """int32 sparse indices when they fit (MKL's int32 kernels are ~2x faster), else int64."""
-    return torch.int32 if max(sizes, default=0) < 2**31 - 1 else torch.int64
-
-
-def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """torch CSR tensor; our constructions keep the invariants (sorted, in range)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
-
-
-class _Pattern:
-    """One sparsity pattern (row, col) in CSR order and transposed, for several value sets.
-
-    perm / perm_t put the entries (in the order given) into CSR order of the
-    matrix / its transpose, column indices sorted within rows (scipy's linear-time
-    COO -> CSR and CSR -> CSC conversions), as torch's CSR invariants require.
-    """
-
-    def __init__(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
-        nnz = len(rows)
-        ids = sp.csr_matrix((np.arange(nnz, dtype=np.int64), (rows, cols)), shape=shape)
-        if ids.nnz != nnz:
-            raise RuntimeError("internal error: repeated (row, col) entry in a descriptor map")
-        ids_t = ids.T.tocsr()
-        index = _index_dtype(nnz, *shape)
-        self.shape = shape
-        self.crow = torch.from_numpy(ids.indptr).to(index)
-        self.col = torch.from_numpy(ids.indices).to(index)
-        self.crow_t = torch.from_numpy(ids_t.indptr).to(index)
-        self.col_t = torch.from_numpy(ids_t.indices).to(index)
-        self.perm, self.perm_t = ids.data, ids_t.data
-
-    def maps(
-        self, values: np.ndarray, dtype: torch.dtype, device
-    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """(matrix, transpose) CSR pairs for each column of values (nnz, K), in entry order."""
-        records = torch.from_numpy(np.ascontiguousarray(values))
-        out = []
-        for perm in (self.perm, self.perm_t):
-            # one row gather of K-value records, then one transposing copy (torch is much
-            # faster at both than numpy fancy indexing)
-            taken = records.index_select(0, torch.from_numpy(perm))
-            out.append(taken.t().contiguous().to(dtype))
-        return [
-            (
-                _csr(self.crow, self.col, f, self.shape).to(device),
-                _csr(self.crow_t, self.col_t, b, self.shape[::-1]).to(device),
-            )
-            for f, b in zip(out[0], out[1], strict=True)
-        ]
-
-
 @dataclass
 class DescriptorGeometry:
     """Everything position-dependent, computed once per configuration (PHYSICS.md: atoms never move).
 
-    pairs (2, P): unordered pairs a < b within Rc (atom indices, int64). Sparse
-    CSR maps from pairs to rows (i, d), each with its transpose for the backward
-    pass: g2 (N n_d, P) takes bonds S_a . S_b to G2m; g3m[l] takes bonds to G3m
-    for the l-th (lambda, d'); chi[l] takes S_a x S_b to vectors V with
-    G3chi_i = S_i . V_i. Entries are the F2 and F3 weights (d-part x angular
-    part), summed over ordered j != k; the g3m and chi maps share one index
-    pattern. atom_offsets: first atom of each concatenated configuration;
-    n_triplets: unordered triplets (i; j, k) with at least one kept entry.
+    pairs (2, P): unordered pairs a < b within Rc (atom indices, int64). g2: the
+    CSR map (N n_d, P) taking bonds S_a . S_b to G2m. Triplets t = (i; j nearer,
+    k farther), sorted by centre: triplet_gather (T, P) picks the pair (j, k) of
+    each triplet (one 1 per row); angular (T, C) the angular part of F3 per
+    column c of the triplet map (x 2 for the ordered sum): first the G3m
+    (lambda, d') columns, then the G3chi ones, each repeated for the 3 components
+    of S_j x S_k and x the G3chi sign; d_map (N n_d, T) the d-part of F3. Every
+    map is stored with its transpose for the backward pass; d_map and
+    triplet_gather are None without triplet features. atom_offsets: first atom
+    of each concatenated configuration.
     """
 
     spec: DescriptorSpec
     n_atoms: int
     pairs: torch.Tensor
     g2: tuple[torch.Tensor, torch.Tensor]
-    g3m: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    chi: tuple[tuple[torch.Tensor, torch.Tensor], ...]
-    n_triplets: int = 0
+    triplet_gather: tuple[torch.Tensor, torch.Tensor] | None
+    angular: torch.Tensor
+    d_map: tuple[torch.Tensor, torch.Tensor] | None
     atom_offsets: tuple[int, ...] = (0,)
 
     @property
@@ -372,6 +326,11 @@ class DescriptorGeometry:
         return self.pairs.shape[1]
 
     @property
+    def n_triplets(self) -> int:
+        """Unordered triplets (i; j, k) with at least one kept d-part entry."""
+        return self.angular.shape[0]
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.g2[0].dtype
 
@@ -380,30 +339,31 @@ class DescriptorGeometry:
         return self.g2[0].device
 
     def stats(self) -> dict[str, int]:
-        """Sizes: atoms, pairs, unordered triplets, stored nonzeros of all maps (one direction)."""
-        nnz = self.g2[0].values().numel()
-        nnz += sum(m.values().numel() for m, _ in self.g3m + self.chi)
+        """Sizes: atoms, pairs, unordered triplets, stored nonzeros of the maps (one direction)."""
+        g2_nnz = int(self.g2[0].values().numel())
+        triplet_nnz = int(self.d_map[0].values().numel()) if self.d_map else 0
         return {
             "atoms": self.n_atoms,
             "pairs": self.n_pairs,
             "triplets": self.n_triplets,
-            "g2_nnz": int(self.g2[0].values().numel()),
-            "triplet_nnz": int(self.g3m[0][0].values().numel()) if self.g3m else 0,
-            "nnz": int(nnz),
+            "g2_nnz": g2_nnz,
+            "triplet_nnz": triplet_nnz,
+            "nnz": g2_nnz + triplet_nnz,
         }
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> DescriptorGeometry:
         """A copy on another device and/or floating dtype of the weights."""
 
         def move(pair):
-            return tuple(m.to(device=device, dtype=dtype) for m in pair)
+            return None if pair is None else tuple(m.to(device=device, dtype=dtype) for m in pair)
 
         return replace(
             self,
             pairs=self.pairs.to(device),
             g2=move(self.g2),
-            g3m=tuple(move(p) for p in self.g3m),
-            chi=tuple(move(p) for p in self.chi),
+            triplet_gather=move(self.triplet_gather),
+            angular=self.angular.to(device=device, dtype=dtype),
+            d_map=move(self.d_map),
         )
 
 
@@ -464,36 +424,64 @@ def build_geometry(
     value = np.exp(-(((dist[owner] - radii[d_idx]) / w) ** 2)) * fc[owner]
     keep = value >= PAIR_TOLERANCE
     owner, d_idx, value = owner[keep], d_idx[keep], value[keep]
-    g2_pattern = _Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
+    g2_pattern = Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
     (g2,) = g2_pattern.maps(value[:, None], dtype, device)
 
-    g3m, chi, n_triplets = [], [], 0
+    angular = np.zeros((0, 0))
+    d_map = triplet_gather = None
     if spec.include_g3m or spec.include_chi:
-        t_centre, t_pair, angular, chi_sign, owner, d_idx, value = _triplets(
-            spec, n, centre, neighbour, vec, dist, fc, a, b, radii
+        t_pair, angular, d_map = _triplet_maps(
+            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device
         )
-        n_triplets = len(t_centre)
-        # per entry: d-part x angular part for each (lambda, d'), then the same x chi sign
-        # (owner is sorted, so these gathers stream)
-        np_dtype = np.float32 if dtype == torch.float32 else np.float64
-        weights = np.take(angular.astype(np_dtype), owner, axis=0)
-        weights *= value.astype(np_dtype)[:, None]
-        families = [weights] if spec.include_g3m else []
-        if spec.include_chi:
-            families.append(weights * chi_sign.astype(np_dtype)[owner, None])
-        pattern = _Pattern(t_centre[owner] * n_d + d_idx, t_pair[owner], (n * n_d, len(a)))
-        maps = pattern.maps(np.concatenate(families, axis=1), dtype, device)
-        n_g3m = spec.n_angular if spec.include_g3m else 0
-        g3m, chi = maps[:n_g3m], maps[n_g3m:]
+        n_t = len(t_pair)
+        gather = Pattern(np.arange(n_t), t_pair, (n_t, len(a)))
+        (triplet_gather,) = gather.maps(np.ones((n_t, 1)), dtype, device)
     return DescriptorGeometry(
         spec=spec,
         n_atoms=n,
         pairs=torch.from_numpy(np.stack([a, b])).to(device),
         g2=g2,
-        g3m=tuple(g3m),
-        chi=tuple(chi),
-        n_triplets=n_triplets,
+        triplet_gather=triplet_gather,
+        angular=torch.from_numpy(np.ascontiguousarray(angular)).to(device=device, dtype=dtype),
+        d_map=d_map,
     )
+
+
+#: Centres per chunk of the triplet enumeration (bounds its memory; chunks run in threads).
+TRIPLET_CHUNK = 1000
+
+
+def _triplet_maps(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device):
+    """Per triplet: pair index of (j, k) and angular columns (T, C); the d-part map.
+
+    Centres are processed in chunks of TRIPLET_CHUNK in a thread pool (numpy and
+    scipy release the GIL); triplets are numbered chunk by chunk, so the d-part
+    map (rows (i, d), columns t) is block diagonal over chunks.
+    """
+    n_d, radii = spec.n_radii, np.asarray(spec.radii)
+    chunk_of = centre // TRIPLET_CHUNK
+    order = np.argsort(chunk_of, kind="stable")
+    bounds = np.searchsorted(chunk_of[order], np.arange(-(-n // TRIPLET_CHUNK) + 1))
+
+    def chunk(c: int):
+        sel, first_atom = order[bounds[c] : bounds[c + 1]], c * TRIPLET_CHUNK
+        n_atoms = min(TRIPLET_CHUNK, n - first_atom)
+        t_centre, t_pair, ang, chi_sign, owner, d_idx, value = _triplets(
+            spec, n, centre[sel], neighbour[sel], vec[sel], dist[sel], fc[sel], a, b, radii
+        )
+        columns = [ang] if spec.include_g3m else []
+        if spec.include_chi:
+            columns.append(np.repeat(ang * chi_sign[:, None], 3, axis=1))
+        rows = (t_centre[owner] - first_atom) * n_d + d_idx
+        pattern = Pattern(rows, owner, (n_atoms * n_d, len(t_centre)))
+        (d_map,) = pattern.maps(value[:, None], dtype, device)
+        return t_pair, np.concatenate(columns, axis=1), d_map
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        parts = list(pool.map(chunk, range(len(bounds) - 1)))
+    t_pair = np.concatenate([p[0] for p in parts])
+    angular = np.concatenate([p[1] for p in parts])
+    return t_pair, angular, block_diag_maps([p[2] for p in parts])
 
 
 def _triplets(spec, n, centre, neighbour, vec, dist, fc, a, b, radii):
@@ -587,27 +575,20 @@ def _triplets(spec, n, centre, neighbour, vec, dist, fc, a, b, radii):
 # --------------------------------------------------------------------------- per step
 
 
-class _SparseApply(torch.autograd.Function):
-    """out = M @ x for a constant sparse M; backward applies the precomputed M^T."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, matrix: torch.Tensor, matrix_t: torch.Tensor):
-        ctx.matrices = (matrix, matrix_t)
-        # beta = 0 into fresh memory: skips the zero fill and copy of a plain matmul (~1.5x)
-        out = torch.empty(matrix.shape[0], x.shape[1], dtype=x.dtype, device=x.device)
-        return torch.addmm(out, matrix, x, beta=0, out=out)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        matrix, matrix_t = ctx.matrices
-        # the same Function with the roles swapped: differentiable again (fields in a loss)
-        return _SparseApply.apply(grad.contiguous(), matrix_t, matrix), None, None
-
-
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a x b over dim 1 (faster than torch.linalg.cross for (P, 3, B) on CPU)."""
     a1, a2, b1, b2 = a.roll(-1, 1), a.roll(-2, 1), b.roll(-1, 1), b.roll(-2, 1)
     return a1 * b2 - a2 * b1
+
+
+def _column_sources(n_g3m: int, geometry: DescriptorGeometry) -> torch.Tensor:
+    """(4, C) 0/1 matrix: which pair quantity (S_a . S_b, S_a x S_b) feeds each triplet column."""
+    n_columns = geometry.angular.shape[1]
+    sources = torch.zeros(4, n_columns, dtype=geometry.dtype, device=geometry.device)
+    sources[0, :n_g3m] = 1
+    chi = torch.arange(n_g3m, n_columns, device=geometry.device)
+    sources[1 + (chi - n_g3m) % 3, chi] = 1
+    return sources
 
 
 def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
@@ -619,7 +600,7 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     squeeze = spins.ndim == 2
     if squeeze:
         spins = spins.unsqueeze(0)
-    n = geometry.n_atoms
+    n, n_d = geometry.n_atoms, geometry.spec.n_radii
     if spins.ndim != 3 or spins.shape[1:] != (n, 3):
         raise StateError(f"spins must have shape (B, {n}, 3) or ({n}, 3), got {tuple(spins.shape)}")
     batch = spins.shape[0]
@@ -628,43 +609,27 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     s = spins.to(dtype=geometry.dtype, device=geometry.device).permute(1, 2, 0)  # (N, 3, B)
     sa, sb = s[geometry.pairs[0]], s[geometry.pairs[1]]  # (P, 3, B)
     bond = (sa * sb).sum(1)  # S_a . S_b
-    out = [_SparseApply.apply(bond, *geometry.g2)]
-    out += [_SparseApply.apply(bond, *maps) for maps in geometry.g3m]
-    out = [o.view(n, -1, batch) for o in out]
-    if geometry.chi:
-        cross = _cross(sa, sb).reshape(-1, 3 * batch)  # S_a x S_b
-        for maps in geometry.chi:
-            v = _SparseApply.apply(cross, *maps).view(n, -1, 3, batch)
-            out.append((v * s[:, None]).sum(2))  # S_i . V_i
-    result = torch.cat([o.permute(2, 0, 1) for o in out], dim=2)
+    out = [SparseApply.apply(bond, *geometry.g2).view(n, n_d, batch)]  # G2m
+    if geometry.d_map is not None:
+        # the triplet map (TRIPLET_MAP in the module docstring), columns c = (G3m: lambda, d';
+        # G3chi: lambda, d', component)
+        spec, n_t = geometry.spec, geometry.n_triplets
+        n_g = spec.n_angular if spec.include_g3m else 0
+        q = torch.cat([bond[:, None], _cross(sa, sb)], 1).transpose(1, 2)  # (P, B, 4)
+        q_jk = SparseApply.apply(q.reshape(geometry.n_pairs, -1), *geometry.triplet_gather)
+        spread = q_jk.view(-1, 4) @ _column_sources(n_g, geometry)  # (T B, C)
+        rows = spread.view(n_t, batch, -1) * geometry.angular[:, None]  # (T, B, C)
+        mapped = SparseApply.apply(rows.view(n_t, -1), *geometry.d_map).view(n, n_d, batch, -1)
+        out.append(mapped[..., :n_g].permute(0, 3, 1, 2))  # G3m
+        v = mapped[..., n_g:].unflatten(3, (-1, 3))  # V_i = sum F3 sign S_j x S_k
+        s_i = s.transpose(1, 2)[:, None, :, None]  # (N, 1, B, 1, 3)
+        out.append((v * s_i).sum(4).permute(0, 3, 1, 2))  # G3chi = S_i . V_i
+    columns = [o.reshape(n, -1, batch) for o in out]  # (lambda, d') then d fastest
+    result = torch.cat(columns, dim=1).permute(2, 0, 1)
     return result[0] if squeeze else result
 
 
 # --------------------------------------------------------------------------- batches
-
-
-def _block_diag(mats: list[torch.Tensor]) -> torch.Tensor:
-    """Block-diagonal CSR matrix from CSR blocks (rows and columns offset)."""
-    nnz = [m.values().numel() for m in mats]
-    rows = sum(m.shape[0] for m in mats)
-    cols = sum(m.shape[1] for m in mats)
-    index = _index_dtype(sum(nnz), rows, cols)
-    crow = [torch.zeros(1, dtype=index, device=mats[0].device)]
-    col = []
-    n_off = c_off = 0
-    for m, k in zip(mats, nnz, strict=True):
-        crow.append(m.crow_indices()[1:].to(index) + n_off)
-        col.append(m.col_indices().to(index) + c_off)
-        n_off += k
-        c_off += m.shape[1]
-    values = torch.cat([m.values() for m in mats])
-    return _csr(torch.cat(crow), torch.cat(col), values, (rows, cols))
-
-
-def _block_diag_maps(
-    maps: list[tuple[torch.Tensor, torch.Tensor]],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return _block_diag([m for m, _ in maps]), _block_diag([t for _, t in maps])
 
 
 def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometry:
@@ -685,13 +650,16 @@ def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometr
     offsets: list[int] = []
     for g, off in zip(geometries, atom_off[:-1], strict=True):
         offsets += [int(off) + o for o in g.atom_offsets]
+    triplets = first.d_map is not None
     return DescriptorGeometry(
         spec=first.spec,
         n_atoms=int(atom_off[-1]),
         pairs=torch.cat([g.pairs + int(o) for g, o in zip(geometries, atom_off, strict=False)], 1),
-        g2=_block_diag_maps([g.g2 for g in geometries]),
-        g3m=tuple(_block_diag_maps([g.g3m[l] for g in geometries]) for l in range(len(first.g3m))),
-        chi=tuple(_block_diag_maps([g.chi[l] for g in geometries]) for l in range(len(first.chi))),
-        n_triplets=sum(g.n_triplets for g in geometries),
+        g2=block_diag_maps([g.g2 for g in geometries]),
+        triplet_gather=block_diag_maps([g.triplet_gather for g in geometries])
+        if triplets
+        else None,
+        angular=torch.cat([g.angular for g in geometries]),
+        d_map=block_diag_maps([g.d_map for g in geometries]) if triplets else None,
         atom_offsets=tuple(offsets),
     )

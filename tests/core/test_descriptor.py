@@ -7,6 +7,7 @@ import pytest
 import torch
 from dscribe.descriptors import ACSF
 
+from core import descriptor
 from core.config import ConfigError, SystemConfig
 from core.descriptor import (
     TRIPLET_SUM,
@@ -197,6 +198,16 @@ def test_fast_path_equals_brute_force_triple_sum_for_every_feature(small):
     slow = brute_force(small.positions, small.box, s, EXACT)
     assert np.abs(slow).max() > 0.1
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [1, 7])
+def test_triplets_enumerated_in_chunks_of_centres_equal_the_brute_force_sum(
+    small, monkeypatch, chunk
+):
+    monkeypatch.setattr(descriptor, "TRIPLET_CHUNK", chunk)
+    s = spins(2, small.n)
+    slow = brute_force(small.positions, small.box, s, EXACT)
+    np.testing.assert_allclose(feats(small, s, EXACT).numpy(), slow, rtol=1e-10, atol=1e-12)
 
 
 def test_paper_spec_equals_brute_force_within_tolerance(paper_system):
