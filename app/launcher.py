@@ -11,12 +11,16 @@ import napari
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
-from app.panels.dynamics import DynamicsPanel
+from app.panels.dynamics import ENGINE_LABELS, DynamicsPanel
 from app.panels.export import ExportPanel
 from app.panels.fields import FieldsPanel
 from app.panels.model import ModelPanel
 from app.panels.system import SystemPanel
+from app.responsiveness import ResponsivenessProbe
 from app.session import AppSession
+
+#: Dynamics-panel label of each engine name.
+ENGINE_NAMES = {name: label for label, name in ENGINE_LABELS.items()}
 
 #: The session of each viewer built by launch (keyed by id(viewer)).
 _SESSIONS: dict[int, AppSession] = {}
@@ -80,12 +84,19 @@ def launch(
     screenshot: str | Path | None = None,
     model_path: str | Path | None = None,
     n: int = 100,
+    engine: str = "ed",
+    measure: str | Path | None = None,
+    force: bool = False,
 ):
     """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
 
-    steps: run this many LLG steps at once in the background; screenshot: after
-    those steps save the whole window to this PNG and close (headless capture).
-    Returns the viewer when return_viewer (else runs the event loop and returns None).
+    engine: "ed" or "ml" (the loaded model) in the Dynamics panel. steps: run
+    this many LLG steps at once in the background; screenshot: after those
+    steps save the whole window to this PNG and close (headless capture);
+    measure: while those steps run, record frames per second and event-loop
+    stalls (app.responsiveness), write them to this JSON file, print them and
+    close (an existing file only with force). Returns the viewer when return_viewer (else runs the event loop and
+    returns the exit status).
     """
     if viewer is None:
         viewer = napari.Viewer(title="sdglass: metallic spin-glass quench explorer", ndisplay=3)
@@ -99,15 +110,33 @@ def launch(
         qt_window.resize(1600, 1000)
     viewer.layers.selection.active = session.scene.atoms
     QTimer.singleShot(50, lambda: frame_view(viewer))
+    panels["Dynamics"].engine.value = ENGINE_NAMES[engine]
     outcome = {"status": 0}
+    probe = ResponsivenessProbe(viewer, session) if measure is not None and steps else None
+    if probe is not None:
+
+        def on_measured(state: str) -> None:
+            if state != "stopped":
+                return
+            probe.stop()
+            report = probe.write(measure, force)
+            print(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in report.items()
+                )
+            )
+            if screenshot is None and not return_viewer:
+                viewer.close()
+
+        session.run_state_changed.connect(on_measured)
 
     if screenshot is not None:
         path = Path(screenshot)
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def capture() -> None:
-            session.plots.flush()
-            session.plots.canvas.draw()
+            session.plots.flush(force_full=True)
             _dismiss_notifications(viewer)
             QApplication.processEvents()
             viewer.window.screenshot(str(path), canvas_only=False, flash=False)
@@ -126,6 +155,8 @@ def launch(
             QTimer.singleShot(SETTLE_MS, capture)
 
     if steps:
+        if probe is not None:
+            probe.start()
         panels["Dynamics"].start(max_steps=int(steps))
     if return_viewer:
         return viewer

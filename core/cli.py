@@ -242,9 +242,15 @@ def cmd_app(args: argparse.Namespace) -> int:
     """The napari explorer (imported lazily: the rest of the CLI never loads Qt)."""
     from app.launcher import launch
 
-    return int(
-        launch(steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n) or 0
-    )
+    if args.measure is not None:
+        from core.io import check_output
+
+        if not args.steps:
+            raise ConfigError("--measure needs --steps K (it measures while K steps run)")
+        check_output(args.measure, args.force)
+    options = dict(model_path=args.model, n=args.n, engine=args.engine)
+    options.update(measure=args.measure, force=args.force)
+    return int(launch(steps=args.steps, screenshot=args.screenshot, **options) or 0)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -415,6 +421,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--screenshot", default=None,
         help="after the steps, save the whole window to this PNG and exit with status 0",
     )  # fmt: skip
+    p.add_argument(
+        "--engine", choices=("ed", "ml"), default="ed",
+        help="field provider selected in the Dynamics panel (ml: the loaded model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--measure", default=None,
+        help="with --steps: write frames per second and event-loop stalls during the run "
+        "to this JSON file, print them and exit",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="overwrite an existing --measure file")
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser(

@@ -61,25 +61,25 @@ the unordered pairs within Rc (periodic k-d tree), the triplets (i; j nearer,
 k farther) enumerated TorchANI-style (directed pairs sorted by centre and
 distance, expanded with cumulative counts; only pairs whose d-part can pass
 the threshold; chunks of TRIPLET_CHUNK centres run in a thread pool), and the
-weights. (j, k) is itself a pair within Rc whenever F2(R_jk) != 0. Because F3,
-the bond and the signed chirality are all symmetric under j <-> k, each
-unordered triplet carries the factor 2 of the ordered sum. Per step
-``features`` forms the pair bonds S_a . S_b (G2m: one CSR map from pairs to
-rows (i, d)) and, for the triplets, the triplet map
+weights. Each triplet (i; j, k) is identified with (centre i, pair (j, k)),
+and (j, k) is itself a pair within Rc whenever F2(R_jk) != 0, so every feature
+is a sparse linear map of per-pair quantities: G2m and G3m of the bonds
+S_a . S_b, G3chi of S_i . V_i with V a sparse map of S_a x S_b. These maps
+(rows (atom, d), columns pairs) are stored as CSR matrices with their
+transposes: one for G2m, and one per (lambda, d') for G3m and for G3chi, all
+triplet maps sharing one index pattern. Because F3, the bond and the signed
+chirality are all symmetric under j <-> k, each unordered triplet carries the
+factor 2 of the ordered sum. Per step ``features`` forms the pair bonds and
+cross products (P x B), applies the maps through ``core.sparse.SparseApply``,
+whose backward applies the precomputed transposes (and is itself
+differentiable, so losses on fields -dE/dS can be trained), and contracts with
+S_i for G3chi. No step loops over atoms, pairs or triplets.
 
-    TRIPLET_MAP: M[(i, d), c] = sum_t D[(i, d), t] A[t, c] q_{p(t), src(c)}
-
-with q_p = (S_a . S_b, S_a x S_b) the four pair quantities, p(t) the pair
-(j, k) of triplet t, A the angular part of F3 per column c (G3m: each
-(lambda, d'), source the bond; G3chi: each (lambda, d') and component, source
-that component of S_j x S_k, times the G3chi sign) and D the d-part of F3.
-It runs as: gather q per triplet (a 0/1 CSR map), spread to the columns,
-multiply by A, apply the CSR map D; G3chi_i then contracts S_i with its
-three columns. The F3 weight thus factorises into ~6 d-part entries per
-triplet times a few angular numbers, and the stored maps stay small. Every
-CSR map is applied through ``core.sparse.SparseApply``, whose backward applies
-the precomputed transpose (and is itself differentiable, so losses on fields
--dE/dS can be trained). No step loops over atoms, pairs or triplets.
+Measured alternative (kept out): mapping per-triplet quantities (the F3
+weight factorised as ~6 d-part entries x a few angular numbers) through one
+d-part map is 1.5x faster for a single spin state at N = 500, but 6x slower
+for batches of 16 states (training), because its (triplet x batch x column)
+intermediates do not amortise over the batch as the pair maps do.
 """
 
 from __future__ import annotations
@@ -296,25 +296,23 @@ def _expand(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class DescriptorGeometry:
     """Everything position-dependent, computed once per configuration (PHYSICS.md: atoms never move).
 
-    pairs (2, P): unordered pairs a < b within Rc (atom indices, int64). g2: the
-    CSR map (N n_d, P) taking bonds S_a . S_b to G2m. Triplets t = (i; j nearer,
-    k farther), sorted by centre: triplet_gather (T, P) picks the pair (j, k) of
-    each triplet (one 1 per row); angular (T, C) the angular part of F3 per
-    column c of the triplet map (x 2 for the ordered sum): first the G3m
-    (lambda, d') columns, then the G3chi ones, each repeated for the 3 components
-    of S_j x S_k and x the G3chi sign; d_map (N n_d, T) the d-part of F3. Every
-    map is stored with its transpose for the backward pass; d_map and
-    triplet_gather are None without triplet features. atom_offsets: first atom
-    of each concatenated configuration.
+    pairs (2, P): unordered pairs a < b within Rc (atom indices, int64). Sparse
+    CSR maps from pairs to rows (i, d), each with its transpose for the backward
+    pass: g2 (N n_d, P) takes bonds S_a . S_b to G2m; g3m[l] takes bonds to G3m
+    for the l-th (lambda, d'); chi[l] takes S_a x S_b to vectors V with
+    G3chi_i = S_i . V_i. Entries are the F2 and F3 weights (d-part x angular
+    part), summed over ordered j != k; the g3m and chi maps share one index
+    pattern. atom_offsets: first atom of each concatenated configuration;
+    n_triplets: unordered triplets (i; j, k) with at least one kept entry.
     """
 
     spec: DescriptorSpec
     n_atoms: int
     pairs: torch.Tensor
     g2: tuple[torch.Tensor, torch.Tensor]
-    triplet_gather: tuple[torch.Tensor, torch.Tensor] | None
-    angular: torch.Tensor
-    d_map: tuple[torch.Tensor, torch.Tensor] | None
+    g3m: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    chi: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    n_triplets: int = 0
     atom_offsets: tuple[int, ...] = (0,)
 
     @property
@@ -326,11 +324,6 @@ class DescriptorGeometry:
         return self.pairs.shape[1]
 
     @property
-    def n_triplets(self) -> int:
-        """Unordered triplets (i; j, k) with at least one kept d-part entry."""
-        return self.angular.shape[0]
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.g2[0].dtype
 
@@ -339,31 +332,30 @@ class DescriptorGeometry:
         return self.g2[0].device
 
     def stats(self) -> dict[str, int]:
-        """Sizes: atoms, pairs, unordered triplets, stored nonzeros of the maps (one direction)."""
-        g2_nnz = int(self.g2[0].values().numel())
-        triplet_nnz = int(self.d_map[0].values().numel()) if self.d_map else 0
+        """Sizes: atoms, pairs, unordered triplets, stored nonzeros of all maps (one direction)."""
+        nnz = self.g2[0].values().numel()
+        nnz += sum(m.values().numel() for m, _ in self.g3m + self.chi)
         return {
             "atoms": self.n_atoms,
             "pairs": self.n_pairs,
             "triplets": self.n_triplets,
-            "g2_nnz": g2_nnz,
-            "triplet_nnz": triplet_nnz,
-            "nnz": g2_nnz + triplet_nnz,
+            "g2_nnz": int(self.g2[0].values().numel()),
+            "triplet_nnz": int(self.g3m[0][0].values().numel()) if self.g3m else 0,
+            "nnz": int(nnz),
         }
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> DescriptorGeometry:
         """A copy on another device and/or floating dtype of the weights."""
 
         def move(pair):
-            return None if pair is None else tuple(m.to(device=device, dtype=dtype) for m in pair)
+            return tuple(m.to(device=device, dtype=dtype) for m in pair)
 
         return replace(
             self,
             pairs=self.pairs.to(device),
             g2=move(self.g2),
-            triplet_gather=move(self.triplet_gather),
-            angular=self.angular.to(device=device, dtype=dtype),
-            d_map=move(self.d_map),
+            g3m=tuple(move(p) for p in self.g3m),
+            chi=tuple(move(p) for p in self.chi),
         )
 
 
@@ -427,23 +419,22 @@ def build_geometry(
     g2_pattern = Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
     (g2,) = g2_pattern.maps(value[:, None], dtype, device)
 
-    angular = np.zeros((0, 0))
-    d_map = triplet_gather = None
+    g3m, chi, n_triplets = [], [], 0
     if spec.include_g3m or spec.include_chi:
-        t_pair, angular, d_map = _triplet_maps(
-            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device
+        rows, cols, weights, n_triplets = _triplet_entries(
+            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype
         )
-        n_t = len(t_pair)
-        gather = Pattern(np.arange(n_t), t_pair, (n_t, len(a)))
-        (triplet_gather,) = gather.maps(np.ones((n_t, 1)), dtype, device)
+        maps = Pattern(rows, cols, (n * n_d, len(a))).maps(weights, dtype, device)
+        n_g3m = spec.n_angular if spec.include_g3m else 0
+        g3m, chi = maps[:n_g3m], maps[n_g3m:]
     return DescriptorGeometry(
         spec=spec,
         n_atoms=n,
         pairs=torch.from_numpy(np.stack([a, b])).to(device),
         g2=g2,
-        triplet_gather=triplet_gather,
-        angular=torch.from_numpy(np.ascontiguousarray(angular)).to(device=device, dtype=dtype),
-        d_map=d_map,
+        g3m=tuple(g3m),
+        chi=tuple(chi),
+        n_triplets=n_triplets,
     )
 
 
@@ -451,37 +442,38 @@ def build_geometry(
 TRIPLET_CHUNK = 1000
 
 
-def _triplet_maps(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device):
-    """Per triplet: pair index of (j, k) and angular columns (T, C); the d-part map.
+def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
+    """Entries (row (i, d), column pair (j, k), weight per (family, lambda, d')) of the F3 maps.
 
-    Centres are processed in chunks of TRIPLET_CHUNK in a thread pool (numpy and
-    scipy release the GIL); triplets are numbered chunk by chunk, so the d-part
-    map (rows (i, d), columns t) is block diagonal over chunks.
+    Per entry: d-part x angular part for each (lambda, d'), then (G3chi) the same
+    x the chi sign. Centres are processed in chunks of TRIPLET_CHUNK in a thread
+    pool (numpy releases the GIL). Returns rows, cols, weights (E, K) and the
+    number of triplets.
     """
     n_d, radii = spec.n_radii, np.asarray(spec.radii)
+    np_dtype = np.float32 if dtype == torch.float32 else np.float64
     chunk_of = centre // TRIPLET_CHUNK
     order = np.argsort(chunk_of, kind="stable")
     bounds = np.searchsorted(chunk_of[order], np.arange(-(-n // TRIPLET_CHUNK) + 1))
 
     def chunk(c: int):
-        sel, first_atom = order[bounds[c] : bounds[c + 1]], c * TRIPLET_CHUNK
-        n_atoms = min(TRIPLET_CHUNK, n - first_atom)
-        t_centre, t_pair, ang, chi_sign, owner, d_idx, value = _triplets(
+        sel = order[bounds[c] : bounds[c + 1]]
+        t_centre, t_pair, angular, chi_sign, owner, d_idx, value = _triplets(
             spec, n, centre[sel], neighbour[sel], vec[sel], dist[sel], fc[sel], a, b, radii
         )
-        columns = [ang] if spec.include_g3m else []
+        # owner is sorted, so these gathers stream
+        weights = np.take(angular.astype(np_dtype), owner, axis=0)
+        weights *= value.astype(np_dtype)[:, None]
+        families = [weights] if spec.include_g3m else []
         if spec.include_chi:
-            columns.append(np.repeat(ang * chi_sign[:, None], 3, axis=1))
-        rows = (t_centre[owner] - first_atom) * n_d + d_idx
-        pattern = Pattern(rows, owner, (n_atoms * n_d, len(t_centre)))
-        (d_map,) = pattern.maps(value[:, None], dtype, device)
-        return t_pair, np.concatenate(columns, axis=1), d_map
+            families.append(weights * chi_sign.astype(np_dtype)[owner, None])
+        rows = t_centre[owner] * n_d + d_idx
+        return rows, t_pair[owner], np.concatenate(families, axis=1), len(t_centre)
 
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         parts = list(pool.map(chunk, range(len(bounds) - 1)))
-    t_pair = np.concatenate([p[0] for p in parts])
-    angular = np.concatenate([p[1] for p in parts])
-    return t_pair, angular, block_diag_maps([p[2] for p in parts])
+    rows, cols, weights = (np.concatenate([p[k] for p in parts]) for k in range(3))
+    return rows, cols, weights, sum(p[3] for p in parts)
 
 
 def _triplets(spec, n, centre, neighbour, vec, dist, fc, a, b, radii):
@@ -581,16 +573,6 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a1 * b2 - a2 * b1
 
 
-def _column_sources(n_g3m: int, geometry: DescriptorGeometry) -> torch.Tensor:
-    """(4, C) 0/1 matrix: which pair quantity (S_a . S_b, S_a x S_b) feeds each triplet column."""
-    n_columns = geometry.angular.shape[1]
-    sources = torch.zeros(4, n_columns, dtype=geometry.dtype, device=geometry.device)
-    sources[0, :n_g3m] = 1
-    chi = torch.arange(n_g3m, n_columns, device=geometry.device)
-    sources[1 + (chi - n_g3m) % 3, chi] = 1
-    return sources
-
-
 def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     """G2m, G3m, G3chi of every atom, (B, N, F) from spins (B, N, 3) (PHYSICS.md "Magnetic descriptor").
 
@@ -600,7 +582,7 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     squeeze = spins.ndim == 2
     if squeeze:
         spins = spins.unsqueeze(0)
-    n, n_d = geometry.n_atoms, geometry.spec.n_radii
+    n = geometry.n_atoms
     if spins.ndim != 3 or spins.shape[1:] != (n, 3):
         raise StateError(f"spins must have shape (B, {n}, 3) or ({n}, 3), got {tuple(spins.shape)}")
     batch = spins.shape[0]
@@ -609,23 +591,15 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     s = spins.to(dtype=geometry.dtype, device=geometry.device).permute(1, 2, 0)  # (N, 3, B)
     sa, sb = s[geometry.pairs[0]], s[geometry.pairs[1]]  # (P, 3, B)
     bond = (sa * sb).sum(1)  # S_a . S_b
-    out = [SparseApply.apply(bond, *geometry.g2).view(n, n_d, batch)]  # G2m
-    if geometry.d_map is not None:
-        # the triplet map (TRIPLET_MAP in the module docstring), columns c = (G3m: lambda, d';
-        # G3chi: lambda, d', component)
-        spec, n_t = geometry.spec, geometry.n_triplets
-        n_g = spec.n_angular if spec.include_g3m else 0
-        q = torch.cat([bond[:, None], _cross(sa, sb)], 1).transpose(1, 2)  # (P, B, 4)
-        q_jk = SparseApply.apply(q.reshape(geometry.n_pairs, -1), *geometry.triplet_gather)
-        spread = q_jk.view(-1, 4) @ _column_sources(n_g, geometry)  # (T B, C)
-        rows = spread.view(n_t, batch, -1) * geometry.angular[:, None]  # (T, B, C)
-        mapped = SparseApply.apply(rows.view(n_t, -1), *geometry.d_map).view(n, n_d, batch, -1)
-        out.append(mapped[..., :n_g].permute(0, 3, 1, 2))  # G3m
-        v = mapped[..., n_g:].unflatten(3, (-1, 3))  # V_i = sum F3 sign S_j x S_k
-        s_i = s.transpose(1, 2)[:, None, :, None]  # (N, 1, B, 1, 3)
-        out.append((v * s_i).sum(4).permute(0, 3, 1, 2))  # G3chi = S_i . V_i
-    columns = [o.reshape(n, -1, batch) for o in out]  # (lambda, d') then d fastest
-    result = torch.cat(columns, dim=1).permute(2, 0, 1)
+    out = [SparseApply.apply(bond, *geometry.g2)]
+    out += [SparseApply.apply(bond, *maps) for maps in geometry.g3m]
+    out = [o.view(n, -1, batch) for o in out]
+    if geometry.chi:
+        cross = _cross(sa, sb).reshape(-1, 3 * batch)  # S_a x S_b
+        for maps in geometry.chi:
+            v = SparseApply.apply(cross, *maps).view(n, -1, 3, batch)
+            out.append((v * s[:, None]).sum(2))  # S_i . V_i
+    result = torch.cat([o.permute(2, 0, 1) for o in out], dim=2)
     return result[0] if squeeze else result
 
 
@@ -650,16 +624,13 @@ def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometr
     offsets: list[int] = []
     for g, off in zip(geometries, atom_off[:-1], strict=True):
         offsets += [int(off) + o for o in g.atom_offsets]
-    triplets = first.d_map is not None
     return DescriptorGeometry(
         spec=first.spec,
         n_atoms=int(atom_off[-1]),
         pairs=torch.cat([g.pairs + int(o) for g, o in zip(geometries, atom_off, strict=False)], 1),
         g2=block_diag_maps([g.g2 for g in geometries]),
-        triplet_gather=block_diag_maps([g.triplet_gather for g in geometries])
-        if triplets
-        else None,
-        angular=torch.cat([g.angular for g in geometries]),
-        d_map=block_diag_maps([g.d_map for g in geometries]) if triplets else None,
+        g3m=tuple(block_diag_maps([g.g3m[l] for g in geometries]) for l in range(len(first.g3m))),
+        chi=tuple(block_diag_maps([g.chi[l] for g in geometries]) for l in range(len(first.chi))),
+        n_triplets=sum(g.n_triplets for g in geometries),
         atom_offsets=tuple(offsets),
     )

@@ -10,7 +10,11 @@ class FileFormatError(SdglassError, ValueError):
 
 
 class OutputExistsError(SdglassError, FileExistsError):
-    """Refusing to overwrite an existing output file without --force."""
+    """Refusing to overwrite an existing output file without --force; ``path`` names it."""
+
+    def __init__(self, path) -> None:
+        super().__init__(f"refusing to overwrite existing file {path} (use --force)")
+        self.path = path
 
 
 class PackingError(SdglassError, ValueError):

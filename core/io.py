@@ -133,7 +133,7 @@ def check_output(path: StrPath, force: bool = False) -> Path:
     if target.is_dir():
         raise FileFormatError(f"cannot write {target}: it is a directory")
     if target.exists() and not force:
-        raise OutputExistsError(f"refusing to overwrite existing file {target} (use --force)")
+        raise OutputExistsError(target)
     return target
 
 
@@ -152,7 +152,7 @@ def atomic_output(path: StrPath, force: bool = False) -> Iterator[Path]:
         if not tmp.exists():
             raise FileFormatError(f"nothing was written for {target}")
         if target.exists() and not force:  # created by someone else meanwhile
-            raise OutputExistsError(f"refusing to overwrite existing file {target} (use --force)")
+            raise OutputExistsError(target)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -5,10 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, PushButton
+from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
+from napari.utils.io import imsave_png
 from napari.utils.notifications import show_error, show_info
 
-from core.io import Frames, Trajectory, electron_attrs, write_frames, write_trajectory
+from core.errors import OutputExistsError
+from core.io import (
+    Frames,
+    Trajectory,
+    atomic_output,
+    check_output,
+    electron_attrs,
+    write_frames,
+    write_trajectory,
+)
 
 
 def frames_of(session) -> Frames:
@@ -49,14 +59,27 @@ def trajectory_of(session) -> Trajectory:
     )
 
 
-def write_csv(plots, stem: Path) -> list[Path]:
-    """One CSV per plot: stem-correlation.csv, stem-xi.csv, stem-energy.csv."""
-    out = []
-    for name, (header, rows) in plots.csv_rows().items():
-        path = stem.with_name(f"{stem.stem}-{name}.csv")
-        np.savetxt(path, rows, delimiter=",", header=",".join(header), comments="")
-        out.append(path)
-    return out
+def write_plots(plots, stem: Path, force: bool = False) -> list[Path]:
+    """Per plot a PNG and a CSV of its data: stem-correlation, stem-xi, stem-energy (.png, .csv).
+
+    Atomic; refuses (OutputExistsError) before writing anything if a file exists and not force.
+    """
+    plots.flush(force_full=True)
+    tables = plots.csv_rows()
+    if not tables:
+        raise ValueError("nothing to save yet: run the dynamics first")
+    names = [
+        (stem.with_name(f"{stem.stem}-{n}.png"), stem.with_name(f"{stem.stem}-{n}.csv"))
+        for n in tables
+    ]
+    for png, csv in names:
+        check_output(png, force), check_output(csv, force)
+    for (png, csv), (name, (header, rows)) in zip(names, tables.items(), strict=True):
+        with atomic_output(png, force) as tmp:
+            plots.plots[name].save(tmp)
+        with atomic_output(csv, force) as tmp:
+            np.savetxt(tmp, rows, delimiter=",", header=",".join(header), comments="")
+    return [p for pair in names for p in pair]
 
 
 class ExportPanel(Container):
@@ -70,11 +93,16 @@ class ExportPanel(Container):
         )  # fmt: skip
         self.frames_button = PushButton(text="Save frames (.h5)", tooltip="Current spins and positions (sdglass frames file).")  # fmt: skip
         self.traj_button = PushButton(text="Save trajectory (.h5)", tooltip="C(r, t), xi(t), E/N and |m| of the run so far (sdglass trajectory file).")  # fmt: skip
-        self.plots_button = PushButton(text="Save plots (PNG + CSV)", tooltip="The live plots as PNG and their data as CSV.")  # fmt: skip
+        self.plots_button = PushButton(text="Save plots (PNG + CSV)", tooltip="Each live plot as PNG and its data as CSV (base-correlation, base-xi, base-energy).")  # fmt: skip
         self.shot_button = PushButton(text="Save screenshot", tooltip="The whole window (canvas and panels) as PNG.")  # fmt: skip
+        self.overwrite = CheckBox(
+            label="Overwrite existing files", value=False,
+            tooltip="Off: an export whose file exists is refused (nothing is written). "
+            "Files are always written completely or not at all.",
+        )  # fmt: skip
         self.message = Label(value="")
         super().__init__(
-            widgets=[self.path, self.frames_button, self.traj_button, self.plots_button,
+            widgets=[self.path, self.overwrite, self.frames_button, self.traj_button, self.plots_button,
                      self.shot_button, self.message],
             label="Export",
         )  # fmt: skip
@@ -90,6 +118,12 @@ class ExportPanel(Container):
     def _do(self, action) -> None:
         try:
             paths = action()
+        except OutputExistsError as err:
+            self.message.value = (
+                f"⚠ {err.path} exists: tick 'Overwrite existing files' to replace it"
+            )
+            show_error(self.message.value)
+            return
         except Exception as err:
             show_error(f"Export failed: {err}")
             self.message.value = f"⚠ {err}"
@@ -100,22 +134,22 @@ class ExportPanel(Container):
     def save_frames(self) -> list[Path]:
         return [
             write_frames(
-                self._base().with_suffix(".frames.h5"), frames_of(self.session), force=True
+                self._base().with_suffix(".frames.h5"),
+                frames_of(self.session),
+                force=self.overwrite.value,
             )
         ]
 
     def save_trajectory(self) -> list[Path]:
         path = self._base().with_suffix(".traj.h5")
-        return [write_trajectory(path, trajectory_of(self.session), force=True)]
+        return [write_trajectory(path, trajectory_of(self.session), force=self.overwrite.value)]
 
     def save_plots(self) -> list[Path]:
-        plots = self.session.plots
-        plots.flush()
-        png = self._base().with_suffix(".plots.png")
-        plots.figure.savefig(png, dpi=150, facecolor=plots.figure.get_facecolor())
-        return [png, *write_csv(plots, self._base())]
+        return write_plots(self.session.plots, self._base(), self.overwrite.value)
 
     def save_screenshot(self) -> list[Path]:
         path = self._base().with_suffix(".screenshot.png")
-        self.session.viewer.window.screenshot(str(path), canvas_only=False, flash=False)
+        image = self.session.viewer.window.screenshot(canvas_only=False, flash=False)
+        with atomic_output(path, self.overwrite.value) as tmp:
+            imsave_png(tmp, image)
         return [path]

@@ -208,7 +208,14 @@ def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
     traj = read_trajectory(export.save_trajectory()[0])
     assert traj.n_times == len(session.sim.snapshot().record_times)
     paths = export.save_plots()
-    assert all(Path(p).stat().st_size > 0 for p in paths) and len(paths) == 4
+    assert all(Path(p).stat().st_size > 0 for p in paths) and len(paths) == 6
+    assert sorted(p.suffix for p in paths) == [".csv"] * 3 + [".png"] * 3
+    # existing files are kept unless Overwrite is ticked
+    before = paths[0].read_bytes()
+    export._do(export.save_plots)
+    assert "exists" in export.message.value and paths[0].read_bytes() == before
+    export.overwrite.value = True
+    assert export.save_plots() == paths
 
 
 def test_fit_psi_button(app_viewer, qtbot):
