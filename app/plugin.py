@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from magicgui.widgets import Label
+from magicgui.widgets import Container, Label
 
 
-def explorer(napari_viewer):
-    """Build the sdglass session on an existing viewer; returns a small status widget."""
-    from app.launcher import launch
+class Explorer(Container):
+    """Builds the sdglass session on the viewer napari passes in; shows a one-line status.
 
-    launch(viewer=napari_viewer, return_viewer=True)
-    return Label(value="sdglass: panels docked (System, Dynamics, Fields, Model, Export)")
+    napari hands plugin widgets a PublicOnlyProxy of the viewer; the explorer
+    needs the viewer itself (its window and canvas), so the proxy is unwrapped.
+    """
+
+    def __init__(self, napari_viewer) -> None:
+        from app.launcher import launch
+
+        viewer = getattr(napari_viewer, "__wrapped__", napari_viewer)
+        launch(viewer=viewer, return_viewer=True)
+        self.status = Label(
+            value="sdglass: panels docked (System, Dynamics, Fields, Model, Export)"
+        )
+        super().__init__(widgets=[self.status])

@@ -222,15 +222,19 @@ class AppSession:
     # -------------------------------------------------------------- fields
 
     def compare(self) -> dict[str, float]:
-        """ML vs ED transverse fields H_perp on the current spins: RMSE, MAE (t0), per-atom error."""
+        """ML vs ED transverse fields H_perp on the current spins: RMSE, MAE (t0), per-atom error,
+        and both H_perp arrays (B, N, 3) for the parity plot."""
         h_ed, e_ed = self.sim.compute_fields("ed")
         h_ml, e_ml = self.sim.compute_fields("ml")
         s = self.sim.snapshot().spins
-        diff = np.cross(s, h_ml) - np.cross(s, h_ed)
+        hp_ed, hp_ml = np.cross(s, h_ed), np.cross(s, h_ml)
+        diff = hp_ml - hp_ed
         n = s.shape[1]
         return {
             "rmse_hperp": float(np.sqrt(np.mean(diff**2))),
             "mae_hperp": float(np.mean(np.abs(diff))),
             "energy_error_per_spin": float(np.mean(np.abs(e_ml - e_ed)) / n),
             "per_atom": np.linalg.norm(diff[0], axis=-1),
+            "hperp_ed": hp_ed,
+            "hperp_ml": hp_ml,
         }

@@ -9,8 +9,11 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
+    ProgressBar,
     PushButton,
 )
+from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+from matplotlib.figure import Figure
 from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 
@@ -58,16 +61,22 @@ class FieldsPanel(Container):
             "paper's error width is ~1e-3. Colours atoms by the per-atom error.",
         )
         self.result = Label(value="")
+        self.progress = ProgressBar(
+            min=0, max=0, label="Working", visible=False,
+            tooltip="Fields are being computed in the background (ED: one diagonalization).",
+        )  # fmt: skip
         self.worker = None
         self.last_comparison: dict | None = None
         super().__init__(
             widgets=[
                 self.colour_by, self.axis, self.arrow_length, self.arrow_width,
                 self.show_fields, self.ed_button, self.ml_button, self.compare_button,
-                self.result,
+                self.progress, self.result,
             ],
             label="Fields",
         )  # fmt: skip
+        self.parity = ParityPlot(session.plots.colours)
+        self.native.layout().addWidget(self.parity.canvas)
         self.colour_by.changed.connect(self._display)
         self.axis.changed.connect(self._display)
         self.arrow_length.changed.connect(self._display)
@@ -106,6 +115,7 @@ class FieldsPanel(Container):
         if self.worker is not None:
             return
         self.result.value = "computing..."
+        self.progress.visible = True
         for b in (self.ed_button, self.ml_button, self.compare_button):
             b.enabled = False
         worker = thread_worker(job, start_thread=False)()
@@ -117,6 +127,7 @@ class FieldsPanel(Container):
 
     def _finished(self) -> None:
         self.worker = None
+        self.progress.visible = False
         self.ed_button.enabled = True
         self._model_changed()
 
@@ -150,6 +161,44 @@ class FieldsPanel(Container):
                 f"MAE {stats['mae_hperp']:.3e} t0\n|dE|/N {stats['energy_error_per_spin']:.3e} t0"
             )
             self.colour_by.value = "ML-ED field error"
+            self.parity.show(stats)
             scene.refresh()
 
         self._run(self.session.compare, done)
+
+
+class ParityPlot:
+    """ML vs ED H_perp components (paper Fig. 3a style) on a small canvas in the Fields panel."""
+
+    def __init__(self, colours: dict[str, str]) -> None:
+        self.colours = colours
+        self.figure = Figure(figsize=(3, 3), facecolor=colours["background"])
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(240)
+        self.ax = self.figure.add_subplot()
+        self.figure.subplots_adjust(left=0.24, right=0.96, bottom=0.2, top=0.88)
+        self._style("Compare ML vs ED to fill")
+        self.points = 0
+
+    def _style(self, title: str) -> None:
+        c, ax = self.colours, self.ax
+        ax.set_facecolor(c["canvas"])
+        ax.tick_params(colors=c["text"], labelsize=7)
+        for spine in ax.spines.values():
+            spine.set_color(c["text"])
+        ax.set_xlabel("ED H_perp component (t0)", fontsize=7, color=c["text"])
+        ax.set_ylabel("ML H_perp component (t0)", fontsize=7, color=c["text"])
+        ax.set_title(title, fontsize=8, color=c["text"])
+
+    def show(self, stats: dict) -> None:
+        """Scatter every component of S x H, the diagonal, and the RMSE in the title."""
+        ed, ml = stats["hperp_ed"].ravel(), stats["hperp_ml"].ravel()
+        self.ax.clear()
+        self._style(f"RMSE {stats['rmse_hperp']:.2e} t0 ({ed.size} components)")
+        lim = 1.05 * float(max(np.abs(ed).max(), np.abs(ml).max(), 1e-12))
+        self.ax.plot([-lim, lim], [-lim, lim], "-", lw=0.8, color=self.colours["text"], alpha=0.6)
+        self.ax.plot(ed, ml, ".", ms=2, color="#4fc3f7", alpha=0.6)
+        self.ax.set_xlim(-lim, lim)
+        self.ax.set_ylim(-lim, lim)
+        self.points = ed.size
+        self.canvas.draw_idle()

@@ -183,13 +183,16 @@ def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file):
     assert stats["rmse_hperp"] == pytest.approx(expected, rel=1e-6)
     assert "RMSE" in fields.result.value
     assert session.scene.quantity == "ML-ED field error"
+    assert fields.parity.points == 30 * 3
 
 
 def test_fields_panel_computes_ed_fields(app_viewer, qtbot):
     _, session = app_viewer
     fields = session.panels["Fields"]
     fields.compute("ed")
+    assert not fields.progress.native.isHidden()  # busy indicator while the worker runs
     qtbot.waitUntil(lambda: session.scene.fields is not None, timeout=TIMEOUT)
+    qtbot.waitUntil(fields.progress.native.isHidden, timeout=TIMEOUT)
     assert session.scene.fields.shape == (30, 3)
     fields.colour_by.value = "|H_perp|"
     assert np.all(session.scene.quantity_values() > 0)
@@ -237,3 +240,46 @@ def test_screenshot_cli_produces_nonblank_png(tmp_path):
     img = mpimg.imread(out)
     assert img.shape[0] > 500 and img.shape[1] > 800
     assert img[..., :3].std() > 0.05
+
+
+def test_compare_rmse_equals_sdglass_eval_on_the_same_frame(
+    app_viewer, qtbot, tiny_model_file, tmp_path, capsys
+):
+    import json
+
+    from core import cli
+
+    _, session = app_viewer
+    assert session.panels["Model"].load(tiny_model_file)
+    fields = session.panels["Fields"]
+    fields.compare()
+    qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "state"
+    (frame,) = export.save_frames()
+    labelled = tmp_path / "labelled.h5"
+    assert cli.main(["label", str(frame), "-o", str(labelled)]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(tiny_model_file), str(labelled), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    app = fields.last_comparison
+    assert report["n_frames"] == 1 and report["n_atoms"] == 30
+    assert app["rmse_hperp"] == pytest.approx(report["rmse_hperp"], rel=1e-5)
+    assert app["mae_hperp"] == pytest.approx(report["mae_hperp"], rel=1e-5)
+
+
+def test_plugins_menu_entry_docks_the_explorer(make_napari_viewer):
+    from npe2 import PluginManager
+
+    from app.launcher import session_of
+
+    manager = PluginManager.instance()
+    manager.discover()
+    assert "sdglass" in {m.name for m in manager.iter_manifests()}
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("sdglass", "sdglass explorer")
+    assert "panels docked" in widget.status.value
+    session = session_of(viewer)
+    assert set(session.panels) == {"System", "Dynamics", "Fields", "Model", "Export"}
+    assert viewer.layers["Atoms"].data.shape[0] == 100
+    session.stop(wait=True)
