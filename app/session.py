@@ -155,8 +155,8 @@ class AppSession:
         worker.errored.connect(lambda err, w=worker: self._on_error(w, err))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
+        self._set_state("running")  # before the first step: listeners see the initial state
         worker.start()
-        self._set_state("running")
         return worker
 
     def pause(self) -> None:

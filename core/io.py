@@ -597,20 +597,107 @@ class Trajectory:
         )
 
 
+def _write_observables(f: h5py.File, traj: Trajectory) -> None:
+    """Format attributes, run attributes and the required trajectory datasets."""
+    f.attrs["format"] = TRAJECTORY_FORMAT
+    f.attrs["format_version"] = FORMAT_VERSION
+    for key, value in traj.attrs.items():
+        f.attrs[key] = np.asarray(value) if isinstance(value, list) else value
+    for name in _TRAJ_REQUIRED:
+        _put(f, name, getattr(traj, name))
+
+
 def write_trajectory(path: StrPath, traj: Trajectory, force: bool = False) -> Path:
     """Write a trajectory file atomically; OutputExistsError if it exists and not force."""
     traj.validate()
     with atomic_output(path, force) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs["format"] = TRAJECTORY_FORMAT
-        f.attrs["format_version"] = FORMAT_VERSION
-        for key, value in traj.attrs.items():
-            f.attrs[key] = np.asarray(value) if isinstance(value, list) else value
-        for name in _TRAJ_REQUIRED:
-            _put(f, name, getattr(traj, name))
+        _write_observables(f, traj)
         for name in ("snapshots", "snapshot_times", "positions"):
             if getattr(traj, name) is not None:
                 _put(f, name, getattr(traj, name))
     return Path(path)
+
+
+class TrajectoryRecorder:
+    """Streams spin snapshots of a running simulation into a trajectory file, then finishes it.
+
+    Snapshots (B, N, 3) are appended to a hidden ``.NAME.*.recording`` file beside
+    ``path`` as they come (memory stays flat however long the run); ``finish``
+    adds the observables and moves the file onto ``path`` (atomic, like every
+    sdglass output). Until then ``path`` is untouched; ``abort`` deletes the
+    partial file. One configuration (C = 1), B replicas of N atoms.
+    """
+
+    def __init__(
+        self, path: StrPath, positions: np.ndarray, replicas: int, force: bool = False
+    ) -> None:
+        self.target = check_output(path, force)
+        self.force = force
+        positions = _float_array("positions", positions, FileFormatError)
+        n = positions.shape[0]
+        self.shape = (replicas, n, 3)
+        self.tmp = self.target.with_name(f".{self.target.name}.{secrets.token_hex(4)}.recording")
+        self.file = h5py.File(self.tmp, "w")
+        _put(self.file, "positions", positions[None])
+        self.snapshots = self.file.create_dataset(
+            "snapshots", shape=(0, 1, *self.shape), maxshape=(None, 1, *self.shape),
+            dtype=np.float32, chunks=(1, 1, *self.shape),
+        )  # fmt: skip
+        self.snapshots.attrs["units"] = UNITS["snapshots"]
+        self.times = self.file.create_dataset(
+            "snapshot_times", shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(1024,)
+        )
+        self.times.attrs["units"] = UNITS["snapshot_times"]
+
+    @property
+    def n_snapshots(self) -> int:
+        return int(self.times.shape[0])
+
+    def append(self, time: float, spins: np.ndarray) -> None:
+        """Add one snapshot (times must increase; spins finite, shape (B, N, 3))."""
+        spins = np.asarray(spins, dtype=np.float32)
+        if spins.shape != self.shape:
+            raise StateError(f"snapshot spins must have shape {self.shape}, got {spins.shape}")
+        _finite("snapshot spins", spins, StateError)
+        k = self.n_snapshots
+        if k and not time > self.times[k - 1]:
+            raise StateError(f"snapshot times must increase: {time} after {self.times[k - 1]}")
+        self.snapshots.resize(k + 1, axis=0)
+        self.times.resize(k + 1, axis=0)
+        self.snapshots[k, 0] = spins
+        self.times[k] = time
+
+    def finish(self, observables: Trajectory) -> Path:
+        """Write the observables (their snapshots, if any, are ignored), close, move onto path.
+
+        Without any snapshot nothing is written (StateError). If finishing fails,
+        the recording is closed and kept; the error names where.
+        """
+        if not self.n_snapshots:
+            self.abort()
+            raise StateError(f"no snapshot was recorded: {self.target} not written")
+        try:
+            observables.validate()
+            _write_observables(self.file, observables)
+            self.file.close()
+            read_trajectory(self.tmp)  # the finished file must read back as a valid trajectory
+            if self.target.exists() and not self.force:
+                raise OutputExistsError(self.target)
+            os.replace(self.tmp, self.target)
+        except Exception as err:
+            if self.file.id.valid:
+                self.file.close()
+            raise FileFormatError(
+                f"could not finish {self.target}: {err}; the recorded snapshots are kept in "
+                f"{self.tmp}"
+            ) from err
+        return self.target
+
+    def abort(self) -> None:
+        """Close and delete the partial recording (the target path is untouched)."""
+        if self.file.id.valid:
+            self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def read_trajectory(path: StrPath) -> Trajectory:
@@ -635,6 +722,7 @@ __all__ = [
     "TRAJECTORY_FORMAT",
     "Frames",
     "Trajectory",
+    "TrajectoryRecorder",
     "atomic_output",
     "check_output",
     "electron_attrs",

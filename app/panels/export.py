@@ -13,6 +13,7 @@ from core.errors import OutputExistsError
 from core.io import (
     Frames,
     Trajectory,
+    TrajectoryRecorder,
     atomic_output,
     check_output,
     electron_attrs,
@@ -100,9 +101,16 @@ class ExportPanel(Container):
             tooltip="Off: an export whose file exists is refused (nothing is written). "
             "Files are always written completely or not at all.",
         )  # fmt: skip
+        self.record = CheckBox(
+            label="Record trajectory while running", value=False,
+            tooltip="Stream the spins of every replica at each displayed frame (about 30 per "
+            "second at most) into BASE.traj.h5, with C(r, t), xi(t) and E/N added when the "
+            "run stops. The file appears only when complete.",
+        )  # fmt: skip
+        self.recorder: TrajectoryRecorder | None = None
         self.message = Label(value="")
         super().__init__(
-            widgets=[self.path, self.overwrite, self.frames_button, self.traj_button, self.plots_button,
+            widgets=[self.path, self.overwrite, self.record, self.frames_button, self.traj_button, self.plots_button,
                      self.shot_button, self.message],
             label="Export",
         )  # fmt: skip
@@ -110,6 +118,10 @@ class ExportPanel(Container):
         self.traj_button.clicked.connect(lambda: self._do(self.save_trajectory))
         self.plots_button.clicked.connect(lambda: self._do(self.save_plots))
         self.shot_button.clicked.connect(lambda: self._do(self.save_screenshot))
+        self.record.changed.connect(self._record_toggled)
+        session.run_state_changed.connect(self._run_state)
+        session.snapshot_ready.connect(self._snapshot)
+        self.message.native.setWordWrap(True)
 
     def _base(self) -> Path:
         p = Path(self.path.value)
@@ -128,8 +140,60 @@ class ExportPanel(Container):
             show_error(f"Export failed: {err}")
             self.message.value = f"⚠ {err}"
             return
-        self.message.value = "wrote " + ", ".join(p.name for p in paths)
-        show_info(self.message.value)
+        if paths:
+            self.message.value = "wrote " + ", ".join(p.name for p in paths)
+            show_info(self.message.value)
+
+    # -------------------------------------------------------------- recording
+
+    def _record_toggled(self, on: bool) -> None:
+        if on and self.session.state != "stopped":
+            self._do(self.start_recording)
+        elif not on and self.recorder is not None:
+            self._do(self.finish_recording)
+
+    def _run_state(self, state: str) -> None:
+        if state == "running" and self.record.value and self.recorder is None:
+            self._do(self.start_recording)
+        elif state == "stopped" and self.recorder is not None:
+            self._do(self.finish_recording)
+
+    def _snapshot(self, snap) -> None:
+        rec = self.recorder
+        if rec is None or (rec.n_snapshots and snap.time <= rec.times[rec.n_snapshots - 1]):
+            return
+        rec.append(snap.time, snap.spins)
+        if rec.n_snapshots % 10 == 1:
+            self.message.value = f"recording: {rec.n_snapshots} frames -> {rec.target.name}"
+
+    def start_recording(self) -> list[Path]:
+        """Open the recording (refused if BASE.traj.h5 exists and Overwrite is off)."""
+        sim = self.session.sim
+        path = self._base().with_suffix(".traj.h5")
+        try:
+            self.recorder = TrajectoryRecorder(
+                path, sim.system.positions, sim.replicas, force=self.overwrite.value
+            )
+        except Exception:
+            self.record.value = False
+            raise
+        self._snapshot(self.session.sim.snapshot())
+        self.message.value = f"recording -> {path.name}"
+        return []
+
+    def finish_recording(self) -> list[Path]:
+        """Add the observables and move the recording onto BASE.traj.h5."""
+        rec = self.recorder
+        if rec is None:
+            return []
+        self._snapshot(self.session.sim.snapshot())
+        self.recorder = None
+        try:
+            observables = trajectory_of(self.session)
+        except ValueError:  # no step was run: nothing worth keeping
+            rec.abort()
+            raise
+        return [rec.finish(observables)]
 
     def save_frames(self) -> list[Path]:
         return [

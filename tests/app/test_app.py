@@ -283,3 +283,26 @@ def test_plugins_menu_entry_docks_the_explorer(make_napari_viewer):
     assert set(session.panels) == {"System", "Dynamics", "Fields", "Model", "Export"}
     assert viewer.layers["Atoms"].data.shape[0] == 100
     session.stop(wait=True)
+
+
+def test_trajectory_recorded_while_running(app_viewer, qtbot, tmp_path):
+    from core.io import read_trajectory
+
+    _, session = app_viewer
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "rec"
+    export.record.value = True
+    dyn = session.panels["Dynamics"]
+    dyn.steps_per_frame.value = 2
+    dyn.start(max_steps=20)
+    qtbot.waitUntil(lambda: export.recorder is not None, timeout=TIMEOUT)
+    wait_stopped(qtbot, session)
+    qtbot.waitUntil(lambda: export.recorder is None, timeout=TIMEOUT)
+    traj = read_trajectory(tmp_path / "rec.traj.h5")
+    snap = session.sim.snapshot()
+    assert traj.snapshots.shape[1:] == (1, 1, 30, 3) and traj.snapshots.shape[0] >= 2
+    assert traj.snapshot_times[0] == 0.0
+    assert traj.snapshot_times[-1] == pytest.approx(snap.time)
+    np.testing.assert_allclose(traj.snapshots[-1, 0], snap.spins, atol=1e-6)
+    assert traj.n_times == len(snap.record_times)
+    assert "wrote rec.traj.h5" in export.message.value

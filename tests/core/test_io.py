@@ -14,6 +14,7 @@ from core.io import (
     FRAME_ATTRS,
     Frames,
     Trajectory,
+    TrajectoryRecorder,
     atomic_output,
     check_output,
     electron_attrs,
@@ -371,3 +372,64 @@ def test_trajectory_construction_errors(
 ) -> None:
     with pytest.raises(error, match=message):
         trajectory_with(**changes)
+
+
+# ---------------------------------------------------------------- streamed recording
+
+
+def test_recorder_streams_snapshots_then_finishes_a_valid_trajectory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    positions = rng.uniform(0, 5, size=(5, 3))
+    path = tmp_path / "run.traj.h5"
+    rec = TrajectoryRecorder(path, positions, replicas=3)
+    spins = [unit_vectors(rng, 3, 5) for _ in range(4)]
+    for k, s in enumerate(spins):
+        rec.append(0.5 * k, s)
+    assert not path.exists() and rec.n_snapshots == 4  # nothing at the target until finish
+    assert rec.finish(make_trajectory()) == path
+    back = read_trajectory(path)
+    assert back.snapshots.shape == (4, 1, 3, 5, 3)
+    np.testing.assert_allclose(back.snapshots[:, 0], np.stack(spins), atol=1e-7)
+    np.testing.assert_array_equal(back.snapshot_times, [0.0, 0.5, 1.0, 1.5])
+    np.testing.assert_array_equal(back.positions[0], positions)
+    np.testing.assert_array_equal(back.corr, make_trajectory().corr)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_recorder_errors_and_abort_keep_the_target_untouched(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    positions = rng.uniform(0, 5, size=(5, 3))
+    path = tmp_path / "run.traj.h5"
+    path.write_text("user data")
+    with pytest.raises(OutputExistsError):
+        TrajectoryRecorder(path, positions, replicas=1)
+    rec = TrajectoryRecorder(path, positions, replicas=1, force=True)
+    with pytest.raises(StateError, match="shape"):
+        rec.append(0.0, unit_vectors(rng, 2, 5))
+    bad = unit_vectors(rng, 1, 5)
+    bad[0, 2, 1] = np.nan
+    with pytest.raises(StateError, match="NaN"):
+        rec.append(0.0, bad)
+    rec.append(1.0, unit_vectors(rng, 1, 5))
+    with pytest.raises(StateError, match="increase"):
+        rec.append(1.0, unit_vectors(rng, 1, 5))
+    rec.abort()
+    assert path.read_text() == "user data" and len(list(tmp_path.iterdir())) == 1
+    empty = TrajectoryRecorder(tmp_path / "empty.h5", positions, replicas=1)
+    with pytest.raises(StateError, match="no snapshot"):
+        empty.finish(make_trajectory())
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_recorder_keeps_the_snapshots_when_finishing_fails(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    rec = TrajectoryRecorder(tmp_path / "run.h5", rng.uniform(0, 5, size=(5, 3)), replicas=1)
+    rec.append(0.0, unit_vectors(rng, 1, 5))
+    broken = make_trajectory()
+    broken.times = broken.times[::-1].copy()  # not increasing: invalid observables
+    with pytest.raises(FileFormatError, match="snapshots are kept in") as info:
+        rec.finish(broken)
+    assert not (tmp_path / "run.h5").exists()
+    kept = Path(str(info.value).rsplit("kept in ", 1)[1])
+    with h5py.File(kept) as f:
+        assert f["snapshots"].shape == (1, 1, 1, 5, 3)
