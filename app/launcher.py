@@ -5,6 +5,7 @@ Used by `python -m app`, `sdglass app` and the GUI tests (return_viewer=True).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import napari
@@ -30,6 +31,11 @@ def session_of(viewer) -> AppSession:
     """The AppSession behind a viewer built by launch (tests and plugins use it)."""
     return _SESSIONS[id(viewer)]
 
+
+#: GIL switch interval while the app runs (Python's default is 5 ms). The dynamics worker
+#: calls many short torch ops, each needing the GIL; with the default, every GIL hand-back
+#: from the busy main thread (drawing) costs it up to 5 ms.
+SWITCH_INTERVAL_S = 0.0005
 
 #: Delay after the last dynamics step before the screenshot (ms): plots and canvas redraw.
 SETTLE_MS = 800
@@ -87,6 +93,7 @@ def launch(
     engine: str = "ed",
     measure: str | Path | None = None,
     force: bool = False,
+    orbit: bool = False,
 ):
     """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
 
@@ -95,9 +102,11 @@ def launch(
     steps save the whole window to this PNG and close (headless capture);
     measure: while those steps run, record frames per second and event-loop
     stalls (app.responsiveness), write them to this JSON file, print them and
-    close (an existing file only with force). Returns the viewer when return_viewer (else runs the event loop and
+    close (an existing file only with force); orbit: meanwhile turn the camera
+    like a user would (app.responsiveness). Returns the viewer when return_viewer (else runs the event loop and
     returns the exit status).
     """
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     if viewer is None:
         viewer = napari.Viewer(title="sdglass: metallic spin-glass quench explorer", ndisplay=3)
     viewer.dims.ndisplay = 3
@@ -112,7 +121,7 @@ def launch(
     QTimer.singleShot(50, lambda: frame_view(viewer))
     panels["Dynamics"].engine.value = ENGINE_NAMES[engine]
     outcome = {"status": 0}
-    probe = ResponsivenessProbe(viewer, session) if measure is not None and steps else None
+    probe = ResponsivenessProbe(viewer, session, orbit) if measure is not None and steps else None
     if probe is not None:
 
         def on_measured(state: str) -> None:

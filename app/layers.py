@@ -155,11 +155,13 @@ class SceneLayers:
             return
         rgba, _ = self._colours()
         self.atoms.face_color = rgba
-        self.atoms.size = self.atom_size
+        if not np.all(self.atoms.size == self.atom_size):  # each assignment costs a refresh
+            self.atoms.size = self.atom_size
         idx = arrow_subset(len(self.positions))
-        self.spin_layer.data = spin_vectors(self.positions[idx], self.spins[idx], self.arrow_length)
-        self.spin_layer.edge_width = self.arrow_width
+        if self.spin_layer.edge_width != self.arrow_width:
+            self.spin_layer.edge_width = self.arrow_width
         self.spin_layer.edge_color = rgba[idx]
+        self.spin_layer.data = spin_vectors(self.positions[idx], self.spins[idx], self.arrow_length)
         if self.fields is not None:
             hp = h_perp(self.spins, self.fields)[idx]
             scale = 0.8 / max(float(np.linalg.norm(hp, axis=-1).max()), 1e-12)

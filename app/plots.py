@@ -3,16 +3,14 @@
 Three matplotlib Qt canvases following napari's theme. `update` only stores
 the latest snapshot; a timer redraws at most `REDRAW_HZ` times per second with
 set_data. The data lines are animated artists that are blitted onto a cached
-background (matplotlib's blitting recipe), so a redraw costs a few ms; the
-slow full redraw (axes, ticks, legend) happens only when an axis range has to
-grow (ranges grow with a margin, so rarely) or when the set of C(r, t) curves
-changes, at most once per FULL_REDRAW_S. The event loop therefore never
-stalls on drawing (measured with ``sdglass app --measure``).
+background (matplotlib's blitting recipe), so a redraw is cheap; the slow full
+redraw (axes, ticks) happens only when an axis range has to grow (ranges grow
+with a margin, so rarely). C(r, t) and xi(t) are redrawn only when a record
+time is added. Measured with ``sdglass app --measure`` (README).
 """
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +27,6 @@ from core.plots import pick_times
 REDRAW_HZ = 4
 #: Most C(r, t) curves drawn at once (spread evenly in log t).
 MAX_CURVES = 8
-#: Shortest interval between two full redraws of the C(r, t) curve set (s).
-FULL_REDRAW_S = 1.0
 #: Relative margin added when an axis range grows.
 GROW_MARGIN = 0.25
 
@@ -143,7 +139,9 @@ class LivePlots(QWidget):
         self.plots = {"correlation": self.corr, "xi": self.xi, "energy": self.energy}
         self._corr_lines: list = []
         self._corr_count = -1
-        self._corr_rebuilt = -np.inf
+        self._records_drawn = -1
+        self._decorations: list = []
+        self._decorate_corr()
         self.xi_line = self.xi.animate(self.xi.ax.plot([], [], "o-", ms=3, color="#4fc3f7")[0])
         self.fit_line = self.xi.animate(self.xi.ax.plot([], [], "--", color="#ff8a65")[0])
         self.energy_line = self.energy.animate(self.energy.ax.plot([], [], "-", color="#aed581")[0])
@@ -195,8 +193,9 @@ class LivePlots(QWidget):
         """Clear every curve (new system or new spins)."""
         self.r_min = r_min
         self.pending, self.snapshot, self.fit = None, None, None
-        self._corr_count = -1
+        self._corr_count = self._records_drawn = -1
         self._clear_corr()
+        self._decorate_corr()
         for line in (self.xi_line, self.fit_line, self.energy_line):
             line.set_data([], [])
         self._initial_limits()
@@ -205,10 +204,24 @@ class LivePlots(QWidget):
             plot.redraw(full=True)
 
     def _clear_corr(self) -> None:
-        self.corr.ax.clear()
+        """Remove the curves and their legend (the static decorations stay)."""
+        for artist in self.corr.artists:
+            artist.remove()
         self.corr.artists = []
-        self.corr.style()
         self._corr_lines = []
+
+    def _decorate_corr(self) -> None:
+        """The forbidden region r < r_min and the zero line (drawn by full redraws only)."""
+        ax, colours = self.corr.ax, self.colours
+        for artist in self._decorations:
+            artist.remove()
+        self._decorations = [
+            ax.axvspan(0, self.r_min, color=colours["grid"], alpha=0.6, lw=0),
+            ax.text(self.r_min / 2, 0.95, "r < r_min", transform=ax.get_xaxis_transform(),
+                    ha="center", va="top", fontsize=7, color=colours["text"]),
+            ax.axhline(0, color=colours["text"], lw=0.6, alpha=0.6),
+        ]  # fmt: skip
+        ax.set_ylim(-0.1, 0.1)
 
     def update(self, snapshot) -> None:
         """Remember the latest snapshot; the timer draws it."""
@@ -222,16 +235,19 @@ class LivePlots(QWidget):
                 snap = self.snapshot
             else:
                 return
+        new_records = force_full or len(snap.record_times) != self._records_drawn
         self.snapshot = snap
-        self.corr.redraw(full=self._draw_corr(snap, force_full))
-        ok = (snap.record_times > 0) & np.isfinite(snap.xi) & (snap.xi > 0)
-        self.xi_line.set_data(snap.record_times[ok], snap.xi[ok])
-        full = force_full
-        if ok.any():
-            t, x = snap.record_times[ok], snap.xi[ok]
-            full |= self._grow(self.xi.ax, "x", t.min(), t.max(), log=True)
-            full |= self._grow(self.xi.ax, "y", x.min(), x.max(), log=True)
-        self.xi.redraw(full)
+        if new_records:  # C(r, t) and xi(t) change only when a record is added
+            self._records_drawn = len(snap.record_times)
+            self.corr.redraw(full=self._draw_corr(snap, force_full))
+            ok = (snap.record_times > 0) & np.isfinite(snap.xi) & (snap.xi > 0)
+            self.xi_line.set_data(snap.record_times[ok], snap.xi[ok])
+            full = force_full
+            if ok.any():
+                t, x = snap.record_times[ok], snap.xi[ok]
+                full |= self._grow(self.xi.ax, "x", t.min(), t.max(), log=True)
+                full |= self._grow(self.xi.ax, "y", x.min(), x.max(), log=True)
+            self.xi.redraw(full)
         self.energy_line.set_data(snap.energy_times, snap.energy_history)
         full = force_full
         if len(snap.energy_times):
@@ -255,21 +271,18 @@ class LivePlots(QWidget):
         return new is not None
 
     def _draw_corr(self, snap, force: bool = False) -> bool:
-        """Update the C(r, t) curves; True when a full redraw is needed."""
+        """Update the C(r, t) curves (and their legend: blitted too); True when a full redraw is
+        needed (the first data or a range that grew)."""
         times, corr = snap.record_times, snap.corr
         ax, colours = self.corr.ax, self.colours
         centres = 0.5 * (snap.r_edges[1:] + snap.r_edges[:-1])
-        now = time.monotonic()
-        rebuild = len(times) != self._corr_count and (
-            force or not self._corr_lines or now - self._corr_rebuilt >= FULL_REDRAW_S
-        )
-        if rebuild:  # new record times: a new curve set, at most once per FULL_REDRAW_S
-            self._corr_count, self._corr_rebuilt = len(times), now
+        full = force
+        if ax.get_xlim() != (0.0, float(snap.r_edges[-1])):
+            ax.set_xlim(0.0, float(snap.r_edges[-1]))
+            full = True
+        if len(times) != self._corr_count:  # new record times: a new curve set
+            self._corr_count = len(times)
             self._clear_corr()
-            ax.axvspan(0, snap.r_min, color=colours["grid"], alpha=0.6, lw=0)
-            ax.text(snap.r_min / 2, 0.95, "r < r_min", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=7, color=colours["text"])  # fmt: skip
-            ax.axhline(0, color=colours["text"], lw=0.6, alpha=0.6)
             picks = self._picks(times)
             cmap = colormaps["plasma"]
             for rank, k in enumerate(picks):
@@ -278,19 +291,18 @@ class LivePlots(QWidget):
                                   label=f"t = {times[k]:.3g}")  # fmt: skip
                 line.k = k
                 self._corr_lines.append(self.corr.animate(line))
-            ax.set_xlim(0, snap.r_edges[-1])
-            ax.set_ylim(-0.1, 0.1)
             if picks.size:
-                leg = ax.legend(fontsize=6, ncol=2, loc="lower right", framealpha=0.3)
+                leg = ax.legend(handles=self._corr_lines, fontsize=6, ncol=2, loc="lower right",
+                                framealpha=0.3)  # fmt: skip
                 for text in leg.get_texts():
                     text.set_color(colours["text"])
+                self.corr.animate(leg)
         for line in self._corr_lines:
             line.set_data(centres, corr[line.k])
-        grew = False
         if self._corr_lines:
             shown = corr[[line.k for line in self._corr_lines]]
-            grew = self._grow(ax, "y", min(float(shown.min()), 0.0), max(float(shown.max()), 0.0))
-        return rebuild or grew
+            full |= self._grow(ax, "y", min(float(shown.min()), 0.0), max(float(shown.max()), 0.0))
+        return full
 
     @staticmethod
     def _picks(times: np.ndarray) -> np.ndarray:

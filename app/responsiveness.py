@@ -3,8 +3,11 @@
 A QTimer fires every HEARTBEAT_MS on the main thread; the longest gap between
 two firings (minus the interval) is the longest time the event loop was busy,
 i.e. the UI did not respond. Frames are counted twice: snapshots shown (layer
-and plot updates pushed by the worker) and draws of the vispy canvas.
-``sdglass app --steps K --measure FILE.json`` writes ``report()`` after the run.
+and plot updates pushed by the worker) and draws of the vispy canvas. With
+``orbit`` the probe also plays a user turning the view (a camera step every
+ORBIT_MS), so canvas draws per second measure how smoothly the 3D view moves
+while the dynamics runs. ``sdglass app --steps K --measure FILE.json [--orbit]``
+writes ``report()`` after the run.
 """
 
 from __future__ import annotations
@@ -18,19 +21,25 @@ from qtpy.QtCore import QObject, QTimer
 
 from core.io import atomic_output
 
-#: Heartbeat interval of the stall detector (ms).
-HEARTBEAT_MS = 5
+#: Heartbeat interval of the stall detector (ms): fine against the 100 ms stall target,
+#: coarse enough not to steal the GIL from the dynamics worker.
+HEARTBEAT_MS = 20
+#: Interval of the simulated camera orbit (ms): asks for 20 redraws per second.
+ORBIT_MS = 50
 
 
 class ResponsivenessProbe(QObject):
     """Counts event-loop stalls, shown snapshots and canvas draws between start() and stop()."""
 
-    def __init__(self, viewer, session) -> None:
+    def __init__(self, viewer, session, orbit: bool = False) -> None:
         super().__init__()
-        self.viewer, self.session = viewer, session
+        self.viewer, self.session, self.orbit = viewer, session, orbit
         self._timer = QTimer(self)
         self._timer.setInterval(HEARTBEAT_MS)
         self._timer.timeout.connect(self._beat)
+        self._orbit_timer = QTimer(self)
+        self._orbit_timer.setInterval(ORBIT_MS)
+        self._orbit_timer.timeout.connect(self._turn)
         self.gaps: list[float] = []
         self.snapshots = 0
         self.draws = 0
@@ -41,6 +50,12 @@ class ResponsivenessProbe(QObject):
         now = time.perf_counter()
         self.gaps.append(now - self._last)
         self._last = now
+
+    def _turn(self) -> None:
+        """A user orbiting the view: turn the camera by 2 degrees (one redraw request)."""
+        camera = self.viewer.camera
+        elevation, azimuth, roll = camera.angles
+        camera.angles = (elevation, azimuth + 2.0, roll)
 
     def _on_snapshot(self, snap) -> None:
         self.snapshots += 1
@@ -61,10 +76,13 @@ class ResponsivenessProbe(QObject):
         if canvas is not None:
             canvas.events.draw.connect(self._on_draw)
         self._timer.start()
+        if self.orbit:
+            self._orbit_timer.start()
 
     def stop(self) -> None:
         self._t1 = time.perf_counter()
         self._timer.stop()
+        self._orbit_timer.stop()
         self.session.snapshot_ready.disconnect(self._on_snapshot)
         canvas = self._canvas()
         if canvas is not None:
@@ -79,6 +97,7 @@ class ResponsivenessProbe(QObject):
             "n": sim.system.n,
             "replicas": sim.replicas,
             "engine": sim.engine,
+            "orbit": self.orbit,
             "device": sim.device,
             "wall_seconds": wall,
             "steps": self.last_step - self.first_step,

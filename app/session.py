@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from napari.utils.notifications import show_error, show_warning
 from psygnal import Signal
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QApplication
 
 from core.config import ElectronConfig, LLGConfig, SystemConfig
@@ -63,6 +63,7 @@ class AppSession:
         self.worker = None
         self.steps_per_frame = 2
         self.last_snapshot = None
+        self._pending = None
         self.state = "stopped"
         self.errors: list[str] = []
         self.try_load_model(model_path)
@@ -194,7 +195,15 @@ class AppSession:
         if isinstance(snap, DynamicsError):
             self._on_error(worker, snap.error)
             return
-        self.show_snapshot(snap)
+        # coalesce: only the newest snapshot is drawn, however many queued up meanwhile
+        if self._pending is None:
+            QTimer.singleShot(0, self._show_pending)
+        self._pending = snap
+
+    def _show_pending(self) -> None:
+        snap, self._pending = self._pending, None
+        if snap is not None:
+            self.show_snapshot(snap)
 
     def show_snapshot(self, snap) -> None:
         """Main thread: push a snapshot to the layers, the plots and the panels."""
@@ -213,6 +222,7 @@ class AppSession:
         if worker is not self.worker:
             return
         self.worker = None
+        self._pending = None
         snap = self.sim.snapshot()
         if snap.step:
             self.show_snapshot(snap)

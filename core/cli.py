@@ -249,7 +249,7 @@ def cmd_app(args: argparse.Namespace) -> int:
             raise ConfigError("--measure needs --steps K (it measures while K steps run)")
         check_output(args.measure, args.force)
     options = dict(model_path=args.model, n=args.n, engine=args.engine)
-    options.update(measure=args.measure, force=args.force)
+    options.update(measure=args.measure, force=args.force, orbit=args.orbit)
     return int(launch(steps=args.steps, screenshot=args.screenshot, **options) or 0)
 
 
@@ -429,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--measure", default=None,
         help="with --steps: write frames per second and event-loop stalls during the run "
         "to this JSON file, print them and exit",
+    )  # fmt: skip
+    p.add_argument(
+        "--orbit", action="store_true",
+        help="with --measure: turn the camera 20 times per second meanwhile, as a user would",
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an existing --measure file")
     p.set_defaults(func=cmd_app)
