@@ -12,16 +12,13 @@ import napari
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication
 
-from app.panels.dynamics import ENGINE_LABELS, DynamicsPanel
+from app.panels.dynamics import DynamicsPanel
 from app.panels.export import ExportPanel
 from app.panels.fields import FieldsPanel
 from app.panels.model import ModelPanel
 from app.panels.system import SystemPanel
 from app.responsiveness import ResponsivenessProbe
 from app.session import AppSession
-
-#: Dynamics-panel label of each engine name.
-ENGINE_NAMES = {name: label for label, name in ENGINE_LABELS.items()}
 
 #: The session of each viewer built by launch (keyed by id(viewer)).
 _SESSIONS: dict[int, AppSession] = {}
@@ -110,7 +107,7 @@ def launch(
     if viewer is None:
         viewer = napari.Viewer(title="sdglass: metallic spin-glass quench explorer", ndisplay=3)
     viewer.dims.ndisplay = 3
-    session = AppSession(viewer, model_path=model_path, n=n)
+    session = AppSession(viewer, model_path=model_path, n=n, engine=engine)
     panels = dock_panels(viewer, session)
     _SESSIONS[id(viewer)] = session
     session.panels = panels
@@ -119,7 +116,6 @@ def launch(
         qt_window.resize(1600, 1000)
     viewer.layers.selection.active = session.scene.atoms
     QTimer.singleShot(50, lambda: frame_view(viewer))
-    panels["Dynamics"].engine.value = ENGINE_NAMES[engine]
     outcome = {"status": 0}
     probe = ResponsivenessProbe(viewer, session, orbit) if measure is not None and steps else None
     if probe is not None:

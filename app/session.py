@@ -50,7 +50,9 @@ class AppSession:
     model_changed = Signal()
     run_state_changed = Signal(str)  # "running", "paused", "stopped"
 
-    def __init__(self, viewer, model_path: str | Path | None = None, n: int = 100) -> None:
+    def __init__(
+        self, viewer, model_path: str | Path | None = None, n: int = 100, engine: str = "ed"
+    ) -> None:
         self.viewer = viewer
         self.scene = SceneLayers(viewer)
         self.model = None
@@ -58,7 +60,13 @@ class AppSession:
         self.model_path: Path | None = None
         self.model_message = ""
         self.warnings: list[str] = []
-        self.sim = Simulation(SystemConfig(n=n), ElectronConfig(), LLGConfig())
+        self.sim: Simulation | None = None
+        self.try_load_model(model_path)
+        engine = engine if self.model is not None else "ed"
+        self.sim = Simulation(
+            SystemConfig(n=n), ElectronConfig(), LLGConfig(), engine=engine, model=self.model
+        )
+        self.check_model()
         self.plots = LivePlots(str(viewer.theme), self.sim.system_config.r_min)
         self.worker = None
         self.steps_per_frame = 2
@@ -66,7 +74,6 @@ class AppSession:
         self._pending = None
         self.state = "stopped"
         self.errors: list[str] = []
-        self.try_load_model(model_path)
         self._show_system()
         self._close_filter = _CloseFilter(self)
         try:
@@ -95,9 +102,10 @@ class AppSession:
             self.model_changed.emit()
             return False
         self.model, self.card, self.model_path = model, card, path
-        self.sim.model = model
         self.model_message = f"Loaded {path.name}"
-        self.check_model()
+        if self.sim is not None:  # None while the session is being built
+            self.sim.model = model
+            self.check_model()
         self.model_changed.emit()
         return True
 

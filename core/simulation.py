@@ -43,6 +43,10 @@ from core.system import AtomicSystem, generate_positions, random_spins
 
 ENGINES = ("ed", "ml")
 
+#: Largest N for the ED engine: its 2N x 2N diagonalization takes ~3 s at N = 1000 and
+#: grows as N^3 (the ML engine is linear in N).
+ED_MAX_N = 2000
+
 #: Ratio between consecutive C(r, t) record steps: about 10 records per decade of t.
 RECORD_RATIO = 10 ** (1 / 10)
 
@@ -127,11 +131,24 @@ class Simulation:
         if engine == "ml" and model is None:
             raise ConfigError("the ML engine needs a model: no ML model is loaded")
 
-    def _make_provider(self, engine: str) -> FieldProvider:
+    def _make_provider(
+        self,
+        engine: str,
+        system: AtomicSystem | None = None,
+        electrons: ElectronConfig | None = None,
+    ) -> FieldProvider:
+        system, electrons = system or self.system, electrons or self.electrons
         if engine == "ed":
-            return EDSolver(self.system, self.electrons, self.device)
+            if system.n > ED_MAX_N:
+                gib = (2 * system.n) ** 2 * 16 / 2**30
+                raise ConfigError(
+                    f"ED at N = {system.n} diagonalizes a {2 * system.n} x {2 * system.n} complex "
+                    f"matrix ({gib:.1f} GiB) twice per step; the app allows ED up to "
+                    f"N = {ED_MAX_N}: use the ML engine"
+                )
+            return EDSolver(system, electrons, self.device)
         assert self.model is not None
-        return MLFieldProvider(self.model, self.system, self.device)
+        return MLFieldProvider(self.model, system, self.device)
 
     def generate(
         self, system: SystemConfig | None = None, electrons: ElectronConfig | None = None
@@ -140,11 +157,12 @@ class Simulation:
         system = system or self.system_config
         electrons = electrons or self.electrons
         atoms = generate_positions(system)  # raises PackingError before any state changes
+        provider = self._make_provider(self.engine, atoms, electrons)  # ConfigError, likewise
         with self._lock:
             self.system_config, self.electrons, self.system = system, electrons, atoms
             self.edges = bin_edges(system.r_min, atoms.box / 2, self.bin_width)
             self.bins = pair_bins(atoms, self.edges, self.device)
-            self.provider = self._make_provider(self.engine)
+            self.provider = provider
             self.stepper = LLG(self.provider, self._llg_config, device=self.device)
             self.reset_spins(self.spin_seed)
 

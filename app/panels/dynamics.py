@@ -9,6 +9,8 @@ from core.config import INTEGRATORS, LLGConfig
 from core.errors import SdglassError
 
 ENGINE_LABELS = {"ED (exact diagonalization)": "ed", "ML (machine-learned)": "ml"}
+#: Dynamics-panel label of each engine name.
+ENGINE_NAMES = {name: label for label, name in ENGINE_LABELS.items()}
 
 
 class DynamicsPanel(Container):
@@ -18,7 +20,7 @@ class DynamicsPanel(Container):
         self.session = session
         llg = session.sim.llg_config
         self.engine = ComboBox(
-            label="Engine", choices=list(ENGINE_LABELS), value="ED (exact diagonalization)",
+            label="Engine", choices=list(ENGINE_LABELS), value=ENGINE_NAMES[session.sim.engine],
             tooltip="Field provider: exact diagonalization of the s-d Hamiltonian (the paper's "
             "reference) or the machine-learned force field (needs a model).",
         )  # fmt: skip

@@ -139,3 +139,13 @@ def test_fit_psi_on_recorded_xi():
     assert np.isfinite(fit.psi) and fit.n_points >= 3
     acc = sim.correlations()
     np.testing.assert_allclose(acc.correlation(), sim.snapshot().corr)
+
+
+def test_ed_engine_refuses_large_systems_before_any_state_changes(sim, monkeypatch):
+    from core import simulation
+
+    monkeypatch.setattr(simulation, "ED_MAX_N", 40)
+    before = sim.system.positions.copy()
+    with pytest.raises(ConfigError, match="use the ML engine"):
+        sim.generate(SystemConfig(n=50))
+    np.testing.assert_array_equal(sim.system.positions, before)
