@@ -47,6 +47,11 @@ ENGINES = ("ed", "ml")
 #: grows as N^3 (the ML engine is linear in N).
 ED_MAX_N = 2000
 
+#: Largest distance of the live C(r, t) (ell): L/2 up to N ~ 1400 at the paper's density;
+#: beyond, the pair count grows as N r^3 (26M pairs within L/2 at N = 10000) while C(r)
+#: has decayed long before (xi is 1-3 ell; the paper plots r <= 4).
+CORR_R_MAX = 6.0
+
 #: Ratio between consecutive C(r, t) record steps: about 10 records per decade of t.
 RECORD_RATIO = 10 ** (1 / 10)
 
@@ -160,7 +165,7 @@ class Simulation:
         provider = self._make_provider(self.engine, atoms, electrons)  # ConfigError, likewise
         with self._lock:
             self.system_config, self.electrons, self.system = system, electrons, atoms
-            self.edges = bin_edges(system.r_min, atoms.box / 2, self.bin_width)
+            self.edges = bin_edges(system.r_min, min(atoms.box / 2, CORR_R_MAX), self.bin_width)
             self.bins = pair_bins(atoms, self.edges, self.device)
             self.provider = provider
             self.stepper = LLG(self.provider, self._llg_config, device=self.device)
