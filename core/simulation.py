@@ -187,14 +187,38 @@ class Simulation:
             self._rate = 0.0
 
     def set_engine(self, engine: str, model: EnergyModel | None = None) -> None:
-        """Switch ED / ML, optionally with a new model (same system, spins and clock)."""
-        self._check_engine(engine, model if model is not None else self.model)
+        """Switch ED / ML, optionally with a new model (same system, spins and clock).
+
+        On an error (ConfigError) nothing changes."""
+        model = model if model is not None else self.model
+        self._check_engine(engine, model)
         with self._lock:
-            if model is not None:
-                self.model = model
-            self.engine = engine
-            self.provider = self._make_provider(engine)
-            self.stepper = LLG(self.provider, self.stepper.config, device=self.device)
+            previous, self.model = self.model, model
+            try:
+                provider = self._make_provider(engine)
+            except Exception:
+                self.model = previous
+                raise
+            self.engine, self.provider = engine, provider
+            self.stepper = LLG(provider, self.stepper.config, device=self.device)
+
+    def set_device(self, device: str) -> None:
+        """Move provider, pair bins and spins to `device` ("cpu" or "cuda"); the state is kept.
+
+        ConfigError (and nothing changes) when the device is not available."""
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but no CUDA device is available")
+        with self._lock:
+            previous, self.device = self.device, str(device)
+            try:
+                provider = self._make_provider(self.engine)
+            except Exception:
+                self.device = previous
+                raise
+            self.provider = provider
+            self.bins = pair_bins(self.system, self.edges, self.device)
+            self.stepper = LLG(provider, self.stepper.config, device=self.device)
+            self.spins = self.spins.to(self.device)
 
     def set_replicas(self, replicas: int) -> None:
         """Number of spin replicas B; resets the spins."""

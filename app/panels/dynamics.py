@@ -87,6 +87,7 @@ class DynamicsPanel(Container):
         self.steps_per_frame.changed.connect(self._steps_changed)
         self.engine.changed.connect(self._engine_changed)
         self.replicas.changed.connect(self._replicas_changed)
+        self.device.changed.connect(self._device_changed)
         self.start_button.clicked.connect(self.start)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
@@ -134,6 +135,16 @@ class DynamicsPanel(Container):
             self._say(f"⚠ {err}")
         if was_running:
             self.start()
+
+    def _device_changed(self, device: str) -> None:
+        """Move the simulation (provider, pair bins, spins) to the chosen device; state kept."""
+        self.session.stop(wait=True)
+        try:
+            self.session.sim.set_device(str(device))
+            self._say("")
+        except SdglassError as err:
+            self._say(f"⚠ {err}")
+            self.device.value = self.session.sim.device
 
     def _replicas_changed(self, value: int) -> None:
         self.session.stop(wait=True)

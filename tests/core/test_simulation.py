@@ -149,3 +149,27 @@ def test_ed_engine_refuses_large_systems_before_any_state_changes(sim, monkeypat
     with pytest.raises(ConfigError, match="use the ML engine"):
         sim.generate(SystemConfig(n=50))
     np.testing.assert_array_equal(sim.system.positions, before)
+
+
+def test_set_device_keeps_the_state_and_refuses_a_missing_device(sim, monkeypatch):
+    sim.advance(3)
+    before = sim.snapshot()
+    sim.set_device("cpu")
+    after = sim.snapshot()
+    np.testing.assert_array_equal(after.spins, before.spins)
+    assert after.step == before.step and sim.spins.device.type == "cpu"
+    sim.advance(1)  # the rebuilt stepper runs
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        sim.set_device("cuda")
+    assert sim.device == "cpu"
+
+
+def test_failed_engine_switch_changes_nothing(sim, monkeypatch):
+    from core import simulation
+
+    monkeypatch.setattr(simulation, "ED_MAX_N", 10)
+    provider = sim.provider
+    with pytest.raises(ConfigError, match="use the ML engine"):
+        sim.set_engine("ed")
+    assert sim.provider is provider and sim.engine == "ed"
