@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter, ScalarFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
@@ -148,7 +148,7 @@ class LivePlots(QWidget):
         self.xi.ax.set_xscale("log")
         self.xi.ax.set_yscale("log")
         self.xi.ax.yaxis.set_major_formatter(ScalarFormatter())
-        self.xi.ax.yaxis.set_minor_formatter(FormatStrFormatter("%.3g"))
+        self.xi.ax.yaxis.set_minor_formatter(NullFormatter())
         self.energy.ax.ticklabel_format(useOffset=False)
         self._initial_limits()
 
@@ -257,7 +257,9 @@ class LivePlots(QWidget):
                 self.energy.ax.set_xlim(0, max(snap.energy_times.max(), 1e-3) * 2)
                 self.energy.ax.set_ylim(e.min() - 1e-3, e.max() + 1e-3)
                 full = True
-            full |= self._grow(self.energy.ax, "x", 0.0, float(snap.energy_times.max()))
+            if self._grow(self.energy.ax, "x", 0.0, float(snap.energy_times.max())):
+                self.energy.ax.set_xlim(left=0.0)  # time starts at 0
+                full = True
             full |= self._grow(self.energy.ax, "y", float(e.min()), float(e.max()))
         self.energy.redraw(full)
         self.redraws += 1
