@@ -104,7 +104,10 @@ class AppSession:
         self.model, self.card, self.model_path = model, card, path
         self.model_message = f"Loaded {path.name}"
         if self.sim is not None:  # None while the session is being built
-            self.sim.model = model
+            if self.sim.engine == "ml":  # the running provider must use the new model
+                self.sim.set_engine("ml", model)
+            else:
+                self.sim.model = model
             self.check_model()
         self.model_changed.emit()
         return True

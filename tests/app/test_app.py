@@ -184,6 +184,9 @@ def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file):
     assert "RMSE" in fields.result.value
     assert session.scene.quantity == "ML-ED field error"
     assert fields.parity.points == 30 * 3
+    # loading a model while the ML engine is selected swaps the provider's model too
+    assert session.panels["Model"].load(tiny_model_file)
+    assert session.sim.provider.model is session.model
 
 
 def test_fields_panel_computes_ed_fields(app_viewer, qtbot):
