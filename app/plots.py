@@ -137,8 +137,8 @@ class LivePlots(QWidget):
         self.xi = BlitPlot(self.colours, "Correlation length xi(t)", "t (1/gamma t0)", "xi (ell)")
         self.energy = BlitPlot(self.colours, "Energy per spin", "t (1/gamma t0)", "E / N (t0)")
         self.plots = {"correlation": self.corr, "xi": self.xi, "energy": self.energy}
-        self._corr_lines: list = []
         self._corr_count = -1
+        self._corr_lines = self._curve_pool()
         self._records_drawn = -1
         self._decorations: list = []
         self._decorate_corr()
@@ -203,12 +203,32 @@ class LivePlots(QWidget):
         for plot in self.plots.values():
             plot.redraw(full=True)
 
+    def _curve_pool(self) -> list:
+        """MAX_CURVES C(r, t) lines (colour by rank in time) and their legend, made once and
+        blitted: a new record only changes data, labels and visibility."""
+        cmap = colormaps["plasma"]
+        lines = []
+        for rank in range(MAX_CURVES):
+            colour = cmap(0.15 + 0.8 * rank / max(1, MAX_CURVES - 1))
+            (line,) = self.corr.ax.plot([], [], "o-", ms=2, lw=1, color=colour, label=" ")
+            lines.append(self.corr.animate(line))
+        self._legend = self.corr.ax.legend(
+            handles=lines, fontsize=6, ncol=2, loc="lower right", framealpha=0.3
+        )
+        for text in self._legend.get_texts():
+            text.set_color(self.colours["text"])
+        self.corr.animate(self._legend)
+        return lines
+
     def _clear_corr(self) -> None:
-        """Remove the curves and their legend (the static decorations stay)."""
-        for artist in self.corr.artists:
-            artist.remove()
-        self.corr.artists = []
-        self._corr_lines = []
+        """Hide every curve and its legend entry (the static decorations stay)."""
+        for line, handle, text in self._legend_rows():
+            for artist in (line, handle, text):
+                artist.set_visible(False)
+
+    def _legend_rows(self):
+        return zip(self._corr_lines, self._legend.legend_handles, self._legend.get_texts(),
+                   strict=True)  # fmt: skip
 
     def _decorate_corr(self) -> None:
         """The forbidden region r < r_min and the zero line (drawn by full redraws only)."""
@@ -276,33 +296,29 @@ class LivePlots(QWidget):
         """Update the C(r, t) curves (and their legend: blitted too); True when a full redraw is
         needed (the first data or a range that grew)."""
         times, corr = snap.record_times, snap.corr
-        ax, colours = self.corr.ax, self.colours
+        ax = self.corr.ax
         centres = 0.5 * (snap.r_edges[1:] + snap.r_edges[:-1])
         full = force
         if ax.get_xlim() != (0.0, float(snap.r_edges[-1])):
             ax.set_xlim(0.0, float(snap.r_edges[-1]))
             full = True
-        if len(times) != self._corr_count:  # new record times: a new curve set
+        if len(times) != self._corr_count:  # new record times: a new pick of curves
             self._corr_count = len(times)
             self._clear_corr()
-            picks = self._picks(times)
-            cmap = colormaps["plasma"]
-            for rank, k in enumerate(picks):
-                colour = cmap(0.15 + 0.8 * rank / max(1, len(picks) - 1))
-                (line,) = ax.plot(centres, corr[k], "o-", ms=2, lw=1, color=colour,
-                                  label=f"t = {times[k]:.3g}")  # fmt: skip
+            picks = self._picks(times)[-MAX_CURVES:]
+            # the latest time takes the brightest colour: picks fill the last slots
+            rows = list(self._legend_rows())[MAX_CURVES - len(picks) :]
+            for k, (line, handle, text) in zip(picks, rows, strict=True):
                 line.k = k
-                self._corr_lines.append(self.corr.animate(line))
-            if picks.size:
-                leg = ax.legend(handles=self._corr_lines, fontsize=6, ncol=2, loc="lower right",
-                                framealpha=0.3)  # fmt: skip
-                for text in leg.get_texts():
-                    text.set_color(colours["text"])
-                self.corr.animate(leg)
-        for line in self._corr_lines:
+                text.set_text(f"t = {times[k]:.3g}")
+                for artist in (line, handle, text):
+                    artist.set_visible(True)
+            self._legend.set_visible(bool(len(picks)))
+        shown_lines = [line for line in self._corr_lines if line.get_visible()]
+        for line in shown_lines:
             line.set_data(centres, corr[line.k])
-        if self._corr_lines:
-            shown = corr[[line.k for line in self._corr_lines]]
+        if shown_lines:
+            shown = corr[[line.k for line in shown_lines]]
             full |= self._grow(ax, "y", min(float(shown.min()), 0.0), max(float(shown.max()), 0.0))
         return full
 
