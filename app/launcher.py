@@ -100,8 +100,8 @@ def launch(
     measure: while those steps run, record frames per second and event-loop
     stalls (app.responsiveness), write them to this JSON file, print them and
     close (an existing file only with force); orbit: meanwhile turn the camera
-    like a user would (app.responsiveness). Returns the viewer when return_viewer (else runs the event loop and
-    returns the exit status).
+    like a user would. Returns the viewer when return_viewer (else runs the
+    event loop and returns the exit status).
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if viewer is None:

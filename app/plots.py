@@ -44,6 +44,17 @@ def theme_colours(theme_name: str) -> dict[str, str]:
     }
 
 
+def style_axes(ax, colours: dict[str, str], title: str, xlabel: str, ylabel: str) -> None:
+    """Theme colours on an axes, with its title and axis labels (small fonts for docks)."""
+    ax.set_facecolor(colours["canvas"])
+    ax.tick_params(colors=colours["text"], labelsize=7)
+    for spine in ax.spines.values():
+        spine.set_color(colours["text"])
+    ax.set_title(title, fontsize=9, color=colours["text"])
+    ax.set_xlabel(xlabel, fontsize=8, color=colours["text"])
+    ax.set_ylabel(ylabel, fontsize=8, color=colours["text"])
+
+
 def grown(current: tuple[float, float], lo: float, hi: float, log: bool = False):
     """A range holding [lo, hi] that includes `current`, with GROW_MARGIN; None if current holds it."""
     if lo >= current[0] and hi <= current[1]:
@@ -66,24 +77,11 @@ class BlitPlot:
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(220)
         self.ax = self.figure.add_subplot()
-        self.labels = (title, xlabel, ylabel)
-        self.style()
+        style_axes(self.ax, colours, title, xlabel, ylabel)
         self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.88)
         self.artists: list = []
         self.background = None
-        self.full_draws = 0
         self.canvas.mpl_connect("draw_event", self._on_draw)
-
-    def style(self) -> None:
-        c, ax = self.colours, self.ax
-        ax.set_facecolor(c["canvas"])
-        ax.tick_params(colors=c["text"], labelsize=7)
-        for spine in ax.spines.values():
-            spine.set_color(c["text"])
-        title, xlabel, ylabel = self.labels
-        ax.set_title(title, fontsize=9, color=c["text"])
-        ax.set_xlabel(xlabel, fontsize=8, color=c["text"])
-        ax.set_ylabel(ylabel, fontsize=8, color=c["text"])
 
     def animate(self, artist):
         """Register a data artist: drawn by blitting, not by full redraws."""
@@ -97,13 +95,11 @@ class BlitPlot:
 
     def _draw_artists(self) -> None:
         for artist in self.artists:
-            if artist.axes is not None:
-                self.ax.draw_artist(artist)
+            self.ax.draw_artist(artist)
 
     def redraw(self, full: bool = False) -> None:
         """Full draw (axes, ticks, legend) when asked or without a background, else a blit."""
         if full or self.background is None:
-            self.full_draws += 1
             self.canvas.draw()
             return
         self.canvas.restore_region(self.background)
@@ -132,7 +128,6 @@ class LivePlots(QWidget):
         self.pending = None
         self.snapshot = None
         self.fit = None
-        self.redraws = 0
         self.corr = BlitPlot(self.colours, "Spin correlation C(r, t)", "r (ell)", "C(r, t)")
         self.xi = BlitPlot(self.colours, "Correlation length xi(t)", "t (1/gamma t0)", "xi (ell)")
         self.energy = BlitPlot(self.colours, "Energy per spin", "t (1/gamma t0)", "E / N (t0)")
@@ -181,11 +176,6 @@ class LivePlots(QWidget):
         self.energy.ax.set_xlim(0, 1)
         self.energy.ax.set_ylim(-1, 0)
         self._energy_empty = True
-
-    @property
-    def full_draws(self) -> int:
-        """Full (slow) redraws so far, all canvases."""
-        return sum(p.full_draws for p in self.plots.values())
 
     # -------------------------------------------------------------- data
 
@@ -282,7 +272,6 @@ class LivePlots(QWidget):
                 full = True
             full |= self._grow(self.energy.ax, "y", float(e.min()), float(e.max()))
         self.energy.redraw(full)
-        self.redraws += 1
 
     @staticmethod
     def _grow(ax, axis: str, lo: float, hi: float, log: bool = False) -> bool:

@@ -248,9 +248,11 @@ def cmd_app(args: argparse.Namespace) -> int:
         if not args.steps:
             raise ConfigError("--measure needs --steps K (it measures while K steps run)")
         check_output(args.measure, args.force)
-    options = dict(model_path=args.model, n=args.n, engine=args.engine)
-    options.update(measure=args.measure, force=args.force, orbit=args.orbit)
-    return int(launch(steps=args.steps, screenshot=args.screenshot, **options) or 0)
+    status = launch(
+        steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n,
+        engine=args.engine, measure=args.measure, force=args.force, orbit=args.orbit,
+    )  # fmt: skip
+    return int(status or 0)
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

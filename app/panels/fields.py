@@ -18,6 +18,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 
 from app.layers import QUANTITIES
+from app.plots import style_axes
 
 
 class FieldsPanel(Container):
@@ -181,14 +182,8 @@ class ParityPlot:
         self.points = 0
 
     def _style(self, title: str) -> None:
-        c, ax = self.colours, self.ax
-        ax.set_facecolor(c["canvas"])
-        ax.tick_params(colors=c["text"], labelsize=7)
-        for spine in ax.spines.values():
-            spine.set_color(c["text"])
-        ax.set_xlabel("ED H_perp component (t0)", fontsize=7, color=c["text"])
-        ax.set_ylabel("ML H_perp component (t0)", fontsize=7, color=c["text"])
-        ax.set_title(title, fontsize=8, color=c["text"])
+        style_axes(self.ax, self.colours, title, "ED H_perp component (t0)",
+                   "ML H_perp component (t0)")  # fmt: skip
 
     def show(self, stats: dict) -> None:
         """Scatter every component of S x H, the diagonal, and the RMSE in the title."""

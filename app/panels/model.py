@@ -69,7 +69,7 @@ class ModelPanel(Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        from app.plots import theme_colours
+        from app.plots import style_axes, theme_colours
 
         c = theme_colours(str(self.session.viewer.theme))
         if self.exchange is None:
@@ -83,10 +83,7 @@ class ModelPanel(Container):
         r = np.linspace(self.session.sim.system_config.r_min, model.spec.rc, 200)
         ax.plot(r, model.exchange(r), color="#4fc3f7")
         ax.axhline(0, color=c["text"], lw=0.5)
-        ax.set_facecolor(c["canvas"])
-        ax.set_xlabel("R (ell)", fontsize=7, color=c["text"])
-        ax.set_ylabel("J(R) (t0)", fontsize=7, color=c["text"])
-        ax.tick_params(colors=c["text"], labelsize=6)
+        style_axes(ax, c, "", "R (ell)", "J(R) (t0)")
         fig.tight_layout()
         self.exchange.setVisible(True)
         self.exchange.draw_idle()
