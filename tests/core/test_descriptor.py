@@ -210,6 +210,20 @@ def test_triplets_enumerated_in_chunks_of_centres_equal_the_brute_force_sum(
     np.testing.assert_allclose(feats(small, s, EXACT).numpy(), slow, rtol=1e-10, atol=1e-12)
 
 
+def test_fast_path_equals_brute_force_on_a_lattice_full_of_chi_ties():
+    # simple cubic, spacing 1, box 4: equidistant neighbours give G3chi weight 0 (ties);
+    # one displaced atom adds untied triplets beside them
+    grid = np.stack(np.meshgrid(*[np.arange(4.0)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    grid[0] += (0.13, 0.07, 0.02)
+    lattice = AtomicSystem(positions=grid, box=4.0)
+    s = spins(2, lattice.n, seed=4)
+    fast = feats(lattice, s, EXACT).numpy()
+    slow = brute_force(lattice.positions, lattice.box, s, EXACT)
+    n_tri = EXACT.n_radii * EXACT.n_angular
+    assert np.abs(slow[..., -n_tri:]).max() > 1e-2  # some chirality survives the ties
+    np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
+
+
 def test_paper_spec_equals_brute_force_within_tolerance(paper_system):
     spec = DescriptorSpec.paper()
     s = spins(1, paper_system.n, seed=1)
