@@ -90,7 +90,9 @@ def test_dos_writes_figure(tmp_path, capsys):
 
 
 def test_bench_json_is_one_object(capsys):
-    code, out, _ = run(capsys, "bench", "ed", "--sizes", 10, 20, "--repeats", 1, "--json")
+    code, out, _ = run(
+        capsys, "bench", "ed", "--sizes", 10, 20, "--repeats", 1, "--min-time", 0, "--json"
+    )
     assert code == 0
     data = json.loads(out)
     assert [r["n"] for r in data["results"]] == [10, 20]
@@ -201,12 +203,16 @@ def test_ml_quench_and_bench_with_a_model_file(tmp_path, capsys, tiny_model_file
     assert read_trajectory(tmp_path / "ml.h5").attrs["engine"] == "ml"
     code, out, _ = run(
         capsys, "bench", "ml", "--model", model, "--sizes", 20, 30, "--ed-max", 20,
-        "--repeats", 1, "--json",
+        "--repeats", 1, "--min-time", 0, "--json",
     )  # fmt: skip
     assert code == 0
     rows = json.loads(out)["results"]
     assert [(r["engine"], r["n"]) for r in rows] == [("ml", 20), ("ml", 30), ("ed", 20)]
     assert all(r["seconds_per_step"] > 0 for r in rows)
+    (speedup,) = json.loads(out)["speedups"]
+    ml, ed = rows[0], rows[2]
+    assert speedup["n"] == 20
+    assert speedup["eval"] == pytest.approx(ed["seconds_per_eval"] / ml["seconds_per_eval"])
 
 
 def test_ml_quench_with_missing_model_fails_clearly(tmp_path, capsys):

@@ -1,0 +1,32 @@
+import time
+
+import pytest
+
+from core.bench import format_table, speedups, time_call
+
+
+def test_time_call_repeats_until_both_the_count_and_the_time_are_reached():
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(0.01)
+
+    best = time_call(fn, repeats=2, min_time=0.08)
+    assert len(calls) >= 1 + 8  # warm-up, then at least 0.08 s of 0.01 s calls
+    assert 0.01 <= best < 0.05
+    calls.clear()
+    time_call(fn, repeats=3, min_time=0.0)
+    assert len(calls) == 4
+
+
+def test_speedups_pair_ml_and_ed_rows_of_the_same_size():
+    rows = [
+        {"engine": "ml", "n": 500, "batch": 1, "seconds_per_eval": 0.01, "seconds_per_step": 0.02},
+        {"engine": "ml", "n": 2000, "batch": 1, "seconds_per_eval": 0.04, "seconds_per_step": 0.1},
+        {"engine": "ed", "n": 500, "batch": 1, "seconds_per_eval": 0.3, "seconds_per_step": 0.7},
+    ]
+    (s,) = speedups(rows)
+    assert s["n"] == 500
+    assert s["eval"] == pytest.approx(30) and s["step"] == pytest.approx(35)
+    assert "30.0x faster than ED per evaluation, 35.0x per step, at N = 500" in format_table(rows)
