@@ -129,6 +129,7 @@ def launch(
                 " ".join(
                     f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                     for k, v in report.items()
+                    if not isinstance(v, list)
                 )
             )
             if screenshot is None and not return_viewer:

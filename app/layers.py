@@ -6,6 +6,8 @@ layers and is touched only from the main thread.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from matplotlib import colormaps
 
@@ -20,6 +22,9 @@ QUANTITIES = {
 
 #: Above this many atoms only a subsample of spin arrows is drawn.
 MAX_ARROWS = 2000
+#: Least seconds between two thumbnails of the Spins layer (napari redraws a vectors
+#: thumbnail in ~20 ms, as long as the rest of a live frame's layer update).
+THUMBNAIL_S = 1.0
 
 
 def box_edges(side: float) -> np.ndarray:
@@ -86,6 +91,7 @@ class SceneLayers:
         self.field_layer = None
         self.box_layer = None
         self.legend = ""
+        self._thumbnail_time = 0.0
 
     # -------------------------------------------------------------- building
 
@@ -116,6 +122,8 @@ class SceneLayers:
             np.zeros((1, 2, 3)), name="Fields (H_perp)", edge_width=0.04,
             edge_color="#7fff7f", vector_style="arrow", visible=False,
         )  # fmt: skip
+        # hidden field arrows are not updated; showing them (panel or layer list) catches up
+        self.field_layer.events.visible.connect(lambda event: self._update_field_arrows())
         v.dims.ndisplay = 3
         v.reset_view()
         self._update_legend()
@@ -160,14 +168,29 @@ class SceneLayers:
         idx = arrow_subset(len(self.positions))
         if self.spin_layer.edge_width != self.arrow_width:
             self.spin_layer.edge_width = self.arrow_width
-        self.spin_layer.edge_color = rgba[idx]
-        self.spin_layer.data = spin_vectors(self.positions[idx], self.spins[idx], self.arrow_length)
-        if self.fields is not None:
-            hp = h_perp(self.spins, self.fields)[idx]
-            scale = 0.8 / max(float(np.linalg.norm(hp, axis=-1).max()), 1e-12)
-            self.field_layer.data = np.stack([self.positions[idx], scale * hp], axis=1)
-            self.field_layer.name = f"Fields (H_perp x {scale:.3g})"
+        # colours and arrows in one layer refresh, its thumbnail at most every THUMBNAIL_S
+        with self.spin_layer._block_refresh():
+            self.spin_layer.edge_color = rgba[idx]
+            self.spin_layer.data = spin_vectors(
+                self.positions[idx], self.spins[idx], self.arrow_length
+            )
+        now = time.monotonic()
+        thumbnail = now - self._thumbnail_time >= THUMBNAIL_S
+        if thumbnail:
+            self._thumbnail_time = now
+        self.spin_layer.refresh(thumbnail=thumbnail)
+        self._update_field_arrows()
         self._update_legend()
+
+    def _update_field_arrows(self) -> None:
+        """H_perp arrows from the stored fields, scaled to 0.8 ell at the largest (when shown)."""
+        if self.fields is None or self.field_layer is None or not self.field_layer.visible:
+            return
+        idx = arrow_subset(len(self.positions))
+        hp = h_perp(self.spins, self.fields)[idx]
+        scale = 0.8 / max(float(np.linalg.norm(hp, axis=-1).max()), 1e-12)
+        self.field_layer.data = np.stack([self.positions[idx], scale * hp], axis=1)
+        self.field_layer.name = f"Fields (H_perp x {scale:.3g})"
 
     def _update_legend(self) -> None:
         values = self.quantity_values()

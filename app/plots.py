@@ -81,6 +81,7 @@ class BlitPlot:
         self.figure.subplots_adjust(left=0.17, right=0.97, bottom=0.2, top=0.88)
         self.artists: list = []
         self.background = None
+        self.needs_full = True  # axes, ticks or legend changed: the next paint is a full draw
         self.canvas.mpl_connect("draw_event", self._on_draw)
 
     def animate(self, artist):
@@ -97,14 +98,26 @@ class BlitPlot:
         for artist in self.artists:
             self.ax.draw_artist(artist)
 
-    def redraw(self, full: bool = False) -> None:
-        """Full draw (axes, ticks, legend) when asked or without a background, else a blit."""
-        if full or self.background is None:
-            self.canvas.draw()
-            return
+    def redraw(self, full: bool = False, allow_full: bool = True) -> bool:
+        """Full draw (axes, ticks, legend) when asked or needed, else a blit of the data.
+
+        With allow_full False a needed full draw waits (nothing is drawn); returns
+        whether a full draw happened.
+        """
+        self.needs_full |= full or self.background is None
+        if self.needs_full:
+            if allow_full:
+                self.needs_full = False
+                self.canvas.draw()
+                return True
+            return False
         self.canvas.restore_region(self.background)
         self._draw_artists()
-        self.canvas.blit(self.figure.bbox)
+        # update(), not blit(): blit repaints at once, and with napari's OpenGL canvas in the
+        # window every repaint recomposes the whole window; update() lets Qt join the three
+        # canvases (and whatever else changed) into one composition
+        self.canvas.update()
+        return False
 
     def save(self, path: Path, dpi: int = 150) -> Path:
         """PNG with every artist (animated ones are skipped by savefig unless switched off)."""
@@ -191,7 +204,8 @@ class LivePlots(QWidget):
         self._initial_limits()
         self.fit_label.setText("psi: not fitted")
         for plot in self.plots.values():
-            plot.redraw(full=True)
+            plot.needs_full = True
+        self._paint(set(), all_full=True)
 
     def _curve_pool(self) -> list:
         """MAX_CURVES C(r, t) lines (colour by rank in time) and their legend, made once and
@@ -240,16 +254,29 @@ class LivePlots(QWidget):
     def flush(self, force_full: bool = False) -> None:
         """Redraw now if a new snapshot is pending (force_full: also rebuild the curve set)."""
         snap, self.pending = self.pending, None
-        if snap is None:
-            if force_full and self.snapshot is not None:
-                snap = self.snapshot
-            else:
-                return
+        if snap is None and force_full:
+            snap = self.snapshot
+        changed = set() if snap is None else self._set_data(snap, force_full)
+        self._paint(changed, all_full=force_full)
+
+    def _paint(self, changed: set, all_full: bool = False) -> None:
+        """Blit the changed plots, with at most one full draw per call unless all_full: a full
+        draw costs 20-30 ms on an idle CPU and several times that beside the dynamics, so
+        three at once would stall the event loop; a waiting one is drawn at the next flush."""
+        did_full = False
+        for plot in self.plots.values():
+            if plot in changed or plot.needs_full:
+                did_full |= plot.redraw(allow_full=all_full or not did_full)
+
+    def _set_data(self, snap, force_full: bool) -> set:
+        """Put a snapshot into the artists; returns the plots whose data changed (a plot whose
+        axes must change gets needs_full)."""
         new_records = force_full or len(snap.record_times) != self._records_drawn
         self.snapshot = snap
+        changed = {self.energy}
         if new_records:  # C(r, t) and xi(t) change only when a record is added
             self._records_drawn = len(snap.record_times)
-            self.corr.redraw(full=self._draw_corr(snap, force_full))
+            self.corr.needs_full |= self._draw_corr(snap, force_full)
             ok = (snap.record_times > 0) & np.isfinite(snap.xi) & (snap.xi > 0)
             self.xi_line.set_data(snap.record_times[ok], snap.xi[ok])
             full = force_full
@@ -257,7 +284,8 @@ class LivePlots(QWidget):
                 t, x = snap.record_times[ok], snap.xi[ok]
                 full |= self._grow(self.xi.ax, "x", t.min(), t.max(), log=True)
                 full |= self._grow(self.xi.ax, "y", x.min(), x.max(), log=True)
-            self.xi.redraw(full)
+            self.xi.needs_full |= full
+            changed |= {self.corr, self.xi}
         self.energy_line.set_data(snap.energy_times, snap.energy_history)
         full = force_full
         if len(snap.energy_times):
@@ -271,7 +299,8 @@ class LivePlots(QWidget):
                 self.energy.ax.set_xlim(left=0.0)  # time starts at 0
                 full = True
             full |= self._grow(self.energy.ax, "y", float(e.min()), float(e.max()))
-        self.energy.redraw(full)
+        self.energy.needs_full |= full
+        return changed
 
     @staticmethod
     def _grow(ax, axis: str, lo: float, hi: float, log: bool = False) -> bool:

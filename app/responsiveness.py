@@ -41,6 +41,7 @@ class ResponsivenessProbe(QObject):
         self._orbit_timer.setInterval(ORBIT_MS)
         self._orbit_timer.timeout.connect(self._turn)
         self.gaps: list[float] = []
+        self.beats: list[float] = []  # time of each heartbeat, s since start()
         self.snapshots = 0
         self.draws = 0
         self.first_step = self.last_step = 0
@@ -49,6 +50,7 @@ class ResponsivenessProbe(QObject):
     def _beat(self) -> None:
         now = time.perf_counter()
         self.gaps.append(now - self._last)
+        self.beats.append(now - self._t0)
         self._last = now
 
     def _turn(self) -> None:
@@ -89,9 +91,11 @@ class ResponsivenessProbe(QObject):
             canvas.events.draw.disconnect(self._on_draw)
 
     def report(self) -> dict[str, float | int | str]:
-        """Seconds measured, frames per second, stalls (ms beyond the heartbeat), steps per second."""
+        """Seconds measured, frames per second, stalls (ms beyond the heartbeat), steps per second,
+        and when each stall over 100 ms ended (s since start) with its length (ms)."""
         wall = max(self._t1 - self._t0, 1e-9)
         stalls = np.maximum(np.asarray(self.gaps) - HEARTBEAT_MS / 1000, 0) * 1000
+        long = np.flatnonzero(stalls > 100)
         sim = self.session.sim
         return {
             "n": sim.system.n,
@@ -106,7 +110,8 @@ class ResponsivenessProbe(QObject):
             "canvas_draws_per_second": self.draws / wall,
             "max_stall_ms": float(stalls.max()) if stalls.size else 0.0,
             "p99_stall_ms": float(np.percentile(stalls, 99)) if stalls.size else 0.0,
-            "stalls_over_100ms": int((stalls > 100).sum()),
+            "stalls_over_100ms": int(long.size),
+            "long_stalls": [[round(self.beats[k], 3), round(float(stalls[k]), 1)] for k in long],
         }
 
     def write(self, path: str | Path, force: bool = False) -> dict:

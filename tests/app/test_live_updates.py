@@ -1,0 +1,61 @@
+"""What a live frame touches: hidden field arrows wait, plots spread their full redraws,
+and the responsiveness probe says when the event loop stalled."""
+
+import numpy as np
+
+from app.plots import LivePlots
+from app.responsiveness import HEARTBEAT_MS, ResponsivenessProbe
+
+
+def test_hidden_field_arrows_wait_and_catch_up_when_shown(app_viewer):
+    _, session = app_viewer
+    scene = session.scene
+    placeholder = scene.field_layer.data.copy()
+    fields = np.random.default_rng(0).normal(size=(30, 3))
+    scene.update_spins(scene.spins, fields)
+    assert not scene.field_layer.visible
+    np.testing.assert_array_equal(scene.field_layer.data, placeholder)
+    scene.field_layer.visible = True  # e.g. the eye in napari's layer list
+    hp = np.cross(scene.spins, fields)
+    arrows = scene.field_layer.data
+    assert arrows.shape == (30, 2, 3)
+    np.testing.assert_allclose(arrows[:, 0], scene.positions)
+    ratio = np.linalg.norm(arrows[:, 1], axis=1) / np.linalg.norm(hp, axis=1)
+    np.testing.assert_allclose(ratio, ratio[0])  # one scale for every arrow
+
+
+def test_a_flush_draws_at_most_one_plot_in_full(app_viewer, qtbot):
+    _, session = app_viewer
+    session.start(max_steps=4)
+    qtbot.waitUntil(lambda: session.worker is None, timeout=60_000)
+    plots = LivePlots("dark", 0.5)
+    qtbot.addWidget(plots)
+    draws = {name: [] for name in plots.plots}
+    for name, plot in plots.plots.items():
+        plot.canvas.mpl_connect("draw_event", lambda event, n=name: draws[n].append(1))
+    plots.update(session.sim.snapshot())
+    plots.flush()  # first data: every plot needs a full draw
+    assert sum(map(len, draws.values())) == 1
+    plots.flush()
+    plots.flush()  # no new data: the waiting full draws follow, one per flush
+    assert all(len(d) == 1 for d in draws.values())
+    assert not any(p.needs_full for p in plots.plots.values())
+    plots.flush()
+    assert sum(map(len, draws.values())) == 3  # nothing left to draw
+    for plot in plots.plots.values():
+        plot.needs_full = True
+    plots.flush(force_full=True)  # export and the end of a run draw everything at once
+    assert all(len(d) == 2 for d in draws.values())
+
+
+def test_probe_reports_when_each_long_stall_happened(app_viewer):
+    viewer, session = app_viewer
+    probe = ResponsivenessProbe(viewer, session)
+    beat = HEARTBEAT_MS / 1000
+    probe.gaps = [beat, beat + 0.25, beat, beat + 0.05, beat + 0.12]
+    probe.beats = [0.02, 0.29, 0.31, 0.38, 0.52]
+    probe._t1 = 0.6
+    report = probe.report()
+    assert report["stalls_over_100ms"] == 2
+    assert report["long_stalls"] == [[0.29, 250.0], [0.52, 120.0]]
+    assert report["max_stall_ms"] == 250.0
