@@ -502,6 +502,8 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
     """
     n_d, radii = spec.n_radii, np.asarray(spec.radii)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    # int32 entry indices where they fit: half the memory traffic of the set-up
+    index = np.int32 if max(n * n_d, SIGN_SLOTS * len(a)) < 2**31 else np.int64
     chunk_of = centre // TRIPLET_CHUNK
     order = np.argsort(chunk_of, kind="stable")
     bounds = np.searchsorted(chunk_of[order], np.arange(-(-n // TRIPLET_CHUNK) + 1))
@@ -514,7 +516,8 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
         # owner is sorted, so these gathers stream
         weights = np.take(angular.astype(np_dtype), owner, axis=0)
         weights *= value.astype(np_dtype)[:, None]
-        rows, cols = t_centre[owner] * n_d + d_idx, t_pair[owner]
+        rows = (t_centre[owner] * n_d + d_idx).astype(index)
+        cols = t_pair[owner].astype(index)
         if spec.include_chi:
             sign = chi_sign[owner]
             cols = cols * SIGN_SLOTS + (sign < 0)

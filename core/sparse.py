@@ -38,7 +38,8 @@ class Pattern:
 
     def __init__(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]) -> None:
         nnz = len(rows)
-        ids = sp.csr_matrix((np.arange(nnz, dtype=np.int64), (rows, cols)), shape=shape)
+        entry = np.int32 if nnz < 2**31 else np.int64
+        ids = sp.csr_matrix((np.arange(nnz, dtype=entry), (rows, cols)), shape=shape)
         if ids.nnz != nnz:
             raise RuntimeError("internal error: repeated (row, col) entry in a descriptor map")
         ids_t = ids.T.tocsr()

@@ -37,10 +37,15 @@ def test_launch_builds_layers_and_panels(app_viewer):
 def test_generate_from_system_panel(app_viewer):
     viewer, session = app_viewer
     panel = session.panels["System"]
+    layers = list(viewer.layers)
     panel.n.value = 40
     panel.seed.value = 3
     assert panel.generate()
     assert viewer.layers["Atoms"].data.shape == (40, 3)
+    assert viewer.layers["Spins"].data.shape == (40, 2, 3)
+    assert len(viewer.layers["Spins"].edge_color) == 40
+    assert list(viewer.layers) == layers  # new data in the same layers (no removal cost)
+    np.testing.assert_allclose(viewer.layers["Box"].data[:, 1].max(), session.sim.system.box)
     assert session.sim.system_config == SystemConfig(n=40, seed=3)
 
 
