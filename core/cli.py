@@ -143,15 +143,17 @@ def cmd_quench(args: argparse.Namespace) -> None:
         device=_device(args.device),
         model_path=args.model if args.engine == "ml" else None,
     )
+    cluster = _cluster(args)
     start = time.perf_counter()
     with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
-        result = run_quench(qc, on_steps=bar.update)
+        result = run_quench(qc, on_steps=bar.update, cluster=cluster)
     elapsed = time.perf_counter() - start
     traj = to_trajectory(result)
     write_trajectory(args.output, traj, args.force)
     steps = qc.configs * qc.n_steps
     print(
-        f"wrote {args.output}: {qc.configs} configuration(s) x {qc.replicas} replica(s), "
+        f"wrote {args.output}: {qc.configs} configuration(s) x {qc.replicas} replica(s) "
+        f"on {cluster.describe() if cluster else 'this process'}, "
         f"N = {qc.system.n}, t = 0..{qc.t_max:g}, {steps} steps in {elapsed:.1f} s "
         f"({steps / elapsed:.1f} steps/s); final energy per spin "
         f"{traj.energy_per_spin[-1]:.5f} t0, |m| = {traj.magnetisation[-1]:.3f}, "
@@ -334,6 +336,29 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="torch device")
 
 
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "Dask (one task per atomic configuration; same numbers as one process)"
+    ).add_mutually_exclusive_group()
+    g.add_argument(
+        "--scheduler", default=None, metavar="ADDRESS",
+        help="run on the Dask cluster of this scheduler, e.g. tcp://10.0.0.5:8786",
+    )  # fmt: skip
+    g.add_argument(
+        "--workers", type=int, default=None, metavar="K",
+        help="run on a local Dask cluster of K single-threaded worker processes",
+    )  # fmt: skip
+
+
+def _cluster(args: argparse.Namespace):
+    """The ClusterSpec of --scheduler / --workers (None when neither is given)."""
+    if args.scheduler is None and args.workers is None:
+        return None
+    from core.cluster import ClusterSpec
+
+    return ClusterSpec(scheduler=args.scheduler, workers=args.workers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(
@@ -399,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bin-width", type=float, default=0.1, help="C(r, t) bin width in ell")
     g.add_argument("--snapshots", action="store_true", help="store spins at every record time")
     _add_device(p)
+    _add_cluster(p)
     _add_output(p, "output trajectory file (.h5)")
     p.add_argument("--plot", default=None, help="also write a two-panel figure (png/pdf/svg)")
     p.set_defaults(func=cmd_quench)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 
 from core import __version__
+from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
 from core.electrons import EDSolver
 from core.io import Frames, atomic_output, electron_attrs, write_frames
@@ -157,7 +159,9 @@ class DatasetConfig:
         return {ATTR_PREFIX + k: v for k, v in out.items()}
 
 
-def _configuration(cfg: DatasetConfig, c: int, on_progress: Callable[[int], None] | None) -> Frames:
+def _configuration(
+    cfg: DatasetConfig, c: int, on_progress: Callable[[int], None] | None = None
+) -> Frames:
     """The ED-labelled frames of configuration c: random ones first, then relaxation samples."""
     system = generate_positions(cfg.system.replace(seed=cfg.system.seed + c))
     ed = EDSolver(system, cfg.electrons, cfg.device)
@@ -226,13 +230,26 @@ def concat_frames(parts: list[Frames]) -> Frames:
 
 
 def generate_dataset(
-    cfg: DatasetConfig, on_progress: Callable[[int], None] | None = None
+    cfg: DatasetConfig,
+    on_progress: Callable[[int], None] | None = None,
+    cluster: ClusterSpec | None = None,
 ) -> Frames:
-    """ED-labelled random and relaxation frames of cfg.configs configurations (paper Sec. IV).
+    """ED-labelled random and relaxation frames of cfg.configs configurations (paper Sec. IV),
+    in this process or one task per configuration on a Dask cluster (core.cluster).
 
     on_progress(k) reports k more work units done (total cfg.configs * cfg.work_per_config).
     """
-    return concat_frames([_configuration(cfg, c, on_progress) for c in range(cfg.configs)])
+    if cluster is None or not cluster.distributed:
+        task = partial(_configuration, cfg, on_progress=on_progress)
+        return concat_frames(map_configurations(task, cfg.configs))
+
+    def done(c: int, frames: Frames) -> None:
+        if on_progress is not None:
+            on_progress(cfg.work_per_config)
+
+    return concat_frames(
+        map_configurations(partial(_configuration, cfg), cfg.configs, cluster, done)
+    )
 
 
 def write_dataset(

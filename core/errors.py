@@ -23,3 +23,7 @@ class PackingError(SdglassError, ValueError):
 
 class StateError(SdglassError, ValueError):
     """A spin state with NaN, wrong shape, or non-unit vectors."""
+
+
+class ClusterError(SdglassError, ConnectionError):
+    """A Dask scheduler that cannot be reached."""

@@ -1,18 +1,22 @@
 """Ensemble thermal quench: configurations x replicas of stochastic LLG from random spins.
 
 Each atomic configuration is an independent task (`run_configuration`) whose
-result holds only sums; `run_quench` adds them up. Seeds derive from the
-configuration index alone, so any split of the work gives the same numbers.
+result holds only sums; `run_quench` adds them up in index order. Seeds derive
+from the configuration index alone, so any split of the work gives the same
+numbers: `run_quench` can spread the configurations over a Dask cluster
+(core.cluster).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 
+from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
 from core.electrons import EDSolver
 from core.fields import FieldProvider
@@ -220,10 +224,24 @@ def merge_results(qc: QuenchConfig, parts: list[ConfigurationResult]) -> QuenchR
     )
 
 
-def run_quench(qc: QuenchConfig, on_steps: Callable[[int], None] | None = None) -> QuenchResult:
-    """All configurations one after another in this process."""
-    model = load_quench_model(qc)
-    parts = [run_configuration(qc, c, on_steps, model) for c in range(qc.configs)]
+def run_quench(
+    qc: QuenchConfig,
+    on_steps: Callable[[int], None] | None = None,
+    cluster: ClusterSpec | None = None,
+) -> QuenchResult:
+    """All configurations, one after another in this process or as tasks on a Dask cluster
+    (each worker loads the model file itself); on_steps(k) reports k more LLG steps done."""
+    model = load_quench_model(qc)  # checks the model file (and warns) before any work
+    if cluster is None or not cluster.distributed:
+        task = partial(run_configuration, qc, on_steps=on_steps, model=model)
+        parts = map_configurations(task, qc.configs)
+    else:
+
+        def done(c: int, part: ConfigurationResult) -> None:
+            if on_steps is not None:
+                on_steps(qc.n_steps)
+
+        parts = map_configurations(partial(run_configuration, qc), qc.configs, cluster, done)
     return merge_results(qc, parts)
 
 
