@@ -87,22 +87,24 @@ def bench_ml(
     sizes: Iterable[int] = (100, 500, 2000, 10000),
     repeats: int = 3,
     device: str = "cpu",
-    batch: int = 1,
+    batches: Iterable[int] = (1,),
     on_size: Callable[[int], None] | None = None,
     min_time: float = MIN_TIME,
 ) -> list[Row]:
-    """The ML model (float32 network) at the paper's density; geometry set-up time reported too."""
+    """The ML model (float32 network) at the paper's density, every N with every replica
+    batch B (one geometry, B spin states per call); geometry set-up time reported too."""
     rows = []
     for n, system in paper_systems(sizes, on_size):
         start = time.perf_counter()
         provider = MLFieldProvider(model, system, device)
         setup = time.perf_counter() - start
-        rows.append(
-            {
-                **bench_provider("ml", provider, n, repeats, device, batch, min_time),
-                "setup_seconds": setup,
-            }
-        )
+        for batch in batches:
+            rows.append(
+                {
+                    **bench_provider("ml", provider, n, repeats, device, batch, min_time),
+                    "setup_seconds": setup,
+                }
+            )
     return rows
 
 
@@ -124,6 +126,22 @@ def speedups(rows: list[Row]) -> list[Row]:
     ]
 
 
+def batch_gains(rows: list[Row]) -> list[Row]:
+    """Throughput (spin-steps per second) of each batch B > 1 over B = 1 at the same N."""
+    single = {r["n"]: r for r in rows if r["engine"] == "ml" and r["batch"] == 1}
+    return [
+        {
+            "n": r["n"],
+            "batch": r["batch"],
+            "throughput_gain": int(r["batch"])
+            * float(single[r["n"]]["seconds_per_step"])
+            / float(r["seconds_per_step"]),
+        }
+        for r in rows
+        if r["engine"] == "ml" and int(r["batch"]) > 1 and r["n"] in single
+    ]
+
+
 def format_table(rows: list[Row]) -> str:
     """A plain-text table of benchmark rows, with the speed per spin and ML's speed-up."""
     lines = [
@@ -141,5 +159,10 @@ def format_table(rows: list[Row]) -> str:
         lines.append(
             f"ML is {s['eval']:.1f}x faster than ED per evaluation, {s['step']:.1f}x per step, "
             f"at N = {s['n']}"
+        )
+    for g in batch_gains(rows):
+        lines.append(
+            f"B = {g['batch']} replicas in one call: {g['throughput_gain']:.1f}x the spin-steps "
+            f"per second of B = 1, at N = {g['n']}"
         )
     return "\n".join(lines)

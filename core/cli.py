@@ -259,7 +259,14 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     """Seconds per field evaluation and per LLG step."""
-    from core.bench import bench_ed, bench_ml, format_table, machine_description, speedups
+    from core.bench import (
+        batch_gains,
+        bench_ed,
+        bench_ml,
+        format_table,
+        machine_description,
+        speedups,
+    )
 
     device = _device(args.device)
     if args.target == "ed":
@@ -284,7 +291,12 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 rows += bench_ed(ed_sizes, args.repeats, device, on_size, args.min_time)
         bar.update(1)
     if args.json:
-        record = {"machine": machine_description(), "results": rows, "speedups": speedups(rows)}
+        record = {
+            "machine": machine_description(),
+            "results": rows,
+            "speedups": speedups(rows),
+            "batch_gains": batch_gains(rows),
+        }
         print(json.dumps(record))
     else:
         print(f"machine: {machine_description()}")
@@ -492,7 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="least seconds of timed repeats per quantity (fast calls run more often)",
     )  # fmt: skip
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file for bench ml")
-    p.add_argument("--batch", type=int, default=1, help="replicas B per ML evaluation")
+    p.add_argument(
+        "--batch", type=int, nargs="+", default=[1],
+        help="replicas B per ML evaluation; several values give a row each (e.g. 1 20 200)",
+    )  # fmt: skip
     p.add_argument("--ed-max", type=int, default=1000, help="bench ml: also time ED up to this N")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_device(p)

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from core.bench import format_table, speedups, time_call
+from core.bench import batch_gains, format_table, speedups, time_call
 
 
 def test_time_call_repeats_until_both_the_count_and_the_time_are_reached():
@@ -30,3 +30,14 @@ def test_speedups_pair_ml_and_ed_rows_of_the_same_size():
     assert s["n"] == 500
     assert s["eval"] == pytest.approx(30) and s["step"] == pytest.approx(35)
     assert "30.0x faster than ED per evaluation, 35.0x per step, at N = 500" in format_table(rows)
+
+
+def test_batch_gains_compare_spin_steps_per_second_with_one_replica():
+    rows = [
+        {"engine": "ml", "n": 500, "batch": 1, "seconds_per_eval": 0.01, "seconds_per_step": 0.02},
+        {"engine": "ml", "n": 500, "batch": 20, "seconds_per_eval": 0.03, "seconds_per_step": 0.08},
+    ]
+    (g,) = batch_gains(rows)
+    assert (g["n"], g["batch"]) == (500, 20)
+    assert g["throughput_gain"] == pytest.approx(20 * 0.02 / 0.08)
+    assert "B = 20 replicas in one call: 5.0x the spin-steps per second" in format_table(rows)

@@ -203,13 +203,15 @@ def test_ml_quench_and_bench_with_a_model_file(tmp_path, capsys, tiny_model_file
     assert read_trajectory(tmp_path / "ml.h5").attrs["engine"] == "ml"
     code, out, _ = run(
         capsys, "bench", "ml", "--model", model, "--sizes", 20, 30, "--ed-max", 20,
-        "--repeats", 1, "--min-time", 0, "--json",
+        "--repeats", 1, "--min-time", 0, "--batch", 1, 3, "--json",
     )  # fmt: skip
     assert code == 0
-    rows = json.loads(out)["results"]
+    record = json.loads(out)
+    rows = [r for r in record["results"] if r["batch"] == 1]
     assert [(r["engine"], r["n"]) for r in rows] == [("ml", 20), ("ml", 30), ("ed", 20)]
+    assert [(g["n"], g["batch"]) for g in record["batch_gains"]] == [(20, 3), (30, 3)]
     assert all(r["seconds_per_step"] > 0 for r in rows)
-    (speedup,) = json.loads(out)["speedups"]
+    (speedup,) = record["speedups"]
     ml, ed = rows[0], rows[2]
     assert speedup["n"] == 20
     assert speedup["eval"] == pytest.approx(ed["seconds_per_eval"] / ml["seconds_per_eval"])
