@@ -18,6 +18,7 @@ import numpy as np
 
 import core.cli as base
 from core.errors import FileFormatError
+from core.paths import DEFAULT_MODEL
 
 PAPER_RADII = (0.5, 2.46, 50)
 
@@ -64,6 +65,21 @@ def cmd_dataset(args: argparse.Namespace) -> None:
         f"L = {cfg.system.side:.4g}, in {elapsed:.1f} s; energy per spin "
         f"{frames.energy.mean() / frames.n_atoms:.5f} t0, H_perp component std {hperp.std():.4g} t0"
     )
+
+
+# --------------------------------------------------------------------------- reproduce
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    """The paper's figures and statements (core.reproduce), report.md in the output folder."""
+    from core.reproduce import SCALES, reproduce
+
+    start = time.perf_counter()
+    report = reproduce(
+        SCALES[args.scale], args.output, args.model, args.force,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    print(f"wrote {report} and its figures and data in {time.perf_counter() - start:.0f} s")
 
 
 # --------------------------------------------------------------------------- train
@@ -244,6 +260,23 @@ def _add_dataset(sub) -> None:
     p.set_defaults(func=cmd_dataset)
 
 
+def _add_reproduce(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser(
+        "reproduce",
+        help="the paper's Figs. 2-5 and quantitative statements, with a report",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--scale", choices=("quick", "paper"), default="quick",
+        help="quick: a 2-core CPU in under 30 min; paper: the paper's sizes (for a GPU)",
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="output folder (report.md, figures, data)")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="the ML model of Figs. 3-5")
+    p.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
+    p.set_defaults(func=cmd_reproduce)
+
+
 def _add_train(sub) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser(
@@ -319,7 +352,8 @@ def _add_eval(sub) -> None:
 
 
 def add_ml_commands(subparsers) -> None:
-    """Register dataset, train and eval on the sub-parsers of the sdglass parser."""
+    """Register dataset, train, eval and reproduce on the sub-parsers of the sdglass parser."""
     _add_dataset(subparsers)
     _add_train(subparsers)
     _add_eval(subparsers)
+    _add_reproduce(subparsers)

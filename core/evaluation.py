@@ -143,17 +143,7 @@ def evaluate(
     check_labelled(frames)
     if physical is not None:
         check_physical_parameters(physical, frames_physical(frames, ElectronConfig()))
-    dtype = net_dtype(model)
-    model = model.to(device)
-    spec = geometry_spec(model)
-    ml = np.zeros_like(frames.spins)
-    energy = np.zeros(frames.n_frames)
-    for _, members, system in frame_groups(frames):
-        geometry = build_geometry(system, spec, device, dtype)
-        spins = torch.as_tensor(frames.spins[members], device=device)
-        h, e = predict(model, geometry, spins)
-        ml[members] = cross(spins, h.to(spins.dtype)).cpu().numpy()
-        energy[members] = e.cpu().numpy()
+    ml, energy = predict_frames(model, frames, device)
     ed = np.cross(frames.spins, frames.fields)
     result: dict = hperp_metrics(ml, ed, energy, frames.energy)
     if frames.source is not None:  # separately on random and relaxation frames
@@ -170,6 +160,24 @@ def evaluate(
         )
         save_figure(parity_figure(ml, ed, frames.source, frames.source_labels, title), plot, force)
     return result
+
+
+def predict_frames(
+    model: EnergyModel, frames: Frames, device: str = "cpu"
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's H_perp = S x H (F, N, 3) and energies (F,) on every frame."""
+    dtype = net_dtype(model)
+    model = model.to(device)
+    spec = geometry_spec(model)
+    ml = np.zeros_like(frames.spins)
+    energy = np.zeros(frames.n_frames)
+    for _, members, system in frame_groups(frames):
+        geometry = build_geometry(system, spec, device, dtype)
+        spins = torch.as_tensor(frames.spins[members], device=device)
+        h, e = predict(model, geometry, spins)
+        ml[members] = cross(spins, h.to(spins.dtype)).cpu().numpy()
+        energy[members] = e.cpu().numpy()
+    return ml, energy
 
 
 def parity_figure(ml, ed, source=None, labels=("random", "relaxation"), title: str = ""):

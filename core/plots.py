@@ -79,6 +79,13 @@ def quench_figure(traj, title: str = "") -> Figure:
 def dos_figure(dos: DensityOfStates, title: str = "") -> Figure:
     """J = 0 density of states with the Fermi level dashed (paper Fig. 2)."""
     fig, ax = plt.subplots(figsize=(5, 3.5))
+    draw_dos(ax, dos, title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_dos(ax, dos: DensityOfStates, title: str = "") -> None:
+    """rho(eps) as a filled histogram and the Fermi level as a dashed line."""
     ax.fill_between(dos.centres, dos.rho, step="mid", alpha=0.35)
     ax.step(dos.centres, dos.rho, where="mid", lw=1)
     ax.axvline(dos.fermi_level, ls="--", color="k", label=rf"$\epsilon_F = {dos.fermi_level:.3f}$")
@@ -86,15 +93,27 @@ def dos_figure(dos: DensityOfStates, title: str = "") -> Figure:
     ax.set_ylabel(r"$\rho(\epsilon)$ (states per atom per $t_0$)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 
-def comparison_figure(trajs: list, labels: list[str], title: str = "") -> Figure:
-    """C(r, t) of several runs at the same record times in one panel (solid, dashed, ...), like Fig. 4."""
+def nearest_records(times: np.ndarray, wanted) -> np.ndarray:
+    """Index of the record time nearest in log t to each wanted time within the run."""
+    times = np.asarray(times)
+    positive = np.flatnonzero(times > 0)
+    wanted = [t for t in wanted if t <= times[-1] * (1 + 1e-9)]
+    return np.array(
+        sorted({int(positive[np.argmin(np.abs(np.log(times[positive] / t)))]) for t in wanted}),
+        dtype=int,
+    )
+
+
+def comparison_figure(trajs: list, labels: list[str], title: str = "", at_times=None) -> Figure:
+    """C(r, t) of several runs at the same record times in one panel (solid, dashed, ...), like
+    Fig. 4; at_times: the times to show (nearest records; default six spread in log t)."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     first = trajs[0]
-    picks = pick_times(first.times, 6)
+    picks = [] if at_times is None else nearest_records(first.times, at_times)
+    if not len(picks):  # no wanted time within the run: six spread in log t
+        picks = pick_times(first.times, 6)
     cmap = plt.get_cmap("viridis")
     styles = ["o-", "s--", "^:", "d-."]
     for style, traj, label in zip(styles, trajs, labels, strict=False):

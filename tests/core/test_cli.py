@@ -41,7 +41,7 @@ def test_help_lists_every_subcommand(capsys):
 
 
 @pytest.mark.parametrize(
-    "sub", ["generate", "label", "quench", "dos", "bench", "dataset", "train", "eval"]
+    "sub", ["generate", "label", "quench", "dos", "bench", "dataset", "train", "eval", "reproduce"]
 )
 def test_subcommand_help_shows_units_and_defaults(capsys, sub):
     with pytest.raises(SystemExit):
