@@ -115,3 +115,27 @@ def test_physical_parameter_mismatch_warns_naming_both_values():
         problems = check_physical_parameters(trained, {"J": 1.0, "filling": 0.5, "density": 0.8})
     assert len(problems) == 1
     assert check_physical_parameters(trained, dict(trained)) == []
+
+
+def test_float32_ml_llg_gives_the_float64_correlations():
+    """The ML path runs in float32 (issue 5 asks to keep it unless C(r, t) suffers): the
+    shipped model, N = 100, 4 replicas, 150 SIB steps (t = 3) from the same spins and noise."""
+    from core.modelfile import load_model
+    from core.observables import bin_edges, correlation_sums, pair_bins
+    from core.paths import DEFAULT_MODEL
+
+    model, _ = load_model(DEFAULT_MODEL)
+    atoms = generate_positions(SystemConfig(n=100, seed=11))
+    bins = pair_bins(atoms, bin_edges(0.5, atoms.box / 2))
+    start = random_spins(4, 100, torch.Generator().manual_seed(11), dtype=torch.float64)
+    corr = {}
+    for dtype in (torch.float32, torch.float64):
+        stepper = LLG(MLFieldProvider(model, atoms, dtype=dtype), LLGConfig(seed=11))
+        spins = start.clone()
+        for _ in range(150):
+            spins = stepper.step(spins).spins
+        corr[dtype] = correlation_sums(spins, bins) / bins.counts
+    diff = np.abs(corr[torch.float32] - corr[torch.float64]).max()
+    moved = np.abs(corr[torch.float64] - correlation_sums(start, bins) / bins.counts).max()
+    # measured: diff 7e-10 while C(r) itself moved by 0.014 since t = 0
+    assert diff < 1e-3 < moved, (diff, moved)
