@@ -6,6 +6,7 @@ layers and is touched only from the main thread.
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -178,25 +179,30 @@ class SceneLayers:
         """Recolour atoms, redraw arrows and field vectors from the stored state."""
         if self.atoms is None:
             return
-        rgba, _ = self._colours()
-        self.atoms.face_color = rgba
-        if not np.all(self.atoms.size == self.atom_size):  # each assignment costs a refresh
-            self.atoms.size = self.atom_size
-        idx = arrow_subset(len(self.positions))
-        if self.spin_layer.edge_width != self.arrow_width:
-            self.spin_layer.edge_width = self.arrow_width
-        # colours and arrows in one layer refresh, its thumbnail at most every THUMBNAIL_S
-        with self.spin_layer._block_refresh():
-            self.spin_layer.edge_color = rgba[idx]
-            self.spin_layer.data = spin_vectors(
-                self.positions[idx], self.spins[idx], self.arrow_length
-            )
         now = time.monotonic()
         thumbnail = now - self._thumbnail_time >= THUMBNAIL_S
         if thumbnail:
             self._thumbnail_time = now
-        self.spin_layer.refresh(thumbnail=thumbnail)
-        self._update_field_arrows()
+        # napari's layer list redraws a row for every event of its layer, in a window
+        # composition of its own (~20 ms with software OpenGL): it hears only the updates
+        # that carry a new thumbnail; the canvas listens to the layers directly
+        quiet = contextlib.nullcontext() if thumbnail else self.viewer.layers.events.blocker()
+        with quiet:
+            rgba, _ = self._colours()
+            self.atoms.face_color = rgba
+            if not np.all(self.atoms.size == self.atom_size):  # each assignment costs a refresh
+                self.atoms.size = self.atom_size
+            idx = arrow_subset(len(self.positions))
+            if self.spin_layer.edge_width != self.arrow_width:
+                self.spin_layer.edge_width = self.arrow_width
+            # colours and arrows in one layer refresh, its thumbnail at most every THUMBNAIL_S
+            with self.spin_layer._block_refresh():
+                self.spin_layer.edge_color = rgba[idx]
+                self.spin_layer.data = spin_vectors(
+                    self.positions[idx], self.spins[idx], self.arrow_length
+                )
+            self.spin_layer.refresh(thumbnail=thumbnail)
+            self._update_field_arrows()
         self._update_legend()
 
     def _update_field_arrows(self) -> None:

@@ -46,7 +46,8 @@ def bench_provider(
     min_time: float = MIN_TIME,
 ) -> Row:
     """Seconds per field evaluation and per SIB LLG step (2 evaluations) of one provider."""
-    spins = random_spins(batch, n, torch.Generator().manual_seed(0), device=device)
+    # drawn on the CPU: the same spins on every device
+    spins = random_spins(batch, n, torch.Generator().manual_seed(0)).to(device)
     stepper = LLG(provider, LLGConfig(), device=device)
     return {
         "engine": engine,

@@ -152,6 +152,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         spec=_spec(args),
         epochs=args.epochs,
         patience=args.patience,
+        time_limit=args.time_limit,
         mu_h=args.mu_h,
         mu_e=args.mu_e,
         lr=args.lr,
@@ -314,6 +315,10 @@ def _add_train(sub) -> None:
     g.add_argument("--folds", type=int, default=5, help="cross-validation folds (1: one split)")
     g.add_argument("--epochs", type=int, default=300, help="most epochs per run")
     g.add_argument("--patience", type=int, default=30, help="early-stopping patience (epochs)")
+    g.add_argument(
+        "--time-limit", type=float, default=None, metavar="SECONDS",
+        help="stop each run after this long (at an epoch end), keeping the best weights",
+    )  # fmt: skip
     g.add_argument("--mu-h", type=float, default=1.0, help="weight of mean |dH_perp|^2 (t0^-2)")
     g.add_argument("--mu-e", type=float, default=0.01, help="weight of mean (dE/N)^2 (t0^-2)")
     g.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")

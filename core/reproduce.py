@@ -139,8 +139,11 @@ def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
             generate_positions(SystemConfig(n=n, box=5.0, seed=REPRODUCE_SEEDS["dos"] + c))
             for c in range(scale.dos_configs)
         ]
-        dos = density_of_states(systems, config)
+        dos = density_of_states(systems, config, bins=400)
         draw_dos(ax, dos, f"N = {n}, L = 5 (density {n / 125:g}), {scale.dos_configs} configs")
+        # the upper tail (tightly bound clusters) holds a few states far out: show 99 %
+        cumulative = np.cumsum(dos.rho * np.diff(dos.edges)) / np.sum(dos.rho * np.diff(dos.edges))
+        ax.set_xlim(dos.edges[0], dos.edges[1:][np.searchsorted(cumulative, 0.99)])
         peak = float(dos.centres[np.argmax(dos.rho)])
         at_fermi = float(np.interp(dos.fermi_level, dos.centres, dos.rho))
         values[n] = {
@@ -384,6 +387,16 @@ def _fmt(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}g}"
 
 
+def psi_verdict(psi: float | None, err: float | None) -> str:
+    """agrees / disagrees with 1.02, or inconclusive when the fit cannot tell (xi hardly grows
+    over the fitted times, so 1/psi is near 0 and psi is ill-determined)."""
+    if psi is None:
+        return "no fit"
+    if psi <= 0 or err > 0.5 * abs(psi):
+        return "inconclusive"
+    return "agrees" if abs(psi - 1.02) <= max(2 * err, 0.1) else "disagrees"
+
+
 def statements(steps: dict[str, Step], scale: Scale) -> list[tuple[str, str, str, str]]:
     """(paper statement, paper value, measured, verdict) rows of the report's table."""
     rows = []
@@ -425,9 +438,7 @@ def statements(steps: dict[str, Step], scale: Scale) -> list[tuple[str, str, str
         f"droplet exponent psi ~ 1.02 (ML-LLG, N = {scale.fig5_n})", "1.02",
         "no fit" if psi is None else f"{psi:.2f} +- {fig5['psi_err']:.2f} "
         f"(t in {fig5['fit_range'][0]:.3g}..{fig5['fit_range'][1]:.3g})",
-        "no fit" if psi is None else (
-            "agrees" if abs(psi - 1.02) <= max(2 * fig5["psi_err"], 0.1) else "disagrees"
-        ),
+        psi_verdict(psi, fig5["psi_err"]),
     ))  # fmt: skip
     for label, m in steps["fig3"].values.items():
         rows.append((
@@ -437,6 +448,25 @@ def statements(steps: dict[str, Step], scale: Scale) -> list[tuple[str, str, str
             "agrees" if m["rmse_hperp"] <= 1.2e-3 else "disagrees",
         ))  # fmt: skip
     return rows
+
+
+#: Reasons for the disagreements seen at every scale run so far (written into the report; the
+#: table above them says whether this run shows them).
+DISCUSSION = (
+    "- C(r_min) and the zero crossing. ED-LLG and ML-LLG agree with each other (the largest "
+    "difference is below), so the ML model is not the cause. On the paper's system the torque "
+    "that drives the dynamics, H_perp = S x H, has components of only ~0.013 t0 (PHYSICS.md "
+    '"Scales"), and with alpha = 0.05 and k_B T = 0.001 correlations then build up over '
+    "times of order hundreds in units of 1/(gamma t0). A first-neighbour anticorrelation of "
+    "-0.4 by t = 30 needs roughly ten times faster relaxation. The likeliest reason is a "
+    "different time unit or damping in the paper (for example time in units of 1/J, or a "
+    "larger alpha), which its text does not state; we keep PHYSICS.md's conventions and do not "
+    "tune them to match.",
+    "- psi. Over the times this scale reaches, xi(t) hardly grows, so (log t)^(1/psi) is fitted "
+    "to a nearly flat curve and psi is ill-determined; the paper fits up to t ~ 10^3 with 200 "
+    "replicas (`--scale paper`).",
+    "- The late positive peak (t >= 150) needs runs beyond t = 150 (`--scale paper`).",
+)
 
 
 def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -> Path:
@@ -487,6 +517,10 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
         "",
         "The paper describes a pronounced DOS peak in the vicinity of the Fermi level and a "
         "nonzero rho(eps_F); its caption says N = 100 in L = 5, its text N = 500 in L = 5.",
+        "",
+        "## Where this run disagrees with the paper, and the likeliest reasons",
+        "",
+        *DISCUSSION,
         "",
         f"## Fig. 3: ML vs ED H_perp\n\n![fields]({steps['fig3'].figure})",
         "",

@@ -61,7 +61,9 @@ class TrainConfig:
     batch_size: frames per step (one configuration); epochs: most epochs per run; patience:
     epochs without a better validation loss before stopping (the LR halves after patience // 3
     epochs without a better training loss); test_configs, val_configs: held-out counts
-    (None: 20 %, at least 1); dtype: network precision (energies always float64)."""
+    (None: 20 %, at least 1); dtype: network precision (energies always float64); time_limit:
+    seconds after which a run stops at the end of an epoch (None: no limit), keeping the best
+    weights as early stopping does."""
 
     arch: Architecture = field(default_factory=Architecture)
     spec: DescriptorSpec = field(default_factory=DescriptorSpec)
@@ -78,6 +80,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = "float32"
     device: str = "cpu"
+    time_limit: float | None = None
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
@@ -93,6 +96,10 @@ class TrainConfig:
             value = getattr(self, name)
             _require(value is None or value >= 1, f"{name} must be >= 1, got {value}")
         _require(self.dtype in DTYPES, f"dtype must be one of {sorted(DTYPES)}, got {self.dtype}")
+        _require(
+            self.time_limit is None or (math.isfinite(self.time_limit) and self.time_limit > 0),
+            f"time_limit must be > 0 seconds, got {self.time_limit}",
+        )
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -298,6 +305,7 @@ def fit_network(
     gen = torch.Generator().manual_seed(seed)
     history: list[EpochLog] = []
     best, best_state, since = math.inf, None, 0
+    deadline = time.perf_counter() + (cfg.time_limit or math.inf)
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         chunks = [
@@ -333,7 +341,7 @@ def fit_network(
         history.append(log)
         if on_epoch is not None:
             on_epoch(log)
-        if val and since >= cfg.patience:
+        if (val and since >= cfg.patience) or time.perf_counter() >= deadline:
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -71,3 +71,13 @@ def test_scales_are_valid_and_quick_is_smaller_than_paper():
     assert quick.fig5_t_max < paper.fig5_t_max and quick.dos_configs < paper.dos_configs
     with pytest.raises(Exception, match="epochs must be > 0"):
         Scale(**{**TINY.__dict__, "epochs": 0})
+
+
+def test_psi_verdict_calls_an_ill_determined_fit_inconclusive():
+    from core.reproduce import psi_verdict
+
+    assert psi_verdict(1.05, 0.05) == "agrees"
+    assert psi_verdict(2.0, 0.1) == "disagrees"
+    assert psi_verdict(-61.2, 116.5) == "inconclusive"
+    assert psi_verdict(3.0, 2.0) == "inconclusive"
+    assert psi_verdict(None, None) == "no fit"

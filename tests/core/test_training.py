@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.config import LLGConfig, SystemConfig
+from core.config import ConfigError, LLGConfig, SystemConfig
 from core.dataset import DatasetConfig, configuration_index, generate_dataset
 from core.descriptor import DescriptorSpec, cutoff_function
 from core.errors import FileFormatError, StateError
@@ -167,6 +167,21 @@ def test_early_stopping_keeps_the_best_weights(frames):
     history = fit_network(model, data[:2], data[2:], cfg, "test", cfg.epochs, 0)
     best = min(h.val_loss for h in history)
     assert math.isclose(validate(model, data[2:], cfg.mu_h, cfg.mu_e)[0], best, rel_tol=1e-5)
+
+
+def test_time_limit_stops_a_run_at_an_epoch_end_keeping_the_best_weights(frames):
+    cfg = TrainConfig(arch=Architecture.parse("16"), spec=SPEC, epochs=50, patience=50,
+                      batch_size=2, folds=1, time_limit=1e-6)  # fmt: skip
+    data = prepare(frames, SPEC)
+    model = new_model(cfg, 0)
+    standardise(model, data[:2], 0)
+    history = fit_network(model, data[:2], data[2:], cfg, "test", cfg.epochs, 0)
+    assert len(history) == 1  # the limit was spent during the first epoch
+    assert math.isclose(
+        validate(model, data[2:], cfg.mu_h, cfg.mu_e)[0], history[0].val_loss, rel_tol=1e-5
+    )
+    with pytest.raises(ConfigError, match="time_limit must be > 0"):
+        TrainConfig(time_limit=0)
 
 
 def test_time_reversal_augmentation_doubles_frames_with_flipped_fields(frames):
