@@ -339,8 +339,9 @@ class DescriptorGeometry:
     indices, int64). Sparse CSR maps to rows (internal atom, d), each with its
     transpose for the backward pass: g2 (N n_d, P) takes bonds S_a . S_b to
     G2m; triplet[l], one per lambda, takes the per-pair right-hand sides of the
-    module docstring to [G3m, V] for every d', with G3chi_i = S_i . V_i. jk
-    (P, n_d') holds F2(R_ab; d', w'). Entries are the d-part x angular part of
+    module docstring to [G3m, V] for every d', with G3chi_i = S_i . V_i. jk holds
+    F2(R_ab; d', w') per right-hand-side row, (P, n_d') or, with G3chi, each pair's
+    row repeated for its SIGN_SLOTS, (2 P, n_d'). Entries are the d-part x angular part of
     F3, summed over ordered j != k; the triplet maps share one index pattern.
     atom_offsets: first atom of each concatenated configuration; n_triplets:
     unordered triplets (i; j, k) with at least one kept entry.
@@ -477,7 +478,9 @@ def build_geometry(
         pairs=torch.from_numpy(np.stack([a, b])).to(device),
         g2=g2,
         triplet=tuple(triplet),
-        jk=torch.from_numpy(jk_part(spec, r)).to(device=device, dtype=dtype),
+        jk=torch.from_numpy(
+            np.repeat(jk_part(spec, r), SIGN_SLOTS if spec.include_chi else 1, axis=0)
+        ).to(device=device, dtype=dtype),
         order=torch.from_numpy(order).to(device),
         inverse=torch.from_numpy(np.argsort(order)).to(device),
         n_triplets=n_triplets,
@@ -646,14 +649,13 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     g3m, chi = [], []
     if geometry.triplet:
         spec = geometry.spec
-        jk = geometry.jk[:, :, None, None]  # F2(R_jk; d', w'), (P, n_d', 1, 1)
+        jk = geometry.jk[:, :, None, None]  # F2(R_jk; d', w') per row of x, (rows, n_d', 1, 1)
         # per pair and d': F2(R_jk) [S_a . S_b, s S_a x S_b], sign slots s = +1, -1
         x = bond[:, None]
         if spec.include_chi:
             x = torch.cat([x, _cross(sa, sb)], 1)  # (P, 4, B)
             flip = x.new_tensor([1.0, -1.0, -1.0, -1.0])[:, None]
             x = torch.stack([x, x * flip], 1).flatten(0, 1)  # (2 P, 4, B)
-            jk = jk.repeat_interleave(SIGN_SLOTS, 0)
         x = (jk * x[:, None]).flatten(1)
         for maps in geometry.triplet:  # one map per lambda
             o = SparseApply.apply(x, *maps).view(n, spec.n_radii, len(spec.d_prime), -1, batch)
