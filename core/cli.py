@@ -142,6 +142,7 @@ def cmd_quench(args: argparse.Namespace) -> None:
         snapshots=args.snapshots,
         device=_device(args.device),
         model_path=args.model if args.engine == "ml" else None,
+        pack=args.pack,
     )
     cluster = _cluster(args)
     start = time.perf_counter()
@@ -237,6 +238,56 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if args.plot:
         labels = args.labels or [str(t.attrs.get("engine", i)).upper() for i, t in enumerate(trajs)]
         save_figure(comparison_figure(trajs, labels, args.title), args.plot, args.force)
+        print(f"wrote {args.plot}")
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    """What the paper quotes about one quench run: C(r_min), zero crossing, late peak, psi."""
+    from core.io import check_output, read_trajectory
+    from core.plots import quench_figure, save_figure
+    from core.reproduce import droplet_values, psi_verdict, summary
+
+    if args.plot:
+        check_output(args.plot, args.force)
+    traj = read_trajectory(args.run)
+    values = summary(traj)
+    if args.json:
+        print(json.dumps(values, default=str))
+    else:
+        a = traj.attrs
+        print(
+            f"{args.run}: {str(a.get('engine', '?')).upper()}-LLG, N = {a.get('n')}, "
+            f"{a.get('configs')} configurations x {a.get('replicas')} replicas, "
+            f"t = 0..{values['t_max']:g}"
+        )
+        first = ", ".join(f"{v:+.3f} (t = {t})" for t, v in values["c_first_bin"].items())
+        print(f"  C(r = {values['r_first_bin']:.2f}, t): {first}")
+        if values.get("zero_crossing_r") is not None:
+            print(
+                f"  C crosses zero at r = {values['zero_crossing_r']:.2f} "
+                f"(t = {values['zero_crossing_t']:.3g})"
+            )
+        if "late_peak" in values:
+            peak = values["late_peak"]
+            print(
+                f"  largest C beyond r = 1.2 at t = {peak['t']:.3g}: "
+                f"{peak['c']:+.4f} at r = {peak['r']:.2f}"
+            )
+        print(
+            f"  |m| at the end: {values['magnetisation_last']:.4f} "
+            f"(random spins: {values['random_magnetisation']:.4f})"
+        )
+        print(f"  xi: {values['xi_first']:.3f} -> {values['xi_last']:.3f} ell")
+        if values["psi"] is not None:
+            lo, hi = values["fit_range"]
+            print(
+                f"  droplet fit (log t)^(1/psi) on t = {lo:.3g}..{hi:.3g}: "
+                f"psi = {values['psi']:.3f} +- {values['psi_err']:.3f} "
+                f"({psi_verdict(values['psi'], values['psi_err'])} against the paper's 1.02)"
+            )
+    if args.plot:
+        fig = quench_figure(traj, args.title, droplet_values(traj)[0])
+        save_figure(fig, args.plot, args.force)
         print(f"wrote {args.plot}")
 
 
@@ -431,6 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--noise-seed", type=int, default=0, help="seed of initial spins and thermal noise"
     )
+    g.add_argument(
+        "--pack", type=int, default=1,
+        help="ml engine: configurations advanced together in one batched model call "
+        "(fills a GPU; same results up to round-off)",
+    )  # fmt: skip
     g = p.add_argument_group("observables")
     g.add_argument("--records", type=int, default=40, help="log-spaced record times (plus t = 0)")
     g.add_argument("--bin-width", type=float, default=0.1, help="C(r, t) bin width in ell")
@@ -478,6 +534,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--force", action="store_true", help="overwrite an existing --measure file")
     p.set_defaults(func=cmd_app)
+
+    p = sub.add_parser(
+        "summary",
+        help="the paper's quantities of one quench run (C(r_min), zero crossing, psi)",
+        formatter_class=fmt,
+    )
+    p.add_argument("run", help="trajectory file (.h5) written by quench")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", default=None, help="write C(r, t) and xi(t) with the droplet fit")
+    p.add_argument("--title", default="", help="figure title")
+    p.add_argument("--force", action="store_true", help="overwrite an existing figure")
+    p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser(
         "compare", help="compare C(r, t) of quench runs (e.g. ED vs ML)", formatter_class=fmt

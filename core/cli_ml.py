@@ -77,7 +77,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     report = reproduce(
         SCALES[args.scale], args.output, args.model, args.force,
-        log=lambda line: print(line, file=sys.stderr, flush=True),
+        log=lambda line: print(line, file=sys.stderr, flush=True), device=base._device(args.device),
     )  # fmt: skip
     print(f"wrote {report} and its figures and data in {time.perf_counter() - start:.0f} s")
 
@@ -275,6 +275,7 @@ def _add_reproduce(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder (report.md, figures, data)")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="the ML model of Figs. 3-5")
     p.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
+    base._add_device(p)
     p.set_defaults(func=cmd_reproduce)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -171,15 +171,28 @@ class LLG:
     The config is read afresh at every step, so set_config (thread safe) swaps
     temperature, alpha, dt or integrator between steps; a new seed restarts the
     noise stream. The noise generator lives on `device` (default: the spins' device).
+
+    blocks (atoms per block, summing to N) splits the atoms into independent
+    noise streams: block k draws its (B, n_k, 3) noise from seed + k, exactly
+    what a stepper of block k alone with seed + k would draw. Several atomic
+    configurations packed into one system (core.quench) thus get the noise
+    they would get one by one. Default: one block, seed.
     """
 
     def __init__(
-        self, provider: FieldProvider, config: LLGConfig, device: torch.device | str | None = None
+        self,
+        provider: FieldProvider,
+        config: LLGConfig,
+        device: torch.device | str | None = None,
+        blocks: Sequence[int] | None = None,
     ) -> None:
+        if blocks is not None and (not blocks or min(blocks) < 1):
+            raise ConfigError(f"noise blocks must be a non-empty list of sizes >= 1, got {blocks}")
         self.provider = provider
         self.device = None if device is None else torch.device(device)
+        self.blocks = None if blocks is None else tuple(int(b) for b in blocks)
         self._config = config
-        self._generator: torch.Generator | None = None
+        self._generators: list[torch.Generator] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -197,25 +210,37 @@ class LLG:
             raise TypeError(f"config must be an LLGConfig, got {type(config).__name__}")
         with self._lock:
             if config.seed != self._config.seed:
-                self._generator = None
+                self._generators = None
             self._config = config
 
-    def _snapshot(self, device: torch.device) -> tuple[LLGConfig, torch.Generator]:
+    def _snapshot(self, device: torch.device) -> tuple[LLGConfig, list[torch.Generator]]:
         with self._lock:
-            if self._generator is None:
-                self._generator = torch.Generator(device=self.device or device)
-                self._generator.manual_seed(self._config.seed)
-            return self._config, self._generator
+            if self._generators is None:
+                seed = self._config.seed
+                self._generators = [
+                    torch.Generator(device=self.device or device).manual_seed(seed + k)
+                    for k in range(len(self.blocks or (0,)))
+                ]
+            return self._config, self._generators
+
+    def _noise(self, spins: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """Standard normal (B, N, 3), block k from generator k."""
+        batch, n, _ = spins.shape
+        sizes = self.blocks or (n,)
+        if sum(sizes) != n:
+            raise StateError(
+                f"spins have {n} atoms but the noise blocks {sizes} add up to {sum(sizes)}"
+            )
+        parts = [
+            torch.randn((batch, size, 3), generator=g, device=g.device, dtype=spins.dtype)
+            for g, size in zip(generators, sizes, strict=True)
+        ]
+        return (parts[0] if len(parts) == 1 else torch.cat(parts, 1)).to(spins.device)
 
     def _step(self, spins: torch.Tensor) -> StepResult:
-        config, generator = self._snapshot(spins.device)
+        config, generators = self._snapshot(spins.device)
         std = config.noise_std()
-        eta = None
-        if std > 0:
-            noise = torch.randn(
-                spins.shape, generator=generator, device=generator.device, dtype=spins.dtype
-            )
-            eta = std * noise.to(spins.device)
+        eta = std * self._noise(spins, generators) if std > 0 else None
         step = _STEPS[config.integrator]
         return step(
             self.provider, spins, config.dt, gamma=config.gamma, alpha=config.alpha, eta=eta

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,13 @@ import torch
 from torch import nn
 
 from core.config import ConfigError, ElectronConfig, _require
-from core.descriptor import DescriptorGeometry, DescriptorSpec, build_geometry, features
+from core.descriptor import (
+    DescriptorGeometry,
+    DescriptorSpec,
+    build_geometry,
+    concat_geometries,
+    features,
+)
 from core.system import AtomicSystem
 
 ACTIVATIONS = {"relu": nn.ReLU, "silu": nn.SiLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
@@ -143,12 +150,15 @@ class MLFieldProvider:
     """Field provider for one atomic configuration: H = -dE/dS by autograd, E in float64.
 
     The descriptor geometry is built once here; each call only touches spins.
+    A list of systems packs them into one (atoms concatenated in list order,
+    `concat_geometries`): spins are then (B, sum N, 3) and E sums over all of
+    them, so several configurations advance in one batched call.
     """
 
     def __init__(
         self,
         model: EnergyModel,
-        system: AtomicSystem,
+        system: AtomicSystem | Sequence[AtomicSystem],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -158,7 +168,11 @@ class MLFieldProvider:
         spec = model.spec
         if model.arch.kind == "pairwise":  # G2m only: no triplets to build
             spec = spec.replace(include_g3m=False, include_chi=False)
-        self.geometry: DescriptorGeometry = build_geometry(system, spec, device, dtype)
+        systems = [system] if isinstance(system, AtomicSystem) else list(system)
+        parts = [build_geometry(one, spec, device, dtype) for one in systems]
+        self.geometry: DescriptorGeometry = (
+            parts[0] if len(parts) == 1 else concat_geometries(parts)
+        )
         self.dtype = dtype
 
     def energy(self, spins: torch.Tensor) -> torch.Tensor:

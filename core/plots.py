@@ -64,13 +64,13 @@ def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None) -> None:
     ax.legend(fontsize=7)
 
 
-def quench_figure(traj, title: str = "") -> Figure:
-    """Two panels: C(r, t) at several times, and xi(t) log-log."""
+def quench_figure(traj, title: str = "", fit=None) -> Figure:
+    """Two panels: C(r, t) at several times, and xi(t) log-log (with the droplet fit if given)."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     picks = pick_times(traj.times)
     r_min = float(traj.attrs.get("r_min", traj.r_edges[0]))
     draw_correlations(left, traj.r_centres, traj.corr, traj.times, r_min, picks)
-    draw_xi(right, traj.times, traj.xi)
+    draw_xi(right, traj.times, traj.xi, fit)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,10 +1,13 @@
 """Ensemble thermal quench: configurations x replicas of stochastic LLG from random spins.
 
-Each atomic configuration is an independent task (`run_configuration`) whose
-result holds only sums; `run_quench` adds them up in index order. Seeds derive
-from the configuration index alone, so any split of the work gives the same
-numbers: `run_quench` can spread the configurations over a Dask cluster
-(core.cluster).
+Configurations are run in groups of `pack` (default 1): a group is one task
+(`run_group`) whose result holds only sums, and `run_quench` adds the groups
+up in index order. With pack > 1 (ML engine) the group's configurations are
+packed into one system, so all their replicas advance in one batched model
+call: what fills a GPU. Seeds derive from the configuration index alone (the
+noise of each packed configuration comes from its own stream), so any split of
+the work, packed or spread over a Dask cluster (core.cluster), gives the same
+numbers up to floating-point round-off in the batched products.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class QuenchConfig:
     snapshots: bool = False
     device: str = "cpu"
     model_path: str | None = None
+    pack: int = 1
 
     def __post_init__(self) -> None:
         _require(self.engine in ENGINES, f"engine must be one of {ENGINES}, got {self.engine!r}")
@@ -77,6 +81,19 @@ class QuenchConfig:
         )
         _require(self.n_records >= 2, f"n_records must be >= 2, got {self.n_records}")
         _require(self.bin_width > 0, f"bin_width must be > 0, got {self.bin_width}")
+        _require(self.pack >= 1, f"pack must be >= 1, got {self.pack}")
+        _require(
+            self.pack == 1 or self.engine == "ml",
+            "pack > 1 needs the ml engine (ED diagonalises each configuration on its own)",
+        )
+
+    @property
+    def n_groups(self) -> int:
+        return -(-self.configs // self.pack)
+
+    def group(self, index: int) -> range:
+        """Configuration indices of group `index`."""
+        return range(index * self.pack, min(self.configs, (index + 1) * self.pack))
 
     @property
     def n_steps(self) -> int:
@@ -105,6 +122,7 @@ class QuenchConfig:
             t_max=self.t_max,
             n_steps=self.n_steps,
             bin_width=self.bin_width,
+            pack=self.pack,
         )
         if self.engine == "ml":
             out["model"] = str(self.model_path)
@@ -113,7 +131,8 @@ class QuenchConfig:
 
 @dataclass
 class ConfigurationResult:
-    """Sums over the replicas of one configuration at every record time."""
+    """Sums over the replicas of one group of configurations at every record time;
+    positions (K, N, 3) and snapshots (T, K, B, N, 3) for its K configurations."""
 
     positions: np.ndarray
     energy_sum: np.ndarray
@@ -145,14 +164,16 @@ class QuenchResult:
 
 
 def field_provider(
-    qc: QuenchConfig, system: AtomicSystem, model: EnergyModel | None = None
+    qc: QuenchConfig, systems: list[AtomicSystem], model: EnergyModel | None = None
 ) -> FieldProvider:
-    """The engine that computes local fields for one configuration: ED, or the ML model."""
+    """The engine that computes local fields: ED of one configuration, or the ML model on
+    the configurations packed into one system."""
     if qc.engine == "ed":
+        (system,) = systems
         return EDSolver(system, qc.electrons, qc.device)
     if model is None:
         model, _ = load_model(qc.model_path)
-    return MLFieldProvider(model, system, qc.device)
+    return MLFieldProvider(model, systems, qc.device)
 
 
 def load_quench_model(qc: QuenchConfig) -> EnergyModel | None:
@@ -164,32 +185,39 @@ def load_quench_model(qc: QuenchConfig) -> EnergyModel | None:
     return model
 
 
-def run_configuration(
+def run_group(
     qc: QuenchConfig,
     index: int,
     on_steps: Callable[[int], None] | None = None,
     model: EnergyModel | None = None,
 ) -> ConfigurationResult:
-    """Quench all replicas of atomic configuration `index` (PHYSICS.md "LLG dynamics")."""
-    system = generate_positions(qc.system.replace(seed=qc.system.seed + index))
-    provider = field_provider(qc, system, model)
-    bins = pair_bins(system, qc.edges(), qc.device)
-    stepper = LLG(provider, qc.llg.replace(seed=qc.llg.seed + index), device=qc.device)
-    gen = torch.Generator(device=qc.device).manual_seed(qc.llg.seed + index)
-    spins = random_spins(qc.replicas, system.n, gen, device=qc.device)
+    """Quench all replicas of the configurations of group `index`, packed into one system
+    (PHYSICS.md "LLG dynamics")."""
+    configs = qc.group(index)
+    n, k = qc.system.n, len(configs)
+    systems = [generate_positions(qc.system.replace(seed=qc.system.seed + c)) for c in configs]
+    provider = field_provider(qc, systems, model)
+    bins = [pair_bins(system, qc.edges(), qc.device) for system in systems]
+    first = configs[0]
+    # configuration c: noise stream llg.seed + c, initial spins from a generator seeded the same
+    stepper = LLG(provider, qc.llg.replace(seed=qc.llg.seed + first), qc.device, blocks=[n] * k)
+    gens = [torch.Generator(device=qc.device).manual_seed(qc.llg.seed + c) for c in configs]
+    spins = torch.cat([random_spins(qc.replicas, n, g, device=qc.device) for g in gens], dim=1)
 
     records = qc.record_steps()
     n_t = len(records)
     energy, mag = np.zeros(n_t), np.zeros(n_t)
     acc = CorrelationAccumulator(n_t, qc.edges())
-    snaps = np.zeros((n_t, qc.replicas, system.n, 3), np.float32) if qc.snapshots else None
+    snaps = np.zeros((n_t, k, qc.replicas, n, 3), np.float32) if qc.snapshots else None
 
     def record(t_index: int, state: torch.Tensor, e: torch.Tensor) -> None:
-        energy[t_index] = e.sum().item() / system.n
-        mag[t_index] = magnetisation(state).sum().item()
-        acc.add(t_index, state, bins)
+        per_config = state.unflatten(1, (k, n))  # (B, K, N, 3)
+        energy[t_index] = e.sum().item() / n
+        mag[t_index] = magnetisation(per_config).sum().item()
+        for c, config_bins in enumerate(bins):
+            acc.add(t_index, per_config[:, c], config_bins)
         if snaps is not None:
-            snaps[t_index] = state.cpu().numpy()
+            snaps[t_index] = per_config.transpose(0, 1).cpu().numpy()
 
     t_index = 0
     for step in range(qc.n_steps):
@@ -199,9 +227,10 @@ def run_configuration(
             t_index += 1
         spins = result.spins
         if on_steps is not None:
-            on_steps(1)
+            on_steps(k)
     record(t_index, spins, provider.fields(spins)[1])
-    return ConfigurationResult(system.positions, energy, mag, qc.replicas, acc, snaps)
+    positions = np.stack([system.positions for system in systems])
+    return ConfigurationResult(positions, energy, mag, k * qc.replicas, acc, snaps)
 
 
 def merge_results(qc: QuenchConfig, parts: list[ConfigurationResult]) -> QuenchResult:
@@ -212,14 +241,14 @@ def merge_results(qc: QuenchConfig, parts: list[ConfigurationResult]) -> QuenchR
     total = sum(p.n_replicas for p in parts)
     snaps = None
     if qc.snapshots:
-        snaps = np.stack([p.snapshots for p in parts], axis=1)  # (T, C, B, N, 3)
+        snaps = np.concatenate([p.snapshots for p in parts], axis=1)  # (T, C, B, N, 3)
     return QuenchResult(
         config=qc,
         times=qc.record_steps() * qc.llg.dt,
         energy_per_spin=sum(p.energy_sum for p in parts) / total,
         magnetisation=sum(p.magnetisation_sum for p in parts) / total,
         correlations=acc,
-        positions=np.stack([p.positions for p in parts]),
+        positions=np.concatenate([p.positions for p in parts]),
         snapshots=snaps,
     )
 
@@ -229,19 +258,20 @@ def run_quench(
     on_steps: Callable[[int], None] | None = None,
     cluster: ClusterSpec | None = None,
 ) -> QuenchResult:
-    """All configurations, one after another in this process or as tasks on a Dask cluster
-    (each worker loads the model file itself); on_steps(k) reports k more LLG steps done."""
+    """All groups of configurations, one after another in this process or as tasks on a
+    Dask cluster (each worker loads the model file itself); on_steps(k) reports k more
+    configuration-steps done (qc.configs x qc.n_steps in all)."""
     model = load_quench_model(qc)  # checks the model file (and warns) before any work
     if cluster is None or not cluster.distributed:
-        task = partial(run_configuration, qc, on_steps=on_steps, model=model)
-        parts = map_configurations(task, qc.configs)
+        task = partial(run_group, qc, on_steps=on_steps, model=model)
+        parts = map_configurations(task, qc.n_groups)
     else:
 
-        def done(c: int, part: ConfigurationResult) -> None:
+        def done(g: int, part: ConfigurationResult) -> None:
             if on_steps is not None:
-                on_steps(qc.n_steps)
+                on_steps(len(qc.group(g)) * qc.n_steps)
 
-        parts = map_configurations(partial(run_configuration, qc), qc.configs, cluster, done)
+        parts = map_configurations(partial(run_group, qc), qc.n_groups, cluster, done)
     return merge_results(qc, parts)
 
 

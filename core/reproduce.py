@@ -165,7 +165,9 @@ def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
 # ----------------------------------------------------------------------------- Fig. 3
 
 
-def fields_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log) -> Step:
+def fields_step(
+    scale: Scale, model_path: Path, out: Path, force: bool, log: Log, device: str = "cpu"
+) -> Step:
     """Shipped model and networks trained with / without G3chi, on fresh held-out configurations."""
     import matplotlib.pyplot as plt
 
@@ -187,6 +189,7 @@ def fields_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log
             replicas=scale.relax_replicas,
             relax=replace(DatasetConfig().relax, seed=seed),
             t_max=scale.relax_t_max,
+            device=device,
         )
         with _bar(configs * cfg.work_per_config, "ED frames", "unit") as bar:
             return generate_dataset(cfg, on_progress=bar.update)
@@ -200,7 +203,7 @@ def fields_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log
         log(f"Fig. 3: training {label} ({scale.epochs} epochs at most)")
         cfg = TrainConfig(
             arch=shipped.arch, spec=shipped.spec.replace(include_chi=chi),
-            epochs=scale.epochs, patience=scale.patience, folds=1,
+            epochs=scale.epochs, patience=scale.patience, folds=1, device=device,
         )  # fmt: skip
         with _bar(scale.epochs, "epochs", "epoch") as bar:
             models[label] = train(data, cfg, on_epoch=lambda _: bar.update(1)).model
@@ -208,7 +211,7 @@ def fields_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log
     fig, axes = plt.subplots(2, len(models), figsize=(4.6 * len(models), 8.4))
     values, arrays = {}, {"ed_hperp": ed, "source": test.source}
     for k, (label, model) in enumerate(models.items()):
-        ml, energy = predict_frames(model, test)
+        ml, energy = predict_frames(model, test, device)
         metrics = hperp_metrics(ml, ed, energy, test.energy)
         by_source = {
             name: hperp_metrics(ml[sel], ed[sel], energy[sel], test.energy[sel])["rmse_hperp"]
@@ -260,7 +263,9 @@ def _quench(qc, path: Path, force: bool, log: Log, what: str):
     return traj
 
 
-def dynamics_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log) -> Step:
+def dynamics_step(
+    scale: Scale, model_path: Path, out: Path, force: bool, log: Log, device: str = "cpu"
+) -> Step:
     """ED-LLG and ML-LLG at N = 100 on the same configurations and seeds (paper Fig. 4)."""
     from core.plots import comparison_figure, save_figure
     from core.quench import QuenchConfig
@@ -278,6 +283,8 @@ def dynamics_step(scale: Scale, model_path: Path, out: Path, force: bool, log: L
             t_max=scale.fig4_t_max,
             n_records=scale.records,
             model_path=str(model_path) if engine == "ml" else None,
+            device=device,
+            pack=scale.fig4_configs if engine == "ml" else 1,  # one batched call (GPU)
         )
         runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4")
     ed, ml = runs["ed"], runs["ml"]
@@ -333,11 +340,12 @@ def correlation_features(traj) -> dict[str, Any]:
     return out
 
 
-def growth_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log) -> Step:
+def growth_step(
+    scale: Scale, model_path: Path, out: Path, force: bool, log: Log, device: str = "cpu"
+) -> Step:
     """xi(t) of ML-LLG at N = 500 with the droplet fit (paper Fig. 5)."""
     import matplotlib.pyplot as plt
 
-    from core.observables import fit_droplet
     from core.plots import draw_xi, save_figure
     from core.quench import QuenchConfig
 
@@ -352,12 +360,11 @@ def growth_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log
         t_max=scale.fig5_t_max,
         n_records=scale.records,
         model_path=str(model_path),
+        device=device,
+        pack=scale.fig5_configs,  # all replicas of all configurations in one batched call
     )
     traj = _quench(qc, out / "fig5-ml.h5", force, log, "Fig. 5")
-    try:
-        fit = fit_droplet(traj.times, traj.xi)
-    except ValueError:
-        fit = None
+    fit, values = droplet_values(traj)
     fig, ax = plt.subplots(figsize=(5.5, 4))
     draw_xi(ax, traj.times, traj.xi, fit)
     ax.set_title(
@@ -367,17 +374,34 @@ def growth_step(scale: Scale, model_path: Path, out: Path, force: bool, log: Log
     )
     fig.tight_layout()
     save_figure(fig, out / "fig5-xi.png", force)
-    values = {
+    return Step("fig5-xi.png", ["fig5-ml.h5"], values, time.perf_counter() - start)
+
+
+def droplet_values(traj) -> tuple[Any, dict[str, Any]]:
+    """The droplet fit of xi(t) (None when too few points) and the numbers the paper quotes
+    about growth: psi +- error, xi at the first and last record, |m| at the end."""
+    from core.observables import fit_droplet
+
+    try:
+        fit = fit_droplet(traj.times, traj.xi)
+    except ValueError:
+        fit = None
+    n = int(traj.attrs["n"])
+    return fit, {
         "psi": None if fit is None else fit.psi,
         "psi_err": None if fit is None else fit.psi_err,
         "fit_range": None if fit is None else (fit.t_min, fit.t_max),
         "xi_first": float(traj.xi[1]),
         "xi_last": float(traj.xi[-1]),
         "magnetisation_last": float(traj.magnetisation[-1]),
-        "random_magnetisation": 1 / math.sqrt(scale.fig5_n),
+        "random_magnetisation": 1 / math.sqrt(n),
         "t_max": float(traj.times[-1]),
     }
-    return Step("fig5-xi.png", ["fig5-ml.h5"], values, time.perf_counter() - start)
+
+
+def summary(traj) -> dict[str, Any]:
+    """Everything the paper quotes about one quench run (`sdglass summary`)."""
+    return {**correlation_features(traj), **droplet_values(traj)[1]}
 
 
 # ----------------------------------------------------------------------------- report
@@ -389,11 +413,14 @@ def _fmt(x, digits: int = 3) -> str:
 
 def psi_verdict(psi: float | None, err: float | None) -> str:
     """agrees / disagrees with 1.02, or inconclusive when the fit cannot tell (xi hardly grows
-    over the fitted times, so 1/psi is near 0 and psi is ill-determined)."""
+    over the fitted times, so 1/psi is near 0 and psi is ill-determined); a well-determined
+    negative psi means xi falls over the fitted times."""
     if psi is None:
         return "no fit"
-    if psi <= 0 or err > 0.5 * abs(psi):
+    if err > 0.5 * abs(psi):
         return "inconclusive"
+    if psi < 0:
+        return "disagrees (xi falls)"
     return "agrees" if abs(psi - 1.02) <= max(2 * err, 0.1) else "disagrees"
 
 
@@ -546,10 +573,15 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
 
 
 def reproduce(
-    scale: Scale, out: str | Path, model_path: str | Path, force: bool = False, log: Log = print
+    scale: Scale,
+    out: str | Path,
+    model_path: str | Path,
+    force: bool = False,
+    log: Log = print,
+    device: str = "cpu",
 ) -> Path:
-    """Every step in order, then report.md; returns its path. Refuses before any work when a
-    file it would write exists (unless force)."""
+    """Every step in order on `device`, then report.md; returns its path. Refuses before any
+    work when a file it would write exists (unless force)."""
     from core.errors import OutputExistsError
 
     out = Path(out)
@@ -560,9 +592,9 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     model_path = Path(model_path)
     steps = {
-        "fig2": dos_step(scale, out, force, log),
-        "fig3": fields_step(scale, model_path, out, force, log),
-        "fig4": dynamics_step(scale, model_path, out, force, log),
-        "fig5": growth_step(scale, model_path, out, force, log),
+        "fig2": dos_step(scale, out, force, log),  # J = 0 eigenvalues: CPU
+        "fig3": fields_step(scale, model_path, out, force, log, device),
+        "fig4": dynamics_step(scale, model_path, out, force, log, device),
+        "fig5": growth_step(scale, model_path, out, force, log, device),
     }
     return write_report(out, scale, steps, force)

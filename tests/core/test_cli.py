@@ -32,6 +32,7 @@ def test_help_lists_every_subcommand(capsys):
         "quench",
         "dos",
         "compare",
+        "summary",
         "bench",
         "dataset",
         "train",
@@ -260,3 +261,27 @@ def test_compare_rejects_other_bins(tmp_path, capsys):
     assert run(capsys, *base, "--bin-width", 0.2, "-o", b)[0] == 0
     code, _, err = run(capsys, "compare", a, b)
     assert code == 2 and "other distance bins" in error_line(err)
+
+
+def test_summary_quotes_the_papers_quantities_of_a_run(tmp_path, capsys):
+    from core.observables import fit_droplet
+    from core.reproduce import correlation_features
+
+    path, fig = tmp_path / "q.h5", tmp_path / "q.png"
+    quench = ["quench", "-n", 16, "--configs", 1, "--replicas", 2, "--t-max", 4, "--records", 24]
+    assert run(capsys, *quench, "-o", path)[0] == 0
+    code, out, _ = run(capsys, "summary", path, "--json")
+    assert code == 0
+    values = json.loads(out)
+    traj = read_trajectory(path)
+    expected = correlation_features(traj)
+    assert values["c_first_bin"] == pytest.approx(expected["c_first_bin"])
+    assert values["psi"] == pytest.approx(fit_droplet(traj.times, traj.xi).psi)
+    assert values["magnetisation_last"] == pytest.approx(traj.magnetisation[-1])
+    assert values["random_magnetisation"] == pytest.approx(0.25)  # 1 / sqrt(16)
+    code, out, _ = run(capsys, "summary", path, "--plot", fig)
+    assert code == 0 and "ED-LLG, N = 16, 1 configurations x 2 replicas, t = 0..4" in out
+    assert "droplet fit (log t)^(1/psi)" in out and "against the paper's 1.02" in out
+    assert fig.stat().st_size > 10_000
+    code, _, err = run(capsys, "summary", path, "--plot", fig)
+    assert code == 2 and "refusing to overwrite" in error_line(err)

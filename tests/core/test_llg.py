@@ -245,3 +245,23 @@ def test_nan_in_one_spin_raises_state_error():
 def test_run_rejects_negative_step_count():
     with pytest.raises(ConfigError):
         LLG(ConstantField((0, 0, 1)), LLGConfig()).run(unit_spins(1, 2, seed=16), -1)
+
+
+def test_noise_blocks_draw_what_each_block_alone_would_draw():
+    # two independent blocks of spins in a local field: packed with blocks [3, 5]
+    # and seed s, they move exactly as block 0 alone with seed s and block 1 with s + 1
+    field = ConstantField((0.2, 0.0, 1.0))
+    warm = LLGConfig(temperature=0.5, alpha=0.1, seed=21)
+    a, b = unit_spins(2, 3, seed=17), unit_spins(2, 5, seed=18)
+    packed = LLG(field, warm, blocks=[3, 5]).run(torch.cat([a, b], 1), 4)
+    alone_a = LLG(field, warm).run(a, 4)
+    alone_b = LLG(field, warm.replace(seed=22)).run(b, 4)
+    assert torch.equal(packed, torch.cat([alone_a, alone_b], 1))
+
+
+def test_noise_blocks_must_cover_the_atoms():
+    stepper = LLG(ConstantField((0, 0, 1)), LLGConfig(temperature=0.1), blocks=[2, 2])
+    with pytest.raises(StateError, match="add up to 4"):
+        stepper.step(unit_spins(1, 5, seed=19))
+    with pytest.raises(ConfigError, match="noise blocks"):
+        LLG(ConstantField((0, 0, 1)), LLGConfig(), blocks=[])

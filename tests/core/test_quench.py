@@ -6,7 +6,7 @@ from core.io import read_trajectory, write_trajectory
 from core.quench import (
     QuenchConfig,
     merge_results,
-    run_configuration,
+    run_group,
     run_quench,
     to_trajectory,
 )
@@ -47,17 +47,17 @@ def test_quench_observables_are_sane(tiny, tiny_result):
 
 
 def test_configurations_merge_in_any_order(tiny, tiny_result):
-    parts = [run_configuration(tiny, c) for c in (1, 0)]
+    parts = [run_group(tiny, c) for c in (1, 0)]
     merged = merge_results(tiny, parts)
     np.testing.assert_allclose(merged.corr, tiny_result.corr, atol=1e-14)
     np.testing.assert_allclose(merged.energy_per_spin, tiny_result.energy_per_spin, rtol=1e-14)
 
 
 def test_quench_is_reproducible_from_seeds(tiny, tiny_result):
-    again = run_configuration(tiny, 0)
-    first = run_configuration(tiny, 0)
+    again = run_group(tiny, 0)
+    first = run_group(tiny, 0)
     np.testing.assert_array_equal(again.energy_sum, first.energy_sum)
-    other = run_configuration(tiny.__class__(**{**tiny.__dict__, "llg": LLGConfig(seed=4)}), 0)
+    other = run_group(tiny.__class__(**{**tiny.__dict__, "llg": LLGConfig(seed=4)}), 0)
     assert not np.array_equal(other.energy_sum, first.energy_sum)
 
 
@@ -75,7 +75,14 @@ def test_trajectory_round_trip_with_snapshots(tmp_path, tiny):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(configs=0), dict(replicas=0), dict(t_max=0.001), dict(engine="magic"), dict(bin_width=0)],
+    [
+        dict(configs=0),
+        dict(replicas=0),
+        dict(t_max=0.001),
+        dict(engine="magic"),
+        dict(bin_width=0),
+        dict(pack=0),
+    ],
 )
 def test_invalid_quench_config(kwargs):
     with pytest.raises(ConfigError):
@@ -108,6 +115,27 @@ def test_ml_engine_warns_when_model_was_trained_for_other_parameters(tiny, tiny_
     )
     with pytest.warns(UserWarning, match="J = 6 but is used with J = 1"):
         run_quench(qc)
+
+
+def test_packed_configurations_give_the_unpacked_quench(tiny, tiny_model_file):
+    # 3 configurations in groups (2, 1) against one by one: same seeds, same numbers up to
+    # the round-off of the batched float32 model
+    ml = {**tiny.__dict__, "engine": "ml", "model_path": str(tiny_model_file), "configs": 3}
+    ml["snapshots"] = True
+    one = run_quench(QuenchConfig(**ml))
+    packed = run_quench(QuenchConfig(**{**ml, "pack": 2}))
+    np.testing.assert_allclose(packed.snapshots, one.snapshots, atol=1e-5)
+    np.testing.assert_allclose(packed.corr, one.corr, atol=1e-5)
+    np.testing.assert_allclose(packed.energy_per_spin, one.energy_per_spin, rtol=1e-6)
+    np.testing.assert_allclose(packed.magnetisation, one.magnetisation, atol=1e-6)
+    np.testing.assert_array_equal(packed.positions, one.positions)
+    assert packed.snapshots.shape == (len(packed.times), 3, 2, 20, 3)
+    assert not np.allclose(packed.snapshots[-1, 0], packed.snapshots[-1, 1])  # own seeds
+
+
+def test_packing_needs_the_ml_engine(tiny):
+    with pytest.raises(ConfigError, match="pack > 1 needs the ml engine"):
+        QuenchConfig(**{**tiny.__dict__, "pack": 2})
 
 
 def test_ml_engine_needs_a_model():

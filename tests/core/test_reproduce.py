@@ -80,4 +80,5 @@ def test_psi_verdict_calls_an_ill_determined_fit_inconclusive():
     assert psi_verdict(2.0, 0.1) == "disagrees"
     assert psi_verdict(-61.2, 116.5) == "inconclusive"
     assert psi_verdict(3.0, 2.0) == "inconclusive"
+    assert psi_verdict(-2.8, 0.2) == "disagrees (xi falls)"
     assert psi_verdict(None, None) == "no fit"
