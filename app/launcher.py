@@ -37,6 +37,11 @@ SWITCH_INTERVAL_S = 0.0005
 #: Delay after the last dynamics step before the screenshot (ms): plots and canvas redraw.
 SETTLE_MS = 800
 
+#: --steps presses Start this long after the window is on screen with every plot drawn (ms),
+#: as a user would: the window's first layout and paint (~0.5 s with software OpenGL: every
+#: dock, the 3D canvas and three full matplotlib draws) is not part of the run.
+START_AFTER_SHOWN_MS = 500
+
 
 def dock_panels(viewer, session: AppSession) -> dict:
     """Dock the panels right (tabbed) and the live plots at the bottom; returns the panels."""
@@ -78,6 +83,23 @@ def _dismiss_notifications(viewer) -> None:
     if window is not None:
         for toast in window.findChildren(NapariQtNotification):
             toast.close()
+
+
+def when_shown(viewer, session: AppSession, action) -> None:
+    """Call action() START_AFTER_SHOWN_MS after the main window is visible and every live plot
+    has been drawn once (polled on the event loop; at once for a viewer without a window)."""
+    qt_window = getattr(viewer.window, "_qt_window", None)
+    timer = QTimer()
+
+    def check() -> None:
+        shown = qt_window is None or qt_window.isVisible()
+        if shown and all(p.background is not None for p in session.plots.plots.values()):
+            timer.stop()
+            QTimer.singleShot(START_AFTER_SHOWN_MS, action)
+
+    timer.timeout.connect(check)
+    timer.start(50)
+    session._start_timer = timer  # kept alive with the session
 
 
 def launch(
@@ -161,9 +183,13 @@ def launch(
             QTimer.singleShot(SETTLE_MS, capture)
 
     if steps:
-        if probe is not None:
-            probe.start()
-        panels["Dynamics"].start(max_steps=int(steps))
+
+        def press_start() -> None:
+            if probe is not None:
+                probe.start()
+            panels["Dynamics"].start(max_steps=int(steps))
+
+        when_shown(viewer, session, press_start)
     if return_viewer:
         return viewer
     napari.run()

@@ -1,16 +1,20 @@
 """Live plots docked at the bottom: C(r, t) (paper Fig. 4), xi(t) (Fig. 5) and energy per spin.
 
-Three matplotlib Qt canvases following napari's theme. `update` only stores
-the latest snapshot; a timer redraws at most `REDRAW_HZ` times per second with
-set_data. The data lines are animated artists that are blitted onto a cached
-background (matplotlib's blitting recipe), so a redraw is cheap; the slow full
-redraw (axes, ticks) happens only when an axis range has to grow (ranges grow
-with a margin, so rarely). C(r, t) and xi(t) are redrawn only when a record
-time is added. Measured with ``sdglass app --measure`` (README).
+Three matplotlib Qt canvases following napari's theme. `update` stores the
+latest snapshot and redraws at once when the last redraw is at least
+1/`REDRAW_HZ` s old, so the plots change in the same event-loop turn as the 3D
+layers and Qt composes the window once for both (a composition costs ~25 ms
+with software OpenGL); a timer draws a snapshot that waited longer (the run
+paused or ended). Redraws use set_data. The data lines are animated artists
+that are blitted onto a cached background (matplotlib's blitting recipe), so a
+redraw is cheap; the slow full redraw (axes, ticks) happens only when an axis
+range has to grow (ranges grow with a margin, time axes double, so rarely).
+C(r, t) and xi(t) are redrawn only when a record time is added. Measured with ``sdglass app --measure`` (README).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,9 @@ REDRAW_HZ = 4
 MAX_CURVES = 8
 #: Relative margin added when an axis range grows.
 GROW_MARGIN = 0.25
+#: Margin of the time axes: the range doubles (one decade more on log axes) whenever time
+#: passes its end, so a run to time t needs ~log2(t) full redraws, not one per 25 %.
+TIME_MARGIN = 1.0
 
 
 def theme_colours(theme_name: str) -> dict[str, str]:
@@ -55,16 +62,22 @@ def style_axes(ax, colours: dict[str, str], title: str, xlabel: str, ylabel: str
     ax.set_ylabel(ylabel, fontsize=8, color=colours["text"])
 
 
-def grown(current: tuple[float, float], lo: float, hi: float, log: bool = False):
-    """A range holding [lo, hi] that includes `current`, with GROW_MARGIN; None if current holds it."""
+def grown(
+    current: tuple[float, float],
+    lo: float,
+    hi: float,
+    log: bool = False,
+    margin: float = GROW_MARGIN,
+):
+    """A range holding [lo, hi] that includes `current`, with `margin`; None if current holds it."""
     if lo >= current[0] and hi <= current[1]:
         return None
     if log:
         lo, hi = np.log(min(lo, current[0])), np.log(max(hi, current[1]))
-        pad = GROW_MARGIN * max(hi - lo, 0.1)
+        pad = margin * max(hi - lo, 0.1)
         return float(np.exp(lo - pad)), float(np.exp(hi + pad))
     lo, hi = min(lo, current[0]), max(hi, current[1])
-    pad = GROW_MARGIN * max(hi - lo, 1e-6)
+    pad = margin * max(hi - lo, 1e-6)
     return lo - pad, hi + pad
 
 
@@ -178,9 +191,10 @@ class LivePlots(QWidget):
         layout.addLayout(canvases, 1)
         layout.addLayout(row)
 
+        self._last_flush, self._pending_since = -np.inf, 0.0
         self.timer = QTimer(self)
         self.timer.setInterval(int(1000 / REDRAW_HZ))
-        self.timer.timeout.connect(self.flush)
+        self.timer.timeout.connect(self._flush_waiting)
         self.timer.start()
 
     def _initial_limits(self) -> None:
@@ -248,11 +262,23 @@ class LivePlots(QWidget):
         ax.set_ylim(-0.1, 0.1)
 
     def update(self, snapshot) -> None:
-        """Remember the latest snapshot; the timer draws it."""
+        """Take the latest snapshot: drawn now if the last redraw is 1/REDRAW_HZ s old, else
+        kept for the next update (or the timer, if none comes)."""
+        now = time.perf_counter()
+        if self.pending is None:
+            self._pending_since = now
         self.pending = snapshot
+        if now - self._last_flush >= 1 / REDRAW_HZ:
+            self.flush()
+
+    def _flush_waiting(self) -> None:
+        """Timer: draw a snapshot that no update has drawn for 1/REDRAW_HZ s."""
+        if self.pending is not None and time.perf_counter() - self._pending_since >= 1 / REDRAW_HZ:
+            self.flush()
 
     def flush(self, force_full: bool = False) -> None:
         """Redraw now if a new snapshot is pending (force_full: also rebuild the curve set)."""
+        self._last_flush = time.perf_counter()
         snap, self.pending = self.pending, None
         if snap is None and force_full:
             snap = self.snapshot
@@ -304,8 +330,9 @@ class LivePlots(QWidget):
 
     @staticmethod
     def _grow(ax, axis: str, lo: float, hi: float, log: bool = False) -> bool:
+        """Grow an axis to hold [lo, hi]; x (time, except in C(r, t)) by TIME_MARGIN."""
         get, set_ = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
-        new = grown(get(), float(lo), float(hi), log)
+        new = grown(get(), float(lo), float(hi), log, TIME_MARGIN if axis == "x" else GROW_MARGIN)
         if new is not None:
             set_(*new)
         return new is not None

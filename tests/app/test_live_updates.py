@@ -24,7 +24,8 @@ def test_hidden_field_arrows_wait_and_catch_up_when_shown(app_viewer):
     np.testing.assert_allclose(ratio, ratio[0])  # one scale for every arrow
 
 
-def test_a_flush_draws_at_most_one_plot_in_full(app_viewer, qtbot):
+def test_a_flush_draws_at_most_one_plot_in_full(app_viewer, qtbot, monkeypatch):
+    monkeypatch.setattr("app.plots.REDRAW_HZ", 0.01)  # a redraw every 100 s at most
     _, session = app_viewer
     session.start(max_steps=4)
     qtbot.waitUntil(lambda: session.worker is None, timeout=60_000)
@@ -33,11 +34,12 @@ def test_a_flush_draws_at_most_one_plot_in_full(app_viewer, qtbot):
     draws = {name: [] for name in plots.plots}
     for name, plot in plots.plots.items():
         plot.canvas.mpl_connect("draw_event", lambda event, n=name: draws[n].append(1))
-    plots.update(session.sim.snapshot())
-    plots.flush()  # first data: every plot needs a full draw
+    plots.update(session.sim.snapshot())  # first data, drawn at once: one full draw of three
     assert sum(map(len, draws.values())) == 1
+    plots.update(session.sim.snapshot())  # too soon after the last: kept, not drawn
+    assert sum(map(len, draws.values())) == 1 and plots.pending is not None
     plots.flush()
-    plots.flush()  # no new data: the waiting full draws follow, one per flush
+    plots.flush()  # the waiting full draws follow, one per flush
     assert all(len(d) == 1 for d in draws.values())
     assert not any(p.needs_full for p in plots.plots.values())
     plots.flush()
@@ -59,3 +61,38 @@ def test_probe_reports_when_each_long_stall_happened(app_viewer):
     assert report["stalls_over_100ms"] == 2
     assert report["long_stalls"] == [[0.29, 250.0], [0.52, 120.0]]
     assert report["max_stall_ms"] == 250.0
+
+
+def test_new_readout_text_does_not_lay_out_the_panel_again(make_napari_viewer, qtbot):
+    # a label that resizes with its text makes Qt lay out and recompose the window per frame
+    from dataclasses import replace
+
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QApplication
+
+    from app.launcher import launch, session_of
+
+    session = session_of(launch(viewer=make_napari_viewer(show=True), return_viewer=True, n=30))
+    panel = session.panels["Dynamics"]
+
+    class Counter(QObject):
+        count = 0
+
+        def eventFilter(self, obj, event):
+            self.count += event.type() == QEvent.LayoutRequest
+            return False
+
+    counter = Counter()
+    QApplication.instance().installEventFilter(counter)  # LayoutRequests go up the tree
+    snap = session.sim.snapshot()
+    qtbot.wait(1000)  # the new window's own layout settles
+    counts = []
+    for step, rate in ((1, 2.0), (123456, 1234.5), (7, 0.5), (99, 88.8)):
+        QApplication.processEvents()
+        counter.count = 0
+        panel.show_readout(replace(snap, step=step, time=step * 0.02, steps_per_second=rate))
+        QApplication.processEvents()
+        counts.append(counter.count)
+    assert "step 99" in panel.readout.value
+    QApplication.instance().removeEventFilter(counter)
+    assert counts == [0, 0, 0, 0]
