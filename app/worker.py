@@ -4,10 +4,17 @@ The worker runs several LLG steps per chunk, copies the state to CPU numpy
 (Simulation.snapshot) at most every `min_interval` seconds, and yields None in
 between so that pause and stop take effect within one chunk. Only the main
 thread touches layers and widgets (it receives the yielded snapshots).
+
+On Linux the worker thread lowers its own scheduling priority (nice
+WORKER_NICE, inherited by the torch threads it starts): when the CPU is short,
+drawing the window goes first and the dynamics take what is left.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -28,6 +35,19 @@ class DynamicsError:
 
 #: Shortest interval between two snapshots sent to the main thread (s).
 MIN_INTERVAL = 0.03
+#: Nice value of the dynamics thread (0 = the main thread's priority, 19 = lowest).
+WORKER_NICE = 10
+
+
+def lower_priority(nice: int = WORKER_NICE) -> bool:
+    """Give the calling thread (Linux: a thread has its own nice value) at least `nice`;
+    False where the platform has no per-thread priority."""
+    if not sys.platform.startswith("linux"):
+        return False
+    tid = threading.get_native_id()
+    if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+    return True
 
 
 def dynamics(
@@ -37,6 +57,7 @@ def dynamics(
     min_interval: float = MIN_INTERVAL,
 ):
     """Generator: advance in chunks of steps_per_frame(); yield a Snapshot or None per chunk."""
+    lower_priority()
     done = 0
     last = time.perf_counter()
     while max_steps is None or done < max_steps:
