@@ -250,6 +250,19 @@ def _fresh(path: Path, force: bool) -> Path:
 # ----------------------------------------------------------------------------- Fig. 4 and 5
 
 
+def _ensemble(engine, n, seed, configs, replicas, t_max, scale, model_path, device):
+    """The quench of a figure: atomic and noise seeds from `seed`; the ML engine packs all
+    configurations into one batched call (what fills a GPU)."""
+    from core.quench import QuenchConfig
+
+    ml = engine == "ml"
+    return QuenchConfig(
+        system=SystemConfig(n=n, seed=seed), llg=LLGConfig(seed=seed), engine=engine,
+        configs=configs, replicas=replicas, t_max=t_max, n_records=scale.records,
+        model_path=str(model_path) if ml else None, device=device, pack=configs if ml else 1,
+    )  # fmt: skip
+
+
 def _quench(qc, path: Path, force: bool, log: Log, what: str):
     from core.quench import run_quench, to_trajectory
 
@@ -268,24 +281,15 @@ def dynamics_step(
 ) -> Step:
     """ED-LLG and ML-LLG at N = 100 on the same configurations and seeds (paper Fig. 4)."""
     from core.plots import comparison_figure, save_figure
-    from core.quench import QuenchConfig
 
     start = time.perf_counter()
     seed = REPRODUCE_SEEDS["fig4"]
     runs = {}
     for engine in ("ed", "ml"):
-        qc = QuenchConfig(
-            system=SystemConfig(n=100, seed=seed),
-            llg=LLGConfig(seed=seed),
-            engine=engine,
-            configs=scale.fig4_configs,
-            replicas=scale.fig4_replicas,
-            t_max=scale.fig4_t_max,
-            n_records=scale.records,
-            model_path=str(model_path) if engine == "ml" else None,
-            device=device,
-            pack=scale.fig4_configs if engine == "ml" else 1,  # one batched call (GPU)
-        )
+        qc = _ensemble(
+            engine, 100, seed, scale.fig4_configs, scale.fig4_replicas, scale.fig4_t_max,
+            scale, model_path, device,
+        )  # fmt: skip
         runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4")
     ed, ml = runs["ed"], runs["ml"]
     fig = comparison_figure(
@@ -347,22 +351,13 @@ def growth_step(
     import matplotlib.pyplot as plt
 
     from core.plots import draw_xi, save_figure
-    from core.quench import QuenchConfig
 
     start = time.perf_counter()
     seed = REPRODUCE_SEEDS["fig5"]
-    qc = QuenchConfig(
-        system=SystemConfig(n=scale.fig5_n, seed=seed),
-        llg=LLGConfig(seed=seed),
-        engine="ml",
-        configs=scale.fig5_configs,
-        replicas=scale.fig5_replicas,
-        t_max=scale.fig5_t_max,
-        n_records=scale.records,
-        model_path=str(model_path),
-        device=device,
-        pack=scale.fig5_configs,  # all replicas of all configurations in one batched call
-    )
+    qc = _ensemble(
+        "ml", scale.fig5_n, seed, scale.fig5_configs, scale.fig5_replicas, scale.fig5_t_max,
+        scale, model_path, device,
+    )  # fmt: skip
     traj = _quench(qc, out / "fig5-ml.h5", force, log, "Fig. 5")
     fit, values = droplet_values(traj)
     fig, ax = plt.subplots(figsize=(5.5, 4))
