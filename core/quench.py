@@ -130,7 +130,7 @@ class QuenchConfig:
 
 
 @dataclass
-class ConfigurationResult:
+class GroupResult:
     """Sums over the replicas of one group of configurations at every record time;
     positions (K, N, 3) and snapshots (T, K, B, N, 3) for its K configurations."""
 
@@ -190,7 +190,7 @@ def run_group(
     index: int,
     on_steps: Callable[[int], None] | None = None,
     model: EnergyModel | None = None,
-) -> ConfigurationResult:
+) -> GroupResult:
     """Quench all replicas of the configurations of group `index`, packed into one system
     (PHYSICS.md "LLG dynamics")."""
     configs = qc.group(index)
@@ -230,10 +230,10 @@ def run_group(
             on_steps(k)
     record(t_index, spins, provider.fields(spins)[1])
     positions = np.stack([system.positions for system in systems])
-    return ConfigurationResult(positions, energy, mag, k * qc.replicas, acc, snaps)
+    return GroupResult(positions, energy, mag, k * qc.replicas, acc, snaps)
 
 
-def merge_results(qc: QuenchConfig, parts: list[ConfigurationResult]) -> QuenchResult:
+def merge_results(qc: QuenchConfig, parts: list[GroupResult]) -> QuenchResult:
     """Ensemble averages from per-configuration sums (order-independent up to round-off)."""
     acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
     for part in parts:
@@ -267,7 +267,7 @@ def run_quench(
         parts = map_configurations(task, qc.n_groups)
     else:
 
-        def done(g: int, part: ConfigurationResult) -> None:
+        def done(g: int, part: GroupResult) -> None:
             if on_steps is not None:
                 on_steps(len(qc.group(g)) * qc.n_steps)
 
