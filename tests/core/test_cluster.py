@@ -55,6 +55,20 @@ def test_quench_on_two_workers_equals_one_process_bit_for_bit(dask_cluster, one_
     assert sum(steps) == qc.configs * qc.n_steps  # progress per finished configuration
 
 
+def test_packed_ml_quench_on_two_workers_equals_one_process(dask_cluster, one_thread,
+                                                           tiny_model_file):  # fmt: skip
+    # groups of 2 configurations are the tasks: (0, 1) and (2)
+    qc = QuenchConfig(system=SystemConfig(n=20), configs=3, replicas=2, t_max=0.2, n_records=4,
+                      engine="ml", model_path=str(tiny_model_file), pack=2)  # fmt: skip
+    reference = run_quench(qc)
+    steps = []
+    spread = run_quench(
+        qc, on_steps=steps.append, cluster=ClusterSpec(scheduler=dask_cluster.scheduler_address)
+    )
+    assert_same_quench(reference, spread)
+    assert sorted(steps) == [qc.n_steps, 2 * qc.n_steps]
+
+
 def test_dataset_on_two_workers_equals_one_process(dask_cluster, one_thread):
     cfg = DatasetConfig(system=SystemConfig(n=16), configs=2, spins_per_config=6, replicas=2,
                         t_max=3.0)  # fmt: skip
