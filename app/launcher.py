@@ -87,19 +87,22 @@ def _dismiss_notifications(viewer) -> None:
 
 def when_shown(viewer, session: AppSession, action) -> None:
     """Call action() START_AFTER_SHOWN_MS after the main window is visible and every live plot
-    has been drawn once (polled on the event loop; at once for a viewer without a window)."""
+    has been drawn once (polled on the event loop); at the first poll for a viewer that is not
+    shown (nothing will be drawn)."""
     qt_window = getattr(viewer.window, "_qt_window", None)
-    timer = QTimer()
+    timer = QTimer(session.plots)  # goes with the viewer's widgets
 
     def check() -> None:
-        shown = qt_window is None or qt_window.isVisible()
-        if shown and all(p.background is not None for p in session.plots.plots.values()):
-            timer.stop()
-            QTimer.singleShot(START_AFTER_SHOWN_MS, action)
+        shown = qt_window is not None and qt_window.isVisible()
+        if shown and any(p.background is None for p in session.plots.plots.values()):
+            return
+        timer.stop()
+        timer.timeout.disconnect(check)
+        timer.deleteLater()
+        QTimer.singleShot(START_AFTER_SHOWN_MS if shown else 0, action)
 
     timer.timeout.connect(check)
     timer.start(50)
-    session._start_timer = timer  # kept alive with the session
 
 
 def launch(

@@ -250,6 +250,13 @@ def test_screenshot_cli_produces_nonblank_png(tmp_path):
     assert img[..., :3].std() > 0.05
 
 
+def test_launch_with_steps_runs_them_on_a_viewer_that_is_not_shown(make_napari_viewer, qtbot):
+    from app.launcher import launch, session_of
+
+    session = session_of(launch(viewer=make_napari_viewer(), return_viewer=True, n=30, steps=5))
+    qtbot.waitUntil(lambda: session.sim.step_count == 5 and session.worker is None, timeout=TIMEOUT)
+
+
 def test_measure_cli_starts_once_the_window_is_drawn_and_writes_the_report(tmp_path):
     import json
 
