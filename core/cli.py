@@ -245,12 +245,13 @@ def cmd_summary(args: argparse.Namespace) -> None:
     """What the paper quotes about one quench run: C(r_min), zero crossing, late peak, psi."""
     from core.io import check_output, read_trajectory
     from core.plots import quench_figure, save_figure
-    from core.reproduce import droplet_values, psi_verdict, summary
+    from core.reproduce import correlation_features, droplet_values, psi_verdict
 
     if args.plot:
         check_output(args.plot, args.force)
     traj = read_trajectory(args.run)
-    values = summary(traj)
+    fit, growth = droplet_values(traj)
+    values = {**correlation_features(traj), **growth}
     if args.json:
         print(json.dumps(values, default=str))
     else:
@@ -286,7 +287,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
                 f"({psi_verdict(values['psi'], values['psi_err'])} against the paper's 1.02)"
             )
     if args.plot:
-        fig = quench_figure(traj, args.title, droplet_values(traj)[0])
+        fig = quench_figure(traj, args.title, fit)
         save_figure(fig, args.plot, args.force)
         print(f"wrote {args.plot}")
 

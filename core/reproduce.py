@@ -394,11 +394,6 @@ def droplet_values(traj) -> tuple[Any, dict[str, Any]]:
     }
 
 
-def summary(traj) -> dict[str, Any]:
-    """Everything the paper quotes about one quench run (`sdglass summary`)."""
-    return {**correlation_features(traj), **droplet_values(traj)[1]}
-
-
 # ----------------------------------------------------------------------------- report
 
 
