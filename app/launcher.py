@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import napari
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QApplication
+from qtpy.QtCore import QMargins, Qt, QTimer
+from qtpy.QtWidgets import QApplication, QFrame, QScrollArea
 
 from app.panels.dynamics import DynamicsPanel
 from app.panels.export import ExportPanel
@@ -43,6 +43,59 @@ SETTLE_MS = 800
 START_AFTER_SHOWN_MS = 500
 
 
+#: Preferred main window size (px), shrunk to the screen's available area.
+WINDOW_SIZE = (1600, 1000)
+
+
+class _PanelScrollArea(QScrollArea):
+    """Asks for its panel's full size (a plain scroll area asks for little): the window's dock
+    layout then shares the height by what each panel needs."""
+
+    def sizeHint(self):
+        hint = self.widget().sizeHint()
+        return hint.grownBy(QMargins(0, 0, self.verticalScrollBar().sizeHint().width(), 0))
+
+
+def scrolling(panel) -> QScrollArea:
+    """A panel in a vertical scroll area, so that a dock may be shorter than the panel and the
+    window fits a laptop screen (napari docks a magicgui panel's inner widget, without the
+    scroll area of magicgui's own scrollable option)."""
+    area = _PanelScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    area.setWidget(panel.native)
+    area.setMinimumWidth(
+        panel.native.minimumSizeHint().width() + area.verticalScrollBar().sizeHint().width()
+    )
+    return area
+
+
+def fit_to_screen(window, size: tuple[int, int] = WINDOW_SIZE) -> None:
+    """Resize the main window to size, or to the screen's available area where that is smaller."""
+    screen = window.screen() if hasattr(window, "screen") else QApplication.primaryScreen()
+    available = screen.availableGeometry()
+    window.resize(min(size[0], available.width()), min(size[1], available.height()))
+
+
+def show_whole(window, dock, other, extra: int = 0) -> None:
+    """Give a dock its panel's full height (Dynamics: Start and the readout in view), taking
+    the space from another dock in the same column. A second pass adds what the first fell
+    short by (the tab bar of a tabbed group is not part of a dock's size hint)."""
+    full = dock.sizeHint().height() + extra
+    rest = max(window.height() - full, 1)
+    window.resizeDocks([dock, other], [full, rest], Qt.Orientation.Vertical)
+    if extra == 0:
+
+        def second_pass() -> None:
+            area = dock.widget()
+            short = area.widget().sizeHint().height() - area.viewport().height()
+            if short > 0:
+                show_whole(window, dock, other, short)
+
+        QTimer.singleShot(0, second_pass)
+
+
 def dock_panels(viewer, session: AppSession) -> dict:
     """Dock the panels right (tabbed) and the live plots at the bottom; returns the panels."""
     panels = {
@@ -55,15 +108,24 @@ def dock_panels(viewer, session: AppSession) -> dict:
     docks = {}
     for name in ("System", "Model", "Export", "Dynamics", "Fields"):
         docks[name] = viewer.window.add_dock_widget(
-            panels[name], name=name, area="right", tabify=name not in ("System", "Dynamics")
+            scrolling(panels[name]),
+            name=name,
+            area="right",
+            tabify=name not in ("System", "Dynamics"),
         )
+
+    viewer.window.add_dock_widget(session.plots, name="Live plots", area="bottom")
+    window = getattr(viewer.window, "_qt_window", None)
+    if window is not None:  # the panels run down the right edge, the plots sit under the canvas
+        window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
 
     def raise_main() -> None:
         docks["System"].raise_()
         docks["Dynamics"].raise_()
+        if window is not None:
+            show_whole(window, docks["Dynamics"], docks["System"])
 
-    QTimer.singleShot(0, raise_main)
-    viewer.window.add_dock_widget(session.plots, name="Live plots", area="bottom")
+    QTimer.singleShot(0, raise_main)  # after launch has sized the window
     return panels
 
 
@@ -138,7 +200,7 @@ def launch(
     session.panels = panels
     qt_window = getattr(viewer.window, "_qt_window", None)
     if qt_window is not None:
-        qt_window.resize(1600, 1000)
+        fit_to_screen(qt_window)
     viewer.layers.selection.active = session.scene.atoms
     QTimer.singleShot(50, lambda: frame_view(viewer))
     outcome = {"status": 0}

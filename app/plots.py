@@ -261,31 +261,31 @@ class LivePlots(QWidget):
         ]  # fmt: skip
         ax.set_ylim(-0.1, 0.1)
 
-    def update(self, snapshot) -> None:
+    def update(self, snapshot) -> bool:
         """Take the latest snapshot: drawn now if the last redraw is 1/REDRAW_HZ s old, else
-        kept for the next update (or the timer, if none comes)."""
+        kept for the next update (or the timer, if none comes). True if a full draw happened."""
         now = time.perf_counter()
         if self.pending is None:
             self._pending_since = now
         self.pending = snapshot
-        if now - self._last_flush >= 1 / REDRAW_HZ:
-            self.flush()
+        return now - self._last_flush >= 1 / REDRAW_HZ and self.flush()
 
     def _flush_waiting(self) -> None:
         """Timer: draw a snapshot that no update has drawn for 1/REDRAW_HZ s."""
         if self.pending is not None and time.perf_counter() - self._pending_since >= 1 / REDRAW_HZ:
             self.flush()
 
-    def flush(self, force_full: bool = False) -> None:
-        """Redraw now if a new snapshot is pending (force_full: also rebuild the curve set)."""
+    def flush(self, force_full: bool = False) -> bool:
+        """Redraw now if a new snapshot is pending (force_full: also rebuild the curve set);
+        True if a full draw happened."""
         self._last_flush = time.perf_counter()
         snap, self.pending = self.pending, None
         if snap is None and force_full:
             snap = self.snapshot
         changed = set() if snap is None else self._set_data(snap, force_full)
-        self._paint(changed, all_full=force_full)
+        return self._paint(changed, all_full=force_full)
 
-    def _paint(self, changed: set, all_full: bool = False) -> None:
+    def _paint(self, changed: set, all_full: bool = False) -> bool:
         """Blit the changed plots, with at most one full draw per call unless all_full: a full
         draw costs 20-30 ms on an idle CPU and several times that beside the dynamics, so
         three at once would stall the event loop; a waiting one is drawn at the next flush."""
@@ -293,6 +293,7 @@ class LivePlots(QWidget):
         for plot in self.plots.values():
             if plot in changed or plot.needs_full:
                 did_full |= plot.redraw(allow_full=all_full or not did_full)
+        return did_full
 
     def _set_data(self, snap, force_full: bool) -> set:
         """Put a snapshot into the artists; returns the plots whose data changed (a plot whose

@@ -27,6 +27,8 @@ from .worker import DynamicsError, dynamics_worker
 
 #: Longest wait for a stopping worker to finish its current chunk (s).
 STOP_TIMEOUT_S = 30.0
+#: Delay of the 3D layers behind a full plot draw (ms): a timer, so the event loop turns between.
+SCENE_AFTER_FULL_DRAW_MS = 1
 
 
 class _CloseFilter(QObject):
@@ -217,12 +219,20 @@ class AppSession:
             self.show_snapshot(snap)
 
     def show_snapshot(self, snap) -> None:
-        """Main thread: push a snapshot to the layers, the plots and the panels."""
+        """Main thread: push a snapshot to the plots, the layers and the panels. After a full
+        plot draw the layers follow in a later event-loop turn: with software OpenGL each
+        takes 30-60 ms, and the two in one turn stalled the UI for over 100 ms."""
         self.last_snapshot = snap
-        fields = None if snap.fields is None else snap.fields[0]
-        self.scene.update_spins(snap.spins[0], fields)
-        self.plots.update(snap)
+        if self.plots.update(snap):
+            QTimer.singleShot(SCENE_AFTER_FULL_DRAW_MS, lambda: self._show_scene(snap))
+        else:
+            self._show_scene(snap)
         self.snapshot_ready.emit(snap)
+
+    def _show_scene(self, snap) -> None:
+        if snap is self.last_snapshot:  # not overtaken by a newer one
+            fields = None if snap.fields is None else snap.fields[0]
+            self.scene.update_spins(snap.spins[0], fields)
 
     def _on_error(self, worker, err: Exception) -> None:
         message = f"Dynamics stopped: {type(err).__name__}: {err}"

@@ -250,6 +250,26 @@ def test_screenshot_cli_produces_nonblank_png(tmp_path):
     assert img[..., :3].std() > 0.05
 
 
+def test_window_fits_a_laptop_screen_with_every_panel_reachable(make_napari_viewer, qtbot):
+    from qtpy.QtWidgets import QScrollArea
+
+    from app.launcher import fit_to_screen, launch, session_of
+
+    viewer = launch(viewer=make_napari_viewer(show=True), return_viewer=True, n=30)
+    session, window = session_of(viewer), viewer.window._qt_window
+    for name, panel in session.panels.items():  # a dock may be shorter than its panel: it scrolls
+        assert isinstance(panel.native.parent().parent(), QScrollArea), name
+    assert window.minimumSizeHint().height() <= 900  # the panels stacked are taller than that
+    screen = window.screen().availableGeometry()
+    assert window.width() <= screen.width() and window.height() <= screen.height()
+    fit_to_screen(window, (10**5, 10**5))
+    assert (window.width(), window.height()) == (screen.width(), screen.height())
+    # Dynamics (Start, readout) is shown whole; System gives way
+    dynamics = session.panels["Dynamics"].native
+    viewport = dynamics.parent()
+    qtbot.waitUntil(lambda: viewport.height() >= dynamics.sizeHint().height(), timeout=5000)
+
+
 def test_launch_with_steps_runs_them_on_a_viewer_that_is_not_shown(make_napari_viewer, qtbot):
     from app.launcher import launch, session_of
 

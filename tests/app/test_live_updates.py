@@ -1,6 +1,8 @@
 """What a live frame touches: hidden field arrows wait, plots spread their full redraws,
 and the responsiveness probe says when the event loop stalled."""
 
+from dataclasses import replace
+
 import numpy as np
 
 from app.plots import LivePlots
@@ -65,8 +67,6 @@ def test_probe_reports_when_each_long_stall_happened(app_viewer):
 
 def test_new_readout_text_does_not_lay_out_the_panel_again(make_napari_viewer, qtbot):
     # a label that resizes with its text makes Qt lay out and recompose the window per frame
-    from dataclasses import replace
-
     from qtpy.QtCore import QEvent, QObject
     from qtpy.QtWidgets import QApplication
 
@@ -96,3 +96,47 @@ def test_new_readout_text_does_not_lay_out_the_panel_again(make_napari_viewer, q
     assert "step 99" in panel.readout.value
     QApplication.instance().removeEventFilter(counter)
     assert counts == [0, 0, 0, 0]
+
+
+def test_the_scene_follows_a_full_plot_draw_in_a_later_turn(app_viewer, qtbot):
+    _, session = app_viewer
+    session.start(max_steps=2)
+    qtbot.waitUntil(lambda: session.worker is None, timeout=60_000)
+    first = session.sim.snapshot()
+    spins = first.spins[0].copy()
+    session.plots.reset(0.5)  # fresh axes: the next snapshot needs a full draw
+    session.plots._last_flush = 0.0
+    moved = replace_spins(first, -spins)
+    session.show_snapshot(moved)
+    np.testing.assert_allclose(session.scene.spins, spins)  # not in this turn
+    qtbot.waitUntil(lambda: np.allclose(session.scene.spins, -spins), timeout=2000)
+    # a snapshot overtaken before its turn comes is never drawn
+    session.plots.reset(0.5)
+    session.plots._last_flush = 0.0
+    session.show_snapshot(replace_spins(first, spins))  # full draw: scene deferred
+    newest = replace_spins(first, -spins)
+    session.last_snapshot = newest  # a newer one arrived (and was drawn) meanwhile
+    session.scene.update_spins(-spins)
+    qtbot.wait(50)
+    np.testing.assert_allclose(session.scene.spins, -spins)
+
+
+def replace_spins(snap, spins):
+    return replace(snap, spins=spins[None])
+
+
+def test_new_arrows_leave_the_viewer_range_alone(app_viewer, monkeypatch):
+    viewer, session = app_viewer
+    scene = session.scene
+    calls = []
+    rerange = viewer._on_layers_change  # napari re-ranges the dims on every layer's new data
+    monkeypatch.setattr(viewer, "_on_layers_change", lambda *a: calls.append(rerange(*a)))
+    scene.box_layer.data = scene.box_layer.data  # the handler is called by name: it counts
+    assert len(calls) == 1
+    scene.update_spins(-scene.spins)
+    assert len(calls) == 1  # not for the arrows: they turn about atoms inside the box
+    np.testing.assert_allclose(scene.spin_layer.data[:, 1], scene.arrow_length * scene.spins)
+    visual = viewer.window._qt_viewer.canvas.layer_to_visual[scene.spin_layer]
+    drawn = visual.node._meshdata.get_vertices().copy()
+    scene.update_spins(-scene.spins)  # the canvas still hears of new arrows
+    assert not np.allclose(visual.node._meshdata.get_vertices(), drawn)
