@@ -15,10 +15,12 @@ from magicgui.widgets import (
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
 
+#: Widget values shared by every preset: the paper's density, r_min, half filling, kT_e = 0.
+PRESET_COMMON = {"keep_density": True, "r_min": 0.5, "filling": 0.5, "kT_e": 0.0}
 PRESETS = {
-    "Paper (N = 100)": {"n": 100, "J": 6.0},
-    "Larger quench (N = 500)": {"n": 500, "J": 6.0},
-    "Weak coupling (J = 1)": {"n": 100, "J": 1.0},
+    "Paper (N = 100)": {**PRESET_COMMON, "n": 100, "J": 6.0},
+    "Larger quench (N = 500)": {**PRESET_COMMON, "n": 500, "J": 6.0},
+    "Weak coupling (J = 1)": {**PRESET_COMMON, "n": 100, "J": 1.0},
 }
 
 
@@ -29,7 +31,7 @@ class SystemPanel(Container):
         self.session = session
         sc, ec = session.sim.system_config, session.sim.electrons
         self.preset = ComboBox(
-            label="Preset", choices=[*PRESETS, "Custom"], value="Paper (N = 100)",
+            label="Preset", choices=[*PRESETS, "Custom"],
             tooltip="Parameter sets: the paper's N = 100 system, a larger quench at the "
             "paper's density (N = 500, the paper's psi fit), or weak s-d coupling J = 1.",
         )  # fmt: skip
@@ -84,7 +86,11 @@ class SystemPanel(Container):
             ],
             label="System",
         )  # fmt: skip
+        self._applying = False
+        self.preset.value = self._matching_preset()
         self.preset.changed.connect(self._apply_preset)
+        for name in PRESET_COMMON.keys() | {"n", "J"}:  # edits by hand: "Custom" unless they match
+            getattr(self, name).changed.connect(self._show_preset)
         self.keep_density.changed.connect(self._sync_box)
         self.n.changed.connect(self._sync_box)
         self.generate_button.clicked.connect(self.generate)
@@ -92,12 +98,28 @@ class SystemPanel(Container):
         self._summarise()
 
     def _apply_preset(self, name: str) -> None:
-        if name in PRESETS:
-            values = PRESETS[name]
-            self.n.value = values["n"]
-            self.J.value = values["J"]
-            self.keep_density.value = True
-            self.r_min.value, self.filling.value, self.kT_e.value = 0.5, 0.5, 0.0
+        if name in PRESETS and not self._applying:
+            self._applying = True
+            try:
+                for key, value in PRESETS[name].items():
+                    getattr(self, key).value = value
+            finally:
+                self._applying = False
+
+    def _matching_preset(self) -> str:
+        """The preset whose values the widgets hold, else "Custom"."""
+        for name, values in PRESETS.items():
+            if all(getattr(self, key).value == value for key, value in values.items()):
+                return name
+        return "Custom"
+
+    def _show_preset(self, *_) -> None:
+        if not self._applying:
+            self._applying = True  # showing the matching name applies nothing
+            try:
+                self.preset.value = self._matching_preset()
+            finally:
+                self._applying = False
 
     def _sync_box(self, *_) -> None:
         self.box.enabled = not self.keep_density.value

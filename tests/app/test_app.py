@@ -49,6 +49,26 @@ def test_generate_from_system_panel(app_viewer):
     assert session.sim.system_config == SystemConfig(n=40, seed=3)
 
 
+def test_preset_names_the_values_the_system_panel_holds(app_viewer):
+    _, session = app_viewer
+    panel = session.panels["System"]
+    assert panel.preset.value == "Custom"  # N = 30
+    panel.preset.value = "Larger quench (N = 500)"
+    assert (panel.n.value, panel.J.value, panel.preset.value) == (
+        500,
+        6.0,
+        "Larger quench (N = 500)",
+    )
+    panel.n.value = 100
+    assert panel.preset.value == "Paper (N = 100)"
+    panel.J.value = 1.0
+    assert panel.preset.value == "Weak coupling (J = 1)"
+    panel.r_min.value = 0.6
+    assert panel.preset.value == "Custom"
+    panel.preset.value = "Paper (N = 100)"
+    assert (panel.r_min.value, panel.J.value, panel.n.value) == (0.5, 6.0, 100)
+
+
 def test_invalid_system_shows_inline_message(app_viewer):
     viewer, session = app_viewer
     panel = session.panels["System"]
