@@ -7,6 +7,7 @@ Simulation.advance calls inside the dynamics worker.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from .worker import DynamicsError, dynamics_worker
 STOP_TIMEOUT_S = 30.0
 #: Delay of the 3D layers behind a full plot draw (ms): a timer, so the event loop turns between.
 SCENE_AFTER_FULL_DRAW_MS = 1
+#: Delay of the worker's go-ahead behind the 3D layers (ms): a timer, so it follows the repaint.
+SHOWN_AFTER_MS = 1
 
 
 class _CloseFilter(QObject):
@@ -71,6 +74,7 @@ class AppSession:
         self.check_model()
         self.plots = LivePlots(str(viewer.theme), self.sim.system_config.r_min)
         self.worker = None
+        self._shown = threading.Event()  # set when the main thread has drawn a snapshot
         self.steps_per_frame = 1  # one snapshot per LLG step: 12-13 frames/s at N = 500 (README)
         self.last_snapshot = None
         self._pending = None
@@ -164,7 +168,9 @@ class AppSession:
         """Run the dynamics in a thread_worker (no-op if already running); returns the worker."""
         if self.worker is not None:
             return self.worker
-        worker = dynamics_worker(self.sim, lambda: self.steps_per_frame, max_steps)
+        worker = dynamics_worker(
+            self.sim, lambda: self.steps_per_frame, max_steps, shown=self._shown
+        )
         worker.yielded.connect(lambda snap, w=worker: self._on_snapshot(w, snap))
         worker.errored.connect(lambda err, w=worker: self._on_error(w, err))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
@@ -233,6 +239,9 @@ class AppSession:
         if snap is self.last_snapshot:  # not overtaken by a newer one
             fields = None if snap.fields is None else snap.fields[0]
             self.scene.update_spins(snap.spins[0], fields)
+        # the worker steps on once the window has repainted: a timer fires after the repaint
+        # (a posted event of low priority)
+        QTimer.singleShot(SHOWN_AFTER_MS, self._shown.set)
 
     def _on_error(self, worker, err: Exception) -> None:
         message = f"Dynamics stopped: {type(err).__name__}: {err}"

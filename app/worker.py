@@ -7,7 +7,11 @@ thread touches layers and widgets (it receives the yielded snapshots).
 
 On Linux the worker thread lowers its own scheduling priority (nice
 WORKER_NICE, inherited by the torch threads it starts): when the CPU is short,
-drawing the window goes first and the dynamics take what is left.
+drawing the window goes first and the dynamics take what is left. After each
+snapshot the worker waits until the main thread has drawn it (the `shown`
+event), so the steps run while the window is idle: with the two competing for
+two cores, the window's frames took longer than 100 ms now and then (measured,
+README).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class DynamicsError:
 MIN_INTERVAL = 0.03
 #: Nice value of the dynamics thread (0 = the main thread's priority, 19 = lowest).
 WORKER_NICE = 10
+#: Longest wait of the worker for the main thread to draw a snapshot (s).
+SHOWN_TIMEOUT_S = 0.25
 
 
 def lower_priority(nice: int = WORKER_NICE) -> bool:
@@ -55,8 +61,13 @@ def dynamics(
     steps_per_frame: Callable[[], int],
     max_steps: int | None = None,
     min_interval: float = MIN_INTERVAL,
+    shown: threading.Event | None = None,
 ):
-    """Generator: advance in chunks of steps_per_frame(); yield a Snapshot or None per chunk."""
+    """Generator: advance in chunks of steps_per_frame(); yield a Snapshot or None per chunk.
+
+    shown: after yielding a snapshot, wait (at most SHOWN_TIMEOUT_S) until the main thread
+    sets this event, i.e. has drawn the snapshot: the steps then run while the window is idle
+    instead of competing with its drawing for the two cores."""
     lower_priority()
     done = 0
     last = time.perf_counter()
@@ -73,7 +84,11 @@ def dynamics(
         now = time.perf_counter()
         if now - last >= min_interval or done == max_steps:
             last = now
+            if shown is not None:
+                shown.clear()
             yield sim.snapshot()
+            if shown is not None and done != max_steps:
+                shown.wait(SHOWN_TIMEOUT_S)
         else:
             yield None
 
@@ -83,8 +98,9 @@ def dynamics_worker(
     steps_per_frame: Callable[[], int],
     max_steps: int | None = None,
     min_interval: float = MIN_INTERVAL,
+    shown: threading.Event | None = None,
 ) -> GeneratorWorker:
     """A not-yet-started napari GeneratorWorker running `dynamics`."""
     return thread_worker(dynamics, start_thread=False)(
-        sim, steps_per_frame, max_steps, min_interval
+        sim, steps_per_frame, max_steps, min_interval, shown
     )

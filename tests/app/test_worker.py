@@ -43,3 +43,31 @@ def test_a_failing_step_is_yielded_as_an_error_and_ends_the_run():
     assert isinstance(items[0], DynamicsError) and "NaN" in str(items[0])
     with pytest.raises(StopIteration):
         next(gen)
+
+
+def test_after_a_snapshot_the_steps_wait_until_the_main_thread_has_drawn_it(monkeypatch):
+    import time
+
+    monkeypatch.setattr("app.worker.SHOWN_TIMEOUT_S", 0.3)
+    sim = Simulation(SystemConfig(n=12, seed=1))
+    shown = threading.Event()
+    gen = dynamics(sim, lambda: 1, max_steps=3, min_interval=0.0, shown=shown)
+    assert next(gen).step == 1 and not shown.is_set()  # cleared before each snapshot
+    start = time.perf_counter()
+    assert next(gen).step == 2 and sim.step_count == 2
+    assert time.perf_counter() - start >= 0.3  # nobody drew it: it waited the timeout out
+    threading.Timer(0.05, shown.set).start()  # the main thread draws step 2 a little later
+    start = time.perf_counter()
+    assert next(gen).step == 3
+    assert 0.04 <= time.perf_counter() - start < 0.3
+
+
+def test_a_drawn_snapshot_lets_the_worker_step_on(app_viewer, qtbot, monkeypatch):
+    import time
+
+    monkeypatch.setattr("app.worker.SHOWN_TIMEOUT_S", 30.0)  # only the main thread frees it
+    _, session = app_viewer
+    start = time.perf_counter()
+    session.start(max_steps=100)  # a snapshot every MIN_INTERVAL: several
+    qtbot.waitUntil(lambda: session.worker is None, timeout=20_000)
+    assert session.sim.step_count == 100 and time.perf_counter() - start < 15
