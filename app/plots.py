@@ -147,10 +147,10 @@ class BlitPlot:
 class LivePlots(QWidget):
     """Three canvases in a row plus the "Fit psi" button and its result."""
 
-    def __init__(self, theme: str = "dark", r_min: float = 0.5) -> None:
+    def __init__(self, theme: str = "dark", r_min: float = 0.5, r_max: float | None = None) -> None:
         super().__init__()
         self.colours = theme_colours(theme)
-        self.r_min = r_min
+        self.r_min, self.r_max = r_min, r_max
         self.pending = None
         self.snapshot = None
         self.fit = None
@@ -160,6 +160,7 @@ class LivePlots(QWidget):
         self.plots = {"correlation": self.corr, "xi": self.xi, "energy": self.energy}
         self._corr_count = -1
         self._corr_lines = self._curve_pool()
+        self._clear_corr()
         self._records_drawn = -1
         self._decorations: list = []
         self._decorate_corr()
@@ -198,6 +199,8 @@ class LivePlots(QWidget):
         self.timer.start()
 
     def _initial_limits(self) -> None:
+        if self.r_max is not None:  # the range of the pair bins, before any C(r, t)
+            self.corr.ax.set_xlim(0.0, self.r_max)
         self.xi.ax.set_xlim(0.01, 10)
         self.xi.ax.set_ylim(0.5, 3)
         self.energy.ax.set_xlim(0, 1)
@@ -206,9 +209,9 @@ class LivePlots(QWidget):
 
     # -------------------------------------------------------------- data
 
-    def reset(self, r_min: float) -> None:
-        """Clear every curve (new system or new spins)."""
-        self.r_min = r_min
+    def reset(self, r_min: float, r_max: float | None = None) -> None:
+        """Clear every curve (new system or new spins); r_min, r_max: the pair bins' range."""
+        self.r_min, self.r_max = r_min, r_max
         self.pending, self.snapshot, self.fit = None, None, None
         self._corr_count = self._records_drawn = -1
         self._clear_corr()
@@ -239,10 +242,11 @@ class LivePlots(QWidget):
         return lines
 
     def _clear_corr(self) -> None:
-        """Hide every curve and its legend entry (the static decorations stay)."""
+        """Hide every curve and the legend (the static decorations stay)."""
         for line, handle, text in self._legend_rows():
             for artist in (line, handle, text):
                 artist.set_visible(False)
+        self._legend.set_visible(False)
 
     def _legend_rows(self):
         return zip(self._corr_lines, self._legend.legend_handles, self._legend.get_texts(),

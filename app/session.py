@@ -72,7 +72,7 @@ class AppSession:
             SystemConfig(n=n), ElectronConfig(), LLGConfig(), engine=engine, model=self.model
         )
         self.check_model()
-        self.plots = LivePlots(str(viewer.theme), self.sim.system_config.r_min)
+        self.plots = LivePlots(str(viewer.theme), *self._pair_range())
         self.worker = None
         self._shown = threading.Event()  # set when the main thread has drawn a snapshot
         self.steps_per_frame = 1  # one snapshot per LLG step: 12-13 frames/s at N = 500 (README)
@@ -147,6 +147,10 @@ class AppSession:
         self.sim.reset_spins(seed)
         self._show_system(rebuild=False)
 
+    def _pair_range(self) -> tuple[float, float]:
+        """r_min and the largest r of the live C(r, t)'s bins."""
+        return self.sim.system_config.r_min, float(self.sim.edges[-1])
+
     def _show_system(self, rebuild: bool = True) -> None:
         snap = self.sim.snapshot()
         self.last_snapshot = snap
@@ -155,7 +159,7 @@ class AppSession:
         else:
             self.scene.fields = None
             self.scene.update_spins(snap.spins[0])
-        self.plots.reset(self.sim.system_config.r_min)
+        self.plots.reset(*self._pair_range())
         self.snapshot_ready.emit(snap)
 
     # -------------------------------------------------------------- dynamics

@@ -140,3 +140,15 @@ def test_new_arrows_leave_the_viewer_range_alone(app_viewer, monkeypatch):
     drawn = visual.node._meshdata.get_vertices().copy()
     scene.update_spins(-scene.spins)  # the canvas still hears of new arrows
     assert not np.allclose(visual.node._meshdata.get_vertices(), drawn)
+
+
+def test_before_any_data_the_correlation_axes_span_the_bins_without_an_empty_legend(app_viewer):
+    _, session = app_viewer
+    plots = session.plots
+    r_max = float(session.sim.edges[-1])
+    assert plots.corr.ax.get_xlim() == (0.0, r_max)
+    assert not plots._legend.get_visible()
+    session.sim.advance(3)
+    plots.update(session.sim.snapshot())
+    plots.flush(force_full=True)
+    assert plots._legend.get_visible()  # curves now, with their times
