@@ -183,9 +183,10 @@ class DensityOfStates:
 
 
 def density_of_states(
-    systems: list[AtomicSystem], config: ElectronConfig, bins: int = 80
+    systems: list[AtomicSystem], config: ElectronConfig, bins: int | np.ndarray = 80
 ) -> DensityOfStates:
-    """Configuration-averaged J = 0 density of states with the Fermi level at the given filling."""
+    """Configuration-averaged J = 0 density of states with the Fermi level at the given filling;
+    bins: a number of equal bins over the whole band, or the bin edges (covering the band)."""
     levels = [np.repeat(hopping_levels(s, config), 2) for s in systems]
     fermi = []
     for s, lv in zip(systems, levels, strict=True):
@@ -196,3 +197,20 @@ def density_of_states(
     n_atoms = sum(s.n for s in systems)
     rho = counts / (n_atoms * np.diff(edges))
     return DensityOfStates(edges, rho, float(np.mean(fermi)), len(systems))
+
+
+def states_quantile(dos: DensityOfStates, share: float) -> float:
+    """Energy below which `share` of the states lie."""
+    weights = dos.rho * np.diff(dos.edges)
+    cumulative = np.cumsum(weights) / weights.sum()
+    return float(dos.edges[1:][np.searchsorted(cumulative, share)])
+
+
+def bulk_edges(dos: DensityOfStates, share: float, bins: int, tail_bins: int) -> np.ndarray:
+    """Bin edges of the same band, `bins` fine ones over the lower `share` of the states and
+    `tail_bins` over the sparse rest (a few tightly bound clusters reach far up), so the bulk
+    is resolved without emptying the tail into noise."""
+    lo, split, top = dos.edges[0], states_quantile(dos, share), dos.edges[-1]
+    return np.concatenate(
+        [np.linspace(lo, split, bins + 1), np.linspace(split, top, tail_bins + 1)[1:]]
+    )

@@ -31,6 +31,8 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
         "magnetisation ~ 0",
         "H_perp error width",
         "weak positive peak",
+        "DOS peak at the Fermi level",
+        "Criterion here: the Fermi level lies within the peak's half maximum.",
     ):
         assert statement in text, statement
     assert "not reached: the run ends at t = 0.4" in text  # t >= 150 is beyond this scale
@@ -48,6 +50,34 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
     assert any(line.startswith("Fig. 4") for line in lines)
     with pytest.raises(OutputExistsError):  # refused before any work
         reproduce(TINY, tmp_path / "run", tiny_model_file, log=lines.append)
+
+
+def test_dos_verdict_says_which_of_the_caption_and_the_text_matches():
+    from core.reproduce import dos_rows, dos_verdict
+
+    on = {"rho_at_fermi": 3.9, "rho_peak": 4.9, "peak_minus_fermi": -0.17}
+    nearer = {"rho_at_fermi": 4.1, "rho_peak": 6.2, "peak_minus_fermi": -0.08}
+    off = {"rho_at_fermi": 1.0, "rho_peak": 6.0, "peak_minus_fermi": -0.6}
+    both = dos_verdict({100: on, 500: nearer})
+    assert both.startswith("Both") and "nearer eps_F for N = 500" in both
+    assert "higher on the peak for N = 100" in both
+    assert dos_verdict({100: on, 500: off}) == "Only N = 100 (its caption) matches the description."
+    assert dos_verdict({100: off, 500: off}).startswith("Neither")
+    rows = dos_rows({100: on, 500: off})
+    assert [r[3] for r in rows] == ["agrees", "disagrees"]
+    assert "its caption: N = 100" in rows[0][0] and "0.80 of the peak" in rows[0][2]
+
+
+def test_dos_bins_resolve_the_bulk_and_keep_the_sparse_tail():
+    from core.electrons import DensityOfStates, bulk_edges, states_quantile
+
+    edges = np.linspace(0.0, 10.0, 11)
+    rho = np.array([5.0, 4.0, 1.0, 0, 0, 0, 0, 0, 0, 1e-6])  # 10 states, one far-out trace
+    dos = DensityOfStates(edges=edges, rho=rho, fermi_level=1.0, n_configs=1)
+    assert states_quantile(dos, 0.4) == 1.0  # the first bin holds half
+    assert states_quantile(dos, 0.95) == 3.0
+    edges = bulk_edges(dos, 0.95, bins=6, tail_bins=2)
+    np.testing.assert_allclose(edges, [0, 0.5, 1, 1.5, 2, 2.5, 3, 6.5, 10])
 
 
 def test_correlation_features_measure_first_bin_zero_crossing_and_late_peak():
