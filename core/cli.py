@@ -172,7 +172,7 @@ def cmd_quench(args: argparse.Namespace) -> None:
 
 def cmd_dos(args: argparse.Namespace) -> None:
     """Configuration-averaged J = 0 density of states (paper Fig. 2)."""
-    from core.electrons import density_of_states
+    from core.electrons import BULK_SHARE, density_of_states
     from core.io import check_output
     from core.plots import dos_figure, save_figure
     from core.system import generate_positions
@@ -186,7 +186,7 @@ def cmd_dos(args: argparse.Namespace) -> None:
         generate_positions(base.replace(seed=args.seed + c))
         for c in tqdm(range(args.configs), desc="configurations", file=sys.stderr)
     ]
-    dos = density_of_states(systems, config, bins=args.bins)
+    dos = density_of_states(systems, config, bins=args.bins, bulk_share=BULK_SHARE)
     title = (
         f"J = 0 DOS: N = {base.n}, L = {base.side:.3g}, {args.configs} configurations, "
         f"filling {config.filling:g}"
@@ -504,7 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_system(p)
     _add_electrons(p, paper_defaults=True)
     p.add_argument("--configs", type=int, default=20, help="atomic configurations to average")
-    p.add_argument("--bins", type=int, default=80, help="histogram bins")
+    p.add_argument(
+        "--bins", type=int, default=200, help="histogram bins over the lower 95 %% of the states"
+    )
     _add_output(p, "output figure (png/pdf/svg)")
     p.set_defaults(func=cmd_dos)
 

@@ -182,18 +182,36 @@ class DensityOfStates:
         return 0.5 * (self.edges[1:] + self.edges[:-1])
 
 
+#: Share of the states binned finely by density_of_states(bulk_share=...) and shown in the main
+#: panel of the DOS figure; the rest (the sparse upper tail) gets TAIL_BINS bins.
+BULK_SHARE = 0.95
+TAIL_BINS = 100
+
+
 def density_of_states(
-    systems: list[AtomicSystem], config: ElectronConfig, bins: int | np.ndarray = 80
+    systems: list[AtomicSystem],
+    config: ElectronConfig,
+    bins: int = 80,
+    bulk_share: float | None = None,
 ) -> DensityOfStates:
-    """Configuration-averaged J = 0 density of states with the Fermi level at the given filling;
-    bins: a number of equal bins over the whole band, or the bin edges (covering the band)."""
+    """Configuration-averaged J = 0 density of states with the Fermi level at the given filling.
+
+    bins equal bins over the whole band; with bulk_share, `bins` equal bins over the lower
+    bulk_share of the states and TAIL_BINS over the sparse rest (a few tightly bound clusters
+    reach far up the band), so the bulk is resolved without emptying the tail into noise."""
     levels = [np.repeat(hopping_levels(s, config), 2) for s in systems]
     fermi = []
     for s, lv in zip(systems, levels, strict=True):
         ne = config.n_electrons(s.n)
         fermi.append(0.5 * (lv[ne - 1] + lv[min(ne, len(lv) - 1)]))
     all_levels = np.concatenate(levels)
-    counts, edges = np.histogram(all_levels, bins=bins)
+    edges = bins
+    if bulk_share is not None:
+        lo, split, top = all_levels.min(), np.quantile(all_levels, bulk_share), all_levels.max()
+        edges = np.concatenate(
+            [np.linspace(lo, split, bins + 1), np.linspace(split, top, TAIL_BINS + 1)[1:]]
+        )
+    counts, edges = np.histogram(all_levels, bins=edges)
     n_atoms = sum(s.n for s in systems)
     rho = counts / (n_atoms * np.diff(edges))
     return DensityOfStates(edges, rho, float(np.mean(fermi)), len(systems))
@@ -204,13 +222,3 @@ def states_quantile(dos: DensityOfStates, share: float) -> float:
     weights = dos.rho * np.diff(dos.edges)
     cumulative = np.cumsum(weights) / weights.sum()
     return float(dos.edges[1:][np.searchsorted(cumulative, share)])
-
-
-def bulk_edges(dos: DensityOfStates, share: float, bins: int, tail_bins: int) -> np.ndarray:
-    """Bin edges of the same band, `bins` fine ones over the lower `share` of the states and
-    `tail_bins` over the sparse rest (a few tightly bound clusters reach far up), so the bulk
-    is resolved without emptying the tail into noise."""
-    lo, split, top = dos.edges[0], states_quantile(dos, share), dos.edges[-1]
-    return np.concatenate(
-        [np.linspace(lo, split, bins + 1), np.linspace(split, top, tail_bins + 1)[1:]]
-    )

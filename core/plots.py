@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
-from core.electrons import DensityOfStates, states_quantile
+from core.electrons import BULK_SHARE, DensityOfStates, states_quantile
 from core.io import atomic_output
 
 
@@ -84,18 +84,14 @@ def dos_figure(dos: DensityOfStates, title: str = "") -> Figure:
     return fig
 
 
-#: Share of the states in view in the main DOS panel (the sparse upper tail goes to an inset).
-DOS_SHOWN = 0.95
-
-
 def draw_dos(ax, dos: DensityOfStates, title: str = "") -> None:
-    """rho against eps - eps_F (the paper's zero, dashed) for the lower DOS_SHOWN of the states,
+    """rho against eps - eps_F (the paper's zero, dashed) for the lower BULK_SHARE of the states,
     and the whole band in a log-scale inset (a few tightly bound clusters reach far up)."""
     e = dos.centres - dos.fermi_level
     ax.fill_between(e, dos.rho, step="mid", alpha=0.35)
     ax.step(e, dos.rho, where="mid", lw=1)
     ax.axvline(0.0, ls="--", color="k", label=rf"$\epsilon_F = {dos.fermi_level:.3f}\,t_0$")
-    span = states_quantile(dos, DOS_SHOWN) - dos.fermi_level
+    span = states_quantile(dos, BULK_SHARE) - dos.fermi_level
     ax.set_xlim(e[0] - 0.05 * (span - e[0]), span)
     ax.set_xlabel(r"$\epsilon - \epsilon_F$ ($t_0$)")
     ax.set_ylabel(r"$\rho(\epsilon)$ (states per atom per $t_0$)")
@@ -106,7 +102,7 @@ def draw_dos(ax, dos: DensityOfStates, title: str = "") -> None:
     inset.axvline(0.0, ls="--", color="k", lw=0.8)
     inset.set_yscale("log")
     inset.tick_params(labelsize=6)
-    inset.set_title(f"whole band (main panel: lower {DOS_SHOWN:.0%} of states)", fontsize=6)
+    inset.set_title(f"whole band (main panel: lower {BULK_SHARE:.0%} of states)", fontsize=6)
 
 
 def nearest_records(times: np.ndarray, wanted) -> np.ndarray:

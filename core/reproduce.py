@@ -125,8 +125,8 @@ def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
     """J = 0 DOS for the caption's N = 100 and the text's N = 500, both in L = 5."""
     import matplotlib.pyplot as plt
 
-    from core.electrons import bulk_edges, density_of_states
-    from core.plots import DOS_SHOWN, draw_dos, save_figure
+    from core.electrons import BULK_SHARE, density_of_states
+    from core.plots import draw_dos, save_figure
     from core.system import generate_positions
 
     start = time.perf_counter()
@@ -139,9 +139,7 @@ def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
             generate_positions(SystemConfig(n=n, box=5.0, seed=REPRODUCE_SEEDS["dos"] + c))
             for c in range(scale.dos_configs)
         ]
-        # equal bins over the whole band first, then fine ones where the states are
-        coarse = density_of_states(systems, config, bins=DOS_BINS)
-        dos = density_of_states(systems, config, bulk_edges(coarse, DOS_SHOWN, DOS_BINS, 100))
+        dos = density_of_states(systems, config, bins=DOS_BINS, bulk_share=BULK_SHARE)
         draw_dos(ax, dos, f"N = {n}, L = 5 (density {n / 125:g}), {scale.dos_configs} configs")
         peak = float(dos.centres[np.argmax(dos.rho)])
         at_fermi = float(np.interp(dos.fermi_level, dos.centres, dos.rho))
@@ -413,7 +411,7 @@ def psi_verdict(psi: float | None, err: float | None) -> str:
     return "agrees" if abs(psi - 1.02) <= max(2 * err, 0.1) else "disagrees"
 
 
-#: Bins of the Fig. 2 DOS over the lower DOS_SHOWN of the states.
+#: Bins of the Fig. 2 DOS over the lower BULK_SHARE of the states.
 DOS_BINS = 300
 #: Which Fig. 2 system the paper means where: its caption and its text disagree.
 DOS_SOURCES = {100: "caption", 500: "text"}

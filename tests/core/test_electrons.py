@@ -134,3 +134,19 @@ def test_density_of_states_normalisation_and_fermi_level():
     assert np.sum(dos.rho * np.diff(dos.edges)) == pytest.approx(2.0)
     assert dos.edges[0] < dos.fermi_level < dos.edges[-1]
     assert dos.n_configs == 3
+
+
+def test_density_of_states_resolves_the_bulk_and_keeps_the_tail():
+    from core.electrons import TAIL_BINS
+
+    systems = [generate_positions(SystemConfig(n=50, seed=s)) for s in range(3)]
+    plain = density_of_states(systems, ElectronConfig(J=0.0), bins=30)
+    bulk = density_of_states(systems, ElectronConfig(J=0.0), bins=30, bulk_share=0.9)
+    assert len(bulk.edges) == 30 + TAIL_BINS + 1
+    assert (bulk.edges[0], bulk.edges[-1]) == (plain.edges[0], plain.edges[-1])  # whole band
+    assert np.sum(bulk.rho * np.diff(bulk.edges)) == pytest.approx(2.0)  # every state counted
+    split = bulk.edges[30]
+    below = np.sum((bulk.rho * np.diff(bulk.edges))[:30])
+    assert below == pytest.approx(0.9 * 2.0, abs=2.0 / (2 * 150))  # 90 % of 2 N levels
+    assert np.diff(bulk.edges[:31]).max() < np.diff(plain.edges).min()  # finer where states are
+    assert bulk.fermi_level == plain.fermi_level and split > bulk.fermi_level

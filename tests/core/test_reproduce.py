@@ -68,16 +68,14 @@ def test_dos_verdict_says_which_of_the_caption_and_the_text_matches():
     assert "its caption: N = 100" in rows[0][0] and "0.80 of the peak" in rows[0][2]
 
 
-def test_dos_bins_resolve_the_bulk_and_keep_the_sparse_tail():
-    from core.electrons import DensityOfStates, bulk_edges, states_quantile
+def test_states_quantile_of_a_histogram():
+    from core.electrons import DensityOfStates, states_quantile
 
     edges = np.linspace(0.0, 10.0, 11)
     rho = np.array([5.0, 4.0, 1.0, 0, 0, 0, 0, 0, 0, 1e-6])  # 10 states, one far-out trace
     dos = DensityOfStates(edges=edges, rho=rho, fermi_level=1.0, n_configs=1)
     assert states_quantile(dos, 0.4) == 1.0  # the first bin holds half
     assert states_quantile(dos, 0.95) == 3.0
-    edges = bulk_edges(dos, 0.95, bins=6, tail_bins=2)
-    np.testing.assert_allclose(edges, [0, 0.5, 1, 1.5, 2, 2.5, 3, 6.5, 10])
 
 
 def test_correlation_features_measure_first_bin_zero_crossing_and_late_peak():
