@@ -121,6 +121,12 @@ def _write_h5(path: Path, arrays: dict[str, Any], attrs: dict[str, Any], force: 
 # ----------------------------------------------------------------------------- Fig. 2
 
 
+#: Bins of the Fig. 2 DOS over the lower BULK_SHARE of the states.
+DOS_BINS = 300
+#: Which Fig. 2 system the paper means where: its caption and its text disagree.
+DOS_SOURCES = {100: "caption", 500: "text"}
+
+
 def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
     """J = 0 DOS for the caption's N = 100 and the text's N = 500, both in L = 5."""
     import matplotlib.pyplot as plt
@@ -411,12 +417,6 @@ def psi_verdict(psi: float | None, err: float | None) -> str:
     return "agrees" if abs(psi - 1.02) <= max(2 * err, 0.1) else "disagrees"
 
 
-#: Bins of the Fig. 2 DOS over the lower BULK_SHARE of the states.
-DOS_BINS = 300
-#: Which Fig. 2 system the paper means where: its caption and its text disagree.
-DOS_SOURCES = {100: "caption", 500: "text"}
-
-
 def fermi_on_peak(v: dict) -> bool:
     """Paper Fig. 2, "a pronounced peak in the vicinity of the Fermi level" and a nonzero
     rho(eps_F), read as: eps_F lies within the peak's half maximum, rho(eps_F) >= rho_peak / 2."""
@@ -424,6 +424,7 @@ def fermi_on_peak(v: dict) -> bool:
 
 
 def dos_rows(dos: dict) -> list[tuple[str, str, str, str]]:
+    """The report's Fig. 2 rows: does each system put the Fermi level on the DOS peak?"""
     return [
         (
             f"DOS peak at the Fermi level, rho(eps_F) > 0 (Fig. 2, its {DOS_SOURCES.get(n, '?')}: "
