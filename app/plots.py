@@ -4,8 +4,9 @@ Three matplotlib Qt canvases following napari's theme. `update` stores the
 latest snapshot and redraws at once when the last redraw is at least
 1/`REDRAW_HZ` s old, so the plots change in the same event-loop turn as the 3D
 layers and Qt composes the window once for both (a composition costs ~25 ms
-with software OpenGL); a timer draws a snapshot that waited longer (the run
-paused or ended). Redraws use set_data. The data lines are animated artists
+with software OpenGL); after a full draw (True from `update`) the session moves
+the layers to a later turn instead. A timer draws a snapshot that waited longer
+(the run paused or ended). Redraws use set_data. The data lines are animated artists
 that are blitted onto a cached background (matplotlib's blitting recipe), so a
 redraw is cheap; the slow full redraw (axes, ticks) happens only when an axis
 range has to grow (ranges grow with a margin, time axes double, so rarely).
