@@ -13,13 +13,15 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from core import __version__
+from core.checkpoint import DEFAULT_EVERY
 from core.config import INTEGRATORS, ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.errors import SdglassError
 from core.paths import DEFAULT_MODEL
@@ -145,9 +147,11 @@ def cmd_quench(args: argparse.Namespace) -> None:
         pack=args.pack,
     )
     cluster = _cluster(args)
+    checkpoints = _checkpoints(args)
     start = time.perf_counter()
     with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
-        result = run_quench(qc, on_steps=bar.update, cluster=cluster)
+        with _saved_on_interrupt(checkpoints and checkpoints.directory):
+            result = run_quench(qc, on_steps=bar.update, cluster=cluster, checkpoints=checkpoints)
     elapsed = time.perf_counter() - start
     traj = to_trajectory(result)
     write_trajectory(args.output, traj, args.force)
@@ -414,6 +418,40 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _add_checkpoints(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("resuming long runs")
+    g.add_argument(
+        "--checkpoint", default=None, metavar="DIR",
+        help="save progress in DIR (every --checkpoint-every seconds, at the end of each "
+        "configuration group, and on Ctrl-C); the same command with the same DIR continues "
+        "from there, with the numbers of an uninterrupted run",
+    )  # fmt: skip
+    g.add_argument(
+        "--checkpoint-every", type=float, default=DEFAULT_EVERY, metavar="SECONDS",
+        help="seconds of wall time between saves",
+    )  # fmt: skip
+
+
+def _checkpoints(args: argparse.Namespace):
+    """The Checkpoints of --checkpoint (None without it)."""
+    if args.checkpoint is None:
+        return None
+    from core.checkpoint import Checkpoints
+
+    return Checkpoints(args.checkpoint, args.checkpoint_every)
+
+
+@contextmanager
+def _saved_on_interrupt(directory, how: str = "run the same command again") -> Iterator[None]:
+    """On Ctrl-C, say where the progress was saved (None: nowhere) and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if directory is not None:
+            print(f"sdglass: progress saved in {directory}; {how} to continue", file=sys.stderr)
+        raise
+
+
 def _cluster(args: argparse.Namespace):
     """The ClusterSpec of --scheduler / --workers (None when neither is given)."""
     if args.scheduler is None and args.workers is None:
@@ -494,6 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--snapshots", action="store_true", help="store spins at every record time")
     _add_device(p)
     _add_cluster(p)
+    _add_checkpoints(p)
     _add_output(p, "output trajectory file (.h5)")
     p.add_argument("--plot", default=None, help="also write a two-panel figure (png/pdf/svg)")
     p.set_defaults(func=cmd_quench)

@@ -13,6 +13,7 @@ import json
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 
@@ -72,13 +73,15 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
     """The paper's figures and statements (core.reproduce), report.md in the output folder."""
-    from core.reproduce import SCALES, reproduce
+    from core.reproduce import CHECKPOINTS, SCALES, reproduce
 
     start = time.perf_counter()
-    report = reproduce(
-        SCALES[args.scale], args.output, args.model, args.force,
-        log=lambda line: print(line, file=sys.stderr, flush=True), device=base._device(args.device),
-    )  # fmt: skip
+    with base._saved_on_interrupt(Path(args.output) / CHECKPOINTS, "add --resume"):
+        report = reproduce(
+            SCALES[args.scale], args.output, args.model, args.force,
+            log=lambda line: print(line, file=sys.stderr, flush=True),
+            device=base._device(args.device), resume=args.resume,
+        )  # fmt: skip
     print(f"wrote {report} and its figures and data in {time.perf_counter() - start:.0f} s")
 
 
@@ -274,7 +277,12 @@ def _add_reproduce(sub) -> None:
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder (report.md, figures, data)")
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="the ML model of Figs. 3-5")
-    p.add_argument("--force", action="store_true", help="overwrite files of an earlier run")
+    p.add_argument("--force", action="store_true", help="start afresh, overwriting an earlier run")
+    p.add_argument(
+        "--resume", action="store_true",
+        help="continue an interrupted run in the output folder (same scale and model): "
+        "finished steps are read back, an unfinished quench continues from its last save",
+    )  # fmt: skip
     base._add_device(p)
     p.set_defaults(func=cmd_reproduce)
 

@@ -223,6 +223,21 @@ class LLG:
                 ]
             return self._config, self._generators
 
+    def noise_state(self) -> list[torch.Tensor]:
+        """The states of the noise generators (one uint8 tensor per block), for a checkpoint."""
+        _, generators = self._snapshot(self.device or torch.device("cpu"))
+        return [g.get_state() for g in generators]
+
+    def set_noise_state(self, states: Sequence[torch.Tensor]) -> None:
+        """Continue the noise streams from `noise_state()` of an earlier stepper (same blocks)."""
+        _, generators = self._snapshot(self.device or torch.device("cpu"))
+        if len(states) != len(generators):
+            raise StateError(
+                f"{len(states)} noise generator states for {len(generators)} noise blocks"
+            )
+        for generator, state in zip(generators, states, strict=True):
+            generator.set_state(torch.as_tensor(state, dtype=torch.uint8).cpu())
+
     def _noise(self, spins: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """Standard normal (B, N, 3), block k from generator k."""
         batch, n, _ = spins.shape

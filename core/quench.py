@@ -19,6 +19,13 @@ from functools import partial
 import numpy as np
 import torch
 
+from core.checkpoint import (
+    Checkpoints,
+    Progress,
+    SaveTimer,
+    deferred_interrupt,
+    file_digest,
+)
 from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
 from core.electrons import EDSolver
@@ -185,52 +192,109 @@ def load_quench_model(qc: QuenchConfig) -> EnergyModel | None:
     return model
 
 
+def run_identity(qc: QuenchConfig, index: int) -> dict:
+    """Every parameter that fixes the numbers of group `index` (what a checkpoint must match)."""
+    run = {**qc.attributes(), "n_records": qc.n_records, "snapshots": qc.snapshots}
+    run.update(group=index, configs_in_group=list(qc.group(index)))
+    if qc.engine == "ml":
+        run["model_sha256"] = file_digest(qc.model_path)
+    return run
+
+
 def run_group(
     qc: QuenchConfig,
     index: int,
     on_steps: Callable[[int], None] | None = None,
     model: EnergyModel | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> GroupResult:
     """Quench all replicas of the configurations of group `index`, packed into one system
-    (PHYSICS.md "LLG dynamics")."""
+    (PHYSICS.md "LLG dynamics"); with checkpoints, continue from and save its progress."""
+    configs = qc.group(index)
+    k = len(configs)
+    systems = [generate_positions(qc.system.replace(seed=qc.system.seed + c)) for c in configs]
+    positions = np.stack([system.positions for system in systems])
+    run = run_identity(qc, index) if checkpoints is not None else {}
+    saved = checkpoints.load(index, run) if checkpoints is not None else None
+    if saved is None or not saved.done:
+        saved = _advance(qc, index, systems, saved, on_steps, model, checkpoints, run)
+    elif on_steps is not None:
+        on_steps(k * qc.n_steps)
+    acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
+    acc.sums, acc.counts = saved.corr_sums, saved.corr_counts
+    return GroupResult(
+        positions, saved.energy_sum, saved.magnetisation_sum, k * qc.replicas, acc,
+        saved.snapshots,
+    )  # fmt: skip
+
+
+def _start(qc: QuenchConfig, configs: range, stepper: LLG) -> Progress:
+    """Step 0: random spins, configuration c seeded llg.seed + c like its noise stream."""
+    gens = [torch.Generator(device=qc.device).manual_seed(qc.llg.seed + c) for c in configs]
+    spins = torch.cat(
+        [random_spins(qc.replicas, qc.system.n, g, device=qc.device) for g in gens], 1
+    )
+    n_t, n_r = len(qc.record_steps()), len(qc.edges()) - 1
+    shape = (n_t, len(configs), qc.replicas, qc.system.n, 3)
+    return Progress(
+        step=0, t_index=0, spins=spins.cpu().numpy(),
+        noise=[s.numpy() for s in stepper.noise_state()],
+        energy_sum=np.zeros(n_t), magnetisation_sum=np.zeros(n_t),
+        corr_sums=np.zeros((n_t, n_r)), corr_counts=np.zeros((n_t, n_r)),
+        snapshots=np.zeros(shape, np.float32) if qc.snapshots else None,
+    )  # fmt: skip
+
+
+def _advance(qc, index, systems, saved, on_steps, model, checkpoints, run) -> Progress:
+    """Run group `index` from its saved progress (or from step 0) to the end."""
     configs = qc.group(index)
     n, k = qc.system.n, len(configs)
-    systems = [generate_positions(qc.system.replace(seed=qc.system.seed + c)) for c in configs]
     provider = field_provider(qc, systems, model)
     bins = [pair_bins(system, qc.edges(), qc.device) for system in systems]
-    first = configs[0]
     # configuration c: noise stream llg.seed + c, initial spins from a generator seeded the same
-    stepper = LLG(provider, qc.llg.replace(seed=qc.llg.seed + first), qc.device, blocks=[n] * k)
-    gens = [torch.Generator(device=qc.device).manual_seed(qc.llg.seed + c) for c in configs]
-    spins = torch.cat([random_spins(qc.replicas, n, g, device=qc.device) for g in gens], dim=1)
+    stepper = LLG(provider, qc.llg.replace(seed=qc.llg.seed + configs[0]), qc.device, [n] * k)
+    p = _start(qc, configs, stepper) if saved is None else saved
+    stepper.set_noise_state([torch.from_numpy(s) for s in p.noise])
+    spins = torch.from_numpy(p.spins).to(qc.device)
+    acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
+    acc.sums, acc.counts = p.corr_sums, p.corr_counts
+    if on_steps is not None and p.step:
+        on_steps(k * p.step)
+
+    def record(state: torch.Tensor, e: torch.Tensor) -> None:
+        per_config = state.unflatten(1, (k, n))  # (B, K, N, 3)
+        p.energy_sum[p.t_index] = e.sum().item() / n
+        p.magnetisation_sum[p.t_index] = magnetisation(per_config).sum().item()
+        for c, config_bins in enumerate(bins):
+            acc.add(p.t_index, per_config[:, c], config_bins)
+        if p.snapshots is not None:
+            p.snapshots[p.t_index] = per_config.transpose(0, 1).cpu().numpy()
+        p.t_index += 1
+
+    def save() -> None:
+        p.spins = spins.cpu().numpy()
+        p.noise = [s.numpy() for s in stepper.noise_state()]
+        checkpoints.save(index, run, p)
 
     records = qc.record_steps()
-    n_t = len(records)
-    energy, mag = np.zeros(n_t), np.zeros(n_t)
-    acc = CorrelationAccumulator(n_t, qc.edges())
-    snaps = np.zeros((n_t, k, qc.replicas, n, 3), np.float32) if qc.snapshots else None
-
-    def record(t_index: int, state: torch.Tensor, e: torch.Tensor) -> None:
-        per_config = state.unflatten(1, (k, n))  # (B, K, N, 3)
-        energy[t_index] = e.sum().item() / n
-        mag[t_index] = magnetisation(per_config).sum().item()
-        for c, config_bins in enumerate(bins):
-            acc.add(t_index, per_config[:, c], config_bins)
-        if snaps is not None:
-            snaps[t_index] = per_config.transpose(0, 1).cpu().numpy()
-
-    t_index = 0
-    for step in range(qc.n_steps):
-        result = stepper.step(spins)
-        if step == records[t_index]:
-            record(t_index, spins, result.energy)
-            t_index += 1
-        spins = result.spins
-        if on_steps is not None:
-            on_steps(k)
-    record(t_index, spins, provider.fields(spins)[1])
-    positions = np.stack([system.positions for system in systems])
-    return GroupResult(positions, energy, mag, k * qc.replicas, acc, snaps)
+    timer = SaveTimer(checkpoints.every) if checkpoints is not None else None
+    with deferred_interrupt(enabled=checkpoints is not None) as interrupt:
+        while p.step < qc.n_steps:
+            result = stepper.step(spins)
+            if p.step == records[p.t_index]:
+                record(spins, result.energy)
+            spins, p.step = result.spins, p.step + 1
+            if on_steps is not None:
+                on_steps(k)
+            if timer is not None and (interrupt.requested or timer.due()):
+                save()
+            if interrupt.requested:
+                raise KeyboardInterrupt
+    record(spins, provider.fields(spins)[1])
+    p.done = True
+    if checkpoints is not None:
+        save()
+    return p
 
 
 def merge_results(qc: QuenchConfig, parts: list[GroupResult]) -> QuenchResult:
@@ -257,13 +321,16 @@ def run_quench(
     qc: QuenchConfig,
     on_steps: Callable[[int], None] | None = None,
     cluster: ClusterSpec | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> QuenchResult:
     """All groups of configurations, one after another in this process or as tasks on a
     Dask cluster (each worker loads the model file itself); on_steps(k) reports k more
-    configuration-steps done (qc.configs x qc.n_steps in all)."""
+    configuration-steps done (qc.configs x qc.n_steps in all). With checkpoints, finished
+    groups are read back, an unfinished one continues, and each saves its progress
+    (core.checkpoint; on a cluster the directory must be shared)."""
     model = load_quench_model(qc)  # checks the model file (and warns) before any work
     if cluster is None or not cluster.distributed:
-        task = partial(run_group, qc, on_steps=on_steps, model=model)
+        task = partial(run_group, qc, on_steps=on_steps, model=model, checkpoints=checkpoints)
         parts = map_configurations(task, qc.n_groups)
     else:
 
@@ -271,7 +338,8 @@ def run_quench(
             if on_steps is not None:
                 on_steps(len(qc.group(g)) * qc.n_steps)
 
-        parts = map_configurations(partial(run_group, qc), qc.n_groups, cluster, done)
+        task = partial(run_group, qc, checkpoints=checkpoints)
+        parts = map_configurations(task, qc.n_groups, cluster, done)
     return merge_results(qc, parts)
 
 

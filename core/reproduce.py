@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -34,7 +35,10 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
+from core import __version__
+from core.checkpoint import file_digest
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
+from core.errors import FileFormatError
 from core.io import atomic_output, write_frames, write_trajectory
 
 #: Every file a run writes into its folder.
@@ -43,6 +47,8 @@ OUTPUTS = (
     "fig3-train-frames.h5", "fig4-correlation.png", "fig4-ed.h5", "fig4-ml.h5", "fig5-xi.png",
     "fig5-ml.h5", "report.md", "report.json",
 )  # fmt: skip
+#: Folder of a run's saved progress (finished steps, quench checkpoints), inside its output.
+CHECKPOINTS = "checkpoints"
 #: Paper Fig. 4 times (1/(gamma t0)).
 PAPER_TIMES = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0)
 #: First atomic seed of each step's configurations.
@@ -267,14 +273,17 @@ def _ensemble(engine, n, seed, configs, replicas, t_max, scale, model_path, devi
 
 
 def _quench(qc, path: Path, force: bool, log: Log, what: str):
+    """One figure's quench; its progress is saved under the run's checkpoints folder."""
+    from core.checkpoint import Checkpoints
     from core.quench import run_quench, to_trajectory
 
+    checkpoints = Checkpoints(path.parent / CHECKPOINTS / path.stem)
     log(
         f"{what}: {qc.engine.upper()}-LLG, N = {qc.system.n}, {qc.configs} configurations x "
         f"{qc.replicas} replicas to t = {qc.t_max:g} ({qc.configs * qc.n_steps} steps)"
     )
     with _bar(qc.configs * qc.n_steps, f"{qc.engine.upper()}-LLG", "step") as bar:
-        traj = to_trajectory(run_quench(qc, on_steps=bar.update))
+        traj = to_trajectory(run_quench(qc, on_steps=bar.update, checkpoints=checkpoints))
     write_trajectory(path, traj, force)
     return traj
 
@@ -611,22 +620,67 @@ def reproduce(
     force: bool = False,
     log: Log = print,
     device: str = "cpu",
+    resume: bool = False,
 ) -> Path:
     """Every step in order on `device`, then report.md; returns its path. Refuses before any
-    work when a file it would write exists (unless force)."""
+    work when a file it would write exists, unless force (start afresh) or resume (continue
+    an interrupted run of the same scale and model: finished steps are read back from
+    OUT/checkpoints, an unfinished quench continues from its last save)."""
     from core.errors import OutputExistsError
 
     out = Path(out)
-    if not force:
-        for name in OUTPUTS:
-            if (out / name).exists():
-                raise OutputExistsError(out / name)
+    progress = out / CHECKPOINTS
+    existing = [out / name for name in OUTPUTS if (out / name).exists()]
+    if force and not resume:
+        shutil.rmtree(progress, ignore_errors=True)  # afresh: an earlier run's progress goes
+    elif not resume and existing:
+        raise OutputExistsError(existing[0])
+    elif resume and existing and not progress.is_dir():
+        raise FileFormatError(
+            f"{out} holds a finished run (no saved progress to resume): use --force to redo it"
+        )
     out.mkdir(parents=True, exist_ok=True)
     model_path = Path(model_path)
-    steps = {
-        "fig2": dos_step(scale, out, force, log),  # J = 0 eigenvalues: CPU
-        "fig3": fields_step(scale, model_path, out, force, log, device),
-        "fig4": dynamics_step(scale, model_path, out, force, log, device),
-        "fig5": growth_step(scale, model_path, out, force, log, device),
+    run = {"scale": asdict(scale), "model_sha256": file_digest(model_path), "version": __version__}
+    rewrite = force or resume
+    tasks = {
+        "fig2": lambda: dos_step(scale, out, rewrite, log),  # J = 0 eigenvalues: CPU
+        "fig3": lambda: fields_step(scale, model_path, out, rewrite, log, device),
+        "fig4": lambda: dynamics_step(scale, model_path, out, rewrite, log, device),
+        "fig5": lambda: growth_step(scale, model_path, out, rewrite, log, device),
     }
-    return write_report(out, scale, steps, force)
+    steps = {key: _resumable(out, key, run, task, log) for key, task in tasks.items()}
+    report = write_report(out, scale, steps, rewrite)
+    shutil.rmtree(progress, ignore_errors=True)  # complete: the progress is no longer needed
+    return report
+
+
+def _resumable(out: Path, key: str, run: dict, task: Callable[[], Step], log: Log) -> Step:
+    """A step read back from an earlier session of this run (same scale, model and sdglass
+    version, its files all present), else computed and saved for later sessions."""
+    path = out / CHECKPOINTS / f"{key}.json"
+    if path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            step = Step(**saved["step"])
+        except (ValueError, TypeError, KeyError):
+            raise FileFormatError(f"{path}: not a saved reproduction step") from None
+        if saved.get("run") != run:
+            raise FileFormatError(
+                f"{path} was saved by a run of another scale, model or sdglass version: "
+                "use --force to start afresh"
+            )
+        if all((out / name).exists() for name in (step.figure, *step.data)):
+            log(f"{key}: done in an earlier session of this run, read back from {path}")
+            step.values = _int_keys(step.values)
+            return step
+    step = task()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, force=True) as tmp:
+        Path(tmp).write_text(json.dumps({"run": run, "step": asdict(step)}) + "\n")
+    return step
+
+
+def _int_keys(values: dict) -> dict:
+    """JSON keeps object keys as text: give back the whole-number keys (Fig. 2's N)."""
+    return {int(k) if k.isdigit() else k: v for k, v in values.items()}

@@ -184,6 +184,36 @@ def test_interrupted_quench_leaves_no_output(tmp_path, capsys, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_quench_checkpoint_continues_after_ctrl_c(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from core import llg
+
+    calls = {"n": 0}
+    original = llg.LLG.step
+
+    def ctrl_c_in_step_3(self, spins):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)
+        return original(self, spins)
+
+    quench = ["quench", "-n", 12, "--configs", 2, "--replicas", 1, "--t-max", 0.2]
+    ck = ["--checkpoint", tmp_path / "ck"]
+    assert run(capsys, *quench, "-o", tmp_path / "whole.h5")[0] == 0
+    monkeypatch.setattr(llg.LLG, "step", ctrl_c_in_step_3)
+    code, _, err = run(capsys, *quench, *ck, "-o", tmp_path / "q.h5")
+    assert code == 130 and f"progress saved in {tmp_path / 'ck'}" in err
+    assert not (tmp_path / "q.h5").exists() and (tmp_path / "ck" / "group-00000.h5").exists()
+    monkeypatch.setattr(llg.LLG, "step", original)
+    assert run(capsys, *quench, *ck, "-o", tmp_path / "q.h5")[0] == 0
+    np.testing.assert_array_equal(
+        read_trajectory(tmp_path / "q.h5").corr, read_trajectory(tmp_path / "whole.h5").corr
+    )
+    code, _, err = run(capsys, *quench[:-1], 0.3, *ck, "-o", tmp_path / "longer.h5")
+    assert code == 2 and "t_max 0.3 here, 0.2 there" in error_line(err)
+
+
 def test_interrupted_label_leaves_no_output(tmp_path, capsys, monkeypatch, system_file):
     def interrupted(self, spins):
         raise KeyboardInterrupt

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from core.errors import OutputExistsError
+from core.errors import FileFormatError, OutputExistsError
 from core.reproduce import OUTPUTS, SCALES, Scale, correlation_features, reproduce
 
 TINY = Scale(
@@ -50,6 +50,55 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
     assert any(line.startswith("Fig. 4") for line in lines)
     with pytest.raises(OutputExistsError):  # refused before any work
         reproduce(TINY, tmp_path / "run", tiny_model_file, log=lines.append)
+
+
+def test_interrupted_reproduction_resumes_to_the_same_report(
+    tmp_path, tiny_model_file, monkeypatch
+):
+    import signal
+
+    import core.reproduce
+    from core import llg
+
+    reproduce(TINY, tmp_path / "whole", tiny_model_file, log=lambda line: None)
+    assert not (tmp_path / "whole" / "checkpoints").exists()  # removed once complete
+    # Ctrl-C in the 5th LLG step of Fig. 5's quench
+    calls, step, growth = {"n": None}, llg.LLG.step, core.reproduce.growth_step
+
+    def counting(self, spins):
+        if calls["n"] is not None:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                signal.raise_signal(signal.SIGINT)
+        return step(self, spins)
+
+    def armed(*args, **kwargs):
+        calls["n"] = 0
+        monkeypatch.setattr(core.reproduce, "growth_step", growth)  # once
+        return growth(*args, **kwargs)
+
+    monkeypatch.setattr(llg.LLG, "step", counting)
+    monkeypatch.setattr(core.reproduce, "growth_step", armed)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(TINY, run, tiny_model_file, log=lambda line: None)
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert saved == ["fig2.json", "fig3.json", "fig4-ed", "fig4-ml", "fig4.json", "fig5-ml"]
+    with pytest.raises(OutputExistsError):  # a plain rerun still refuses
+        reproduce(TINY, run, tiny_model_file, log=lambda line: None)
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a finished step ran again")
+
+    for name in ("dos_step", "fields_step", "dynamics_step"):
+        monkeypatch.setattr(core.reproduce, name, not_again)
+    lines = []
+    reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
+    assert sum("read back" in line for line in lines) == 3
+    assert (run / "report.json").read_text() == (tmp_path / "whole" / "report.json").read_text()
+    assert not (run / "checkpoints").exists()
+    with pytest.raises(FileFormatError, match="holds a finished run"):
+        reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)
 
 
 def test_dos_verdict_says_which_of_the_caption_and_the_text_matches():

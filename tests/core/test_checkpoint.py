@@ -1,0 +1,165 @@
+import signal
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import core.quench
+from core.checkpoint import Checkpoints, deferred_interrupt
+from core.config import ConfigError, LLGConfig, SystemConfig
+from core.errors import FileFormatError
+from core.quench import QuenchConfig, run_quench
+
+
+@pytest.fixture(scope="module")
+def qc():
+    """Two ED configurations of 15 steps each, snapshots on: every saved array is checked."""
+    return QuenchConfig(
+        system=SystemConfig(n=20, seed=5), llg=LLGConfig(dt=0.02, seed=3), configs=2,
+        replicas=2, t_max=0.3, n_records=6, bin_width=0.2, snapshots=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reference(qc):
+    return run_quench(qc)
+
+
+def assert_same_numbers(a, b):
+    np.testing.assert_array_equal(a.correlations.sums, b.correlations.sums)
+    np.testing.assert_array_equal(a.correlations.counts, b.correlations.counts)
+    np.testing.assert_array_equal(a.energy_per_spin, b.energy_per_spin)
+    np.testing.assert_array_equal(a.magnetisation, b.magnetisation)
+    np.testing.assert_array_equal(a.snapshots, b.snapshots)
+    np.testing.assert_array_equal(a.positions, b.positions)
+
+
+class StopAt:
+    """on_steps callback: counts configuration-steps and acts once the count reaches `at`."""
+
+    def __init__(self, at, action):
+        self.at, self.action, self.done = at, action, 0
+
+    def __call__(self, k):
+        self.done += k
+        if self.done >= self.at and self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+
+def test_ctrl_c_saves_and_the_rerun_gives_the_uninterrupted_numbers(tmp_path, qc, reference):
+    ck = Checkpoints(tmp_path / "ck", every=1e9)  # no timed saves: only the interrupt's
+    # Ctrl-C in group 1 after 5 of its steps: the step finishes, progress is saved
+    stop = StopAt(qc.n_steps + 5, lambda: signal.raise_signal(signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        run_quench(qc, on_steps=stop, checkpoints=ck)
+    with h5py.File(ck.path(0)) as f:
+        assert bool(f.attrs["done"]) and f.attrs["step"] == qc.n_steps
+    with h5py.File(ck.path(1)) as f:
+        assert not f.attrs["done"] and f.attrs["step"] == 5
+    count = StopAt(0, None)
+    resumed = run_quench(qc, on_steps=count, checkpoints=ck)
+    assert count.done == qc.configs * qc.n_steps  # progress bars count the saved steps too
+    assert_same_numbers(resumed, reference)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_timed_saves_survive_a_crash(tmp_path, qc, reference):
+    ck = Checkpoints(tmp_path / "ck", every=0)  # save after every step
+
+    def crash():
+        raise RuntimeError("worker lost")
+
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run_quench(qc, on_steps=StopAt(7, crash), checkpoints=ck)
+    with h5py.File(ck.path(0)) as f:
+        assert f.attrs["step"] == 6  # the crash came before step 7's save
+    assert not ck.path(1).exists()
+    assert_same_numbers(run_quench(qc, checkpoints=ck), reference)
+
+
+def test_finished_groups_are_read_back_not_recomputed(tmp_path, qc, reference, monkeypatch):
+    ck = Checkpoints(tmp_path / "ck")
+    assert_same_numbers(run_quench(qc, checkpoints=ck), reference)
+
+    def no_fields(*args):
+        raise AssertionError("a finished group was computed again")
+
+    monkeypatch.setattr(core.quench, "field_provider", no_fields)
+    assert_same_numbers(run_quench(qc, checkpoints=ck), reference)
+
+
+def test_packed_ml_quench_resumes_bit_for_bit(tmp_path, qc, tiny_model_file):
+    ml = QuenchConfig(
+        **{**qc.__dict__, "engine": "ml", "model_path": str(tiny_model_file), "pack": 2}
+    )
+    whole = run_quench(ml)
+    ck = Checkpoints(tmp_path / "ck", every=1e9)
+    with pytest.raises(KeyboardInterrupt):  # 2 configurations per step: stop after step 4
+        run_quench(ml, on_steps=StopAt(8, lambda: signal.raise_signal(signal.SIGINT)),
+                   checkpoints=ck)  # fmt: skip
+    with h5py.File(ck.path(0)) as f:
+        assert f.attrs["step"] == 4 and len(f["noise"]) == 2  # a noise stream per configuration
+    assert_same_numbers(run_quench(ml, checkpoints=ck), whole)
+
+
+def test_checkpoint_of_another_quench_is_refused(tmp_path, qc):
+    ck = Checkpoints(tmp_path / "ck")
+    run_quench(qc, checkpoints=ck)
+    longer = QuenchConfig(**{**qc.__dict__, "t_max": 0.4})
+    with pytest.raises(FileFormatError, match=r"group-00000\.h5 was saved by a quench with"):
+        run_quench(longer, checkpoints=ck)
+    with pytest.raises(FileFormatError, match=r"t_max 0\.4 here, 0\.3 there"):
+        run_quench(longer, checkpoints=ck)
+
+
+def test_damaged_checkpoint_is_named(tmp_path, qc):
+    ck = Checkpoints(tmp_path / "ck")
+    ck.directory.mkdir()
+    ck.path(0).write_bytes(b"not hdf5")
+    with pytest.raises(FileFormatError, match=r"group-00000\.h5 is not an HDF5 file"):
+        run_quench(qc, checkpoints=ck)
+    run_quench(qc, checkpoints=Checkpoints(tmp_path / "ok"))
+    with h5py.File(tmp_path / "ok" / "group-00001.h5", "a") as f:
+        del f["corr_sums"]
+    with pytest.raises(FileFormatError, match="missing datasets: corr_sums"):
+        run_quench(qc, checkpoints=Checkpoints(tmp_path / "ok"))
+
+
+def test_invalid_checkpoint_settings(tmp_path):
+    with pytest.raises(ConfigError, match="interval must be >= 0"):
+        Checkpoints(tmp_path, every=-1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is not a directory"):
+        Checkpoints(tmp_path / "file")
+
+
+def test_second_ctrl_c_stops_at_once():
+    with deferred_interrupt() as interrupt:
+        signal.raise_signal(signal.SIGINT)
+        assert interrupt.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt), deferred_interrupt(enabled=False):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_noise_streams_continue_from_a_saved_state():
+    from core.llg import LLG
+    from core.system import random_spins
+
+    class NoField:
+        def fields(self, spins):
+            return torch.zeros_like(spins), torch.zeros(spins.shape[0], dtype=spins.dtype)
+
+    config = LLGConfig(temperature=0.5, seed=9)
+    spins = random_spins(2, 6, torch.Generator().manual_seed(0))
+    first = LLG(NoField(), config, blocks=[3, 3])
+    spins = first.step(spins).spins
+    second = LLG(NoField(), config, blocks=[3, 3])
+    second.set_noise_state(first.noise_state())
+    torch.testing.assert_close(second.step(spins).spins, first.step(spins).spins, rtol=0, atol=0)
+    with pytest.raises(Exception, match="2 noise generator states for 1 noise blocks"):
+        LLG(NoField(), config).set_noise_state(first.noise_state())
