@@ -155,11 +155,12 @@ def cmd_quench(args: argparse.Namespace) -> None:
     elapsed = time.perf_counter() - start
     traj = to_trajectory(result)
     write_trajectory(args.output, traj, args.force)
-    steps = qc.configs * qc.n_steps
+    steps = qc.configs * qc.n_steps - result.resumed_steps  # run in this session
+    resumed = f" (and {result.resumed_steps} read back)" if result.resumed_steps else ""
     print(
         f"wrote {args.output}: {qc.configs} configuration(s) x {qc.replicas} replica(s) "
         f"on {cluster.describe() if cluster else 'this process'}, "
-        f"N = {qc.system.n}, t = 0..{qc.t_max:g}, {steps} steps in {elapsed:.1f} s "
+        f"N = {qc.system.n}, t = 0..{qc.t_max:g}, {steps} steps{resumed} in {elapsed:.1f} s "
         f"({steps / elapsed:.1f} steps/s); final energy per spin "
         f"{traj.energy_per_spin[-1]:.5f} t0, |m| = {traj.magnetisation[-1]:.3f}, "
         f"xi = {traj.xi[-1]:.3f} ell"

@@ -139,7 +139,8 @@ class QuenchConfig:
 @dataclass
 class GroupResult:
     """Sums over the replicas of one group of configurations at every record time;
-    positions (K, N, 3) and snapshots (T, K, B, N, 3) for its K configurations."""
+    positions (K, N, 3) and snapshots (T, K, B, N, 3) for its K configurations;
+    resumed_steps: configuration-steps read back from a checkpoint, not run here."""
 
     positions: np.ndarray
     energy_sum: np.ndarray
@@ -147,11 +148,13 @@ class GroupResult:
     n_replicas: int
     correlations: CorrelationAccumulator
     snapshots: np.ndarray | None
+    resumed_steps: int = 0
 
 
 @dataclass
 class QuenchResult:
-    """Ensemble averages at the record times: energy per spin, |m|, C(r, t), xi(t)."""
+    """Ensemble averages at the record times: energy per spin, |m|, C(r, t), xi(t);
+    resumed_steps: configuration-steps read back from checkpoints, not run here."""
 
     config: QuenchConfig
     times: np.ndarray
@@ -160,6 +163,7 @@ class QuenchResult:
     correlations: CorrelationAccumulator
     positions: np.ndarray
     snapshots: np.ndarray | None
+    resumed_steps: int = 0
 
     @property
     def corr(self) -> np.ndarray:
@@ -216,15 +220,16 @@ def run_group(
     positions = np.stack([system.positions for system in systems])
     run = run_identity(qc, index) if checkpoints is not None else {}
     saved = checkpoints.load(index, run) if checkpoints is not None else None
+    resumed = k * saved.step if saved is not None else 0
+    if on_steps is not None and resumed:
+        on_steps(resumed)
     if saved is None or not saved.done:
         saved = _advance(qc, index, systems, saved, on_steps, model, checkpoints, run)
-    elif on_steps is not None:
-        on_steps(k * qc.n_steps)
     acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
     acc.sums, acc.counts = saved.corr_sums, saved.corr_counts
     return GroupResult(
         positions, saved.energy_sum, saved.magnetisation_sum, k * qc.replicas, acc,
-        saved.snapshots,
+        saved.snapshots, resumed,
     )  # fmt: skip
 
 
@@ -258,8 +263,6 @@ def _advance(qc, index, systems, saved, on_steps, model, checkpoints, run) -> Pr
     spins = torch.from_numpy(p.spins).to(qc.device)
     acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
     acc.sums, acc.counts = p.corr_sums, p.corr_counts
-    if on_steps is not None and p.step:
-        on_steps(k * p.step)
 
     def record(state: torch.Tensor, e: torch.Tensor) -> None:
         per_config = state.unflatten(1, (k, n))  # (B, K, N, 3)
@@ -314,6 +317,7 @@ def merge_results(qc: QuenchConfig, parts: list[GroupResult]) -> QuenchResult:
         correlations=acc,
         positions=np.concatenate([p.positions for p in parts]),
         snapshots=snaps,
+        resumed_steps=sum(p.resumed_steps for p in parts),
     )
 
 

@@ -61,6 +61,7 @@ def test_ctrl_c_saves_and_the_rerun_gives_the_uninterrupted_numbers(tmp_path, qc
     count = StopAt(0, None)
     resumed = run_quench(qc, on_steps=count, checkpoints=ck)
     assert count.done == qc.configs * qc.n_steps  # progress bars count the saved steps too
+    assert resumed.resumed_steps == qc.n_steps + 5 and reference.resumed_steps == 0
     assert_same_numbers(resumed, reference)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
