@@ -11,28 +11,10 @@ so far, all exactly, so a resumed run gives the numbers of an uninterrupted one
 bit for bit (on the same device with the same thread count; on another device
 it continues correctly, equal up to round-off).
 
-File format (``format = "sdglass-checkpoint"``, ``format_version = 1``), one
-file ``group-GGGGG.h5`` per group of K configurations with B replicas of N
-spins and T record times:
-
-========================  ===============  =======  ==================================
-dataset                   shape            dtype    meaning
-========================  ===============  =======  ==================================
-``spins``                 (B, K N, 3)      float    spins before step ``step``
-``noise/K``               (bytes,)         uint8    noise generator state of block k
-``energy_sum``            (T,)             float64  energy per spin summed over replicas
-``magnetisation_sum``     (T,)             float64  \\|m\\| summed over replicas
-``corr_sums``             (T, R)           float64  C(r, t) pair sums
-``corr_counts``           (T, R)           float64  pairs per bin and time
-``snapshots``             (T, K, B, N, 3)  float32  optional: spins at record times
-========================  ===============  =======  ==================================
-
-Root attributes: ``format``, ``format_version``, ``step`` (next step, n_steps
-when finished), ``t_index`` (next record), ``done`` and ``run``, a JSON object
-of every parameter that fixes the group's numbers (the quench's run attributes,
-record count, snapshots flag, group index and, for the ML engine, the model
-file's SHA-256). A file whose ``run`` differs from the resuming quench's is
-refused with the differing parameters named.
+File format: ``group-GGGGG.h5`` per group (``format = "sdglass-checkpoint"``),
+documented in the README's "File formats". Its ``run`` attribute holds every
+parameter that fixes the group's numbers; a file whose ``run`` differs from the
+resuming quench's is refused with the differing parameters named.
 """
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
         report = reproduce(
             SCALES[args.scale], args.output, args.model, args.force,
             log=lambda line: print(line, file=sys.stderr, flush=True),
-            device=base._device(args.device), resume=args.resume,
+            device=base._device(args.device), resume=args.resume, cluster=base._cluster(args),
         )  # fmt: skip
     print(f"wrote {report} and its figures and data in {time.perf_counter() - start:.0f} s")
 
@@ -284,6 +284,7 @@ def _add_reproduce(sub) -> None:
         "finished steps are read back, an unfinished quench continues from its last save",
     )  # fmt: skip
     base._add_device(p)
+    base._add_cluster(p)
     p.set_defaults(func=cmd_reproduce)
 
 

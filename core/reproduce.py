@@ -16,6 +16,9 @@ Steps (each writes a figure and the HDF5 data behind it into the output folder):
 `report.md` sets each quantitative statement of the paper beside the measured
 value. The scale fixes the sizes: "quick" fits a 2-core CPU in under 30
 minutes; "paper" uses the paper's ensembles and times and is meant for a GPU.
+A run saves its progress in OUT/checkpoints (each finished step's values, and
+the quench checkpoints of core.checkpoint); `resume` continues an interrupted
+run from there, and the folder goes once the report is written.
 Seeds: every step uses its own seed range (REPRODUCE_SEEDS), disjoint from the
 configurations the shipped model was trained on (0-29, 100-139).
 """
@@ -272,8 +275,9 @@ def _ensemble(engine, n, seed, configs, replicas, t_max, scale, model_path, devi
     )  # fmt: skip
 
 
-def _quench(qc, path: Path, force: bool, log: Log, what: str):
-    """One figure's quench; its progress is saved under the run's checkpoints folder."""
+def _quench(qc, path: Path, force: bool, log: Log, what: str, cluster=None):
+    """One figure's quench (its configurations on `cluster` when given); its progress is
+    saved under the run's checkpoints folder."""
     from core.checkpoint import Checkpoints
     from core.quench import run_quench, to_trajectory
 
@@ -281,17 +285,26 @@ def _quench(qc, path: Path, force: bool, log: Log, what: str):
     log(
         f"{what}: {qc.engine.upper()}-LLG, N = {qc.system.n}, {qc.configs} configurations x "
         f"{qc.replicas} replicas to t = {qc.t_max:g} ({qc.configs * qc.n_steps} steps)"
+        + (f" on a {cluster.describe()}" if cluster is not None else "")
     )
     with _bar(qc.configs * qc.n_steps, f"{qc.engine.upper()}-LLG", "step") as bar:
-        traj = to_trajectory(run_quench(qc, on_steps=bar.update, checkpoints=checkpoints))
+        traj = to_trajectory(run_quench(qc, bar.update, cluster, checkpoints))
     write_trajectory(path, traj, force)
     return traj
 
 
 def dynamics_step(
-    scale: Scale, model_path: Path, out: Path, force: bool, log: Log, device: str = "cpu"
+    scale: Scale,
+    model_path: Path,
+    out: Path,
+    force: bool,
+    log: Log,
+    device: str = "cpu",
+    cluster=None,
 ) -> Step:
-    """ED-LLG and ML-LLG at N = 100 on the same configurations and seeds (paper Fig. 4)."""
+    """ED-LLG and ML-LLG at N = 100 on the same configurations and seeds (paper Fig. 4).
+    ED runs its configurations one by one, or as tasks on `cluster` (a ClusterSpec); ML
+    packs them all into one batched call on `device`."""
     from core.plots import comparison_figure, save_figure
 
     start = time.perf_counter()
@@ -302,7 +315,8 @@ def dynamics_step(
             engine, 100, seed, scale.fig4_configs, scale.fig4_replicas, scale.fig4_t_max,
             scale, model_path, device,
         )  # fmt: skip
-        runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4")
+        spread = cluster if engine == "ed" else None
+        runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4", spread)
     ed, ml = runs["ed"], runs["ml"]
     fig = comparison_figure(
         [ed, ml], ["ED-LLG", "ML-LLG"],
@@ -621,11 +635,13 @@ def reproduce(
     log: Log = print,
     device: str = "cpu",
     resume: bool = False,
+    cluster=None,
 ) -> Path:
     """Every step in order on `device`, then report.md; returns its path. Refuses before any
     work when a file it would write exists, unless force (start afresh) or resume (continue
     an interrupted run of the same scale and model: finished steps are read back from
-    OUT/checkpoints, an unfinished quench continues from its last save)."""
+    OUT/checkpoints, an unfinished quench continues from its last save). cluster (a
+    ClusterSpec) spreads the ED configurations of Fig. 4 over Dask workers."""
     from core.errors import OutputExistsError
 
     out = Path(out)
@@ -646,7 +662,7 @@ def reproduce(
     tasks = {
         "fig2": lambda: dos_step(scale, out, rewrite, log),  # J = 0 eigenvalues: CPU
         "fig3": lambda: fields_step(scale, model_path, out, rewrite, log, device),
-        "fig4": lambda: dynamics_step(scale, model_path, out, rewrite, log, device),
+        "fig4": lambda: dynamics_step(scale, model_path, out, rewrite, log, device, cluster),
         "fig5": lambda: growth_step(scale, model_path, out, rewrite, log, device),
     }
     steps = {key: _resumable(out, key, run, task, log) for key, task in tasks.items()}

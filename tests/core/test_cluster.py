@@ -17,7 +17,7 @@ from core.cluster import ClusterSpec, map_configurations
 from core.config import ConfigError, SystemConfig
 from core.dataset import DatasetConfig, generate_dataset
 from core.errors import ClusterError
-from core.quench import QuenchConfig, run_quench
+from core.quench import QuenchConfig, run_identity, run_quench
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +67,35 @@ def test_packed_ml_quench_on_two_workers_equals_one_process(dask_cluster, one_th
     )
     assert_same_quench(reference, spread)
     assert sorted(steps) == [qc.n_steps, 2 * qc.n_steps]
+
+
+def test_checkpointed_quench_on_two_workers_saves_every_group(dask_cluster, one_thread,
+                                                              tmp_path):  # fmt: skip
+    from core.checkpoint import Checkpoints
+
+    qc = QuenchConfig(system=SystemConfig(n=24), configs=3, replicas=2, t_max=0.4, n_records=5)
+    ck = Checkpoints(tmp_path / "ck")
+    spread = run_quench(qc, cluster=ClusterSpec(scheduler=dask_cluster.scheduler_address),
+                        checkpoints=ck)  # fmt: skip
+    assert_same_quench(run_quench(qc), spread)
+    assert all(ck.load(g, run_identity(qc, g)).done for g in range(qc.configs))
+    assert_same_quench(run_quench(qc, checkpoints=ck), spread)  # read back here
+
+
+def test_reproduction_spreads_the_ed_configurations_of_fig_4(dask_cluster, one_thread,
+                                                             tmp_path, tiny_model_file):  # fmt: skip
+    from core.io import read_trajectory
+    from core.reproduce import SCALES, dynamics_step
+
+    scale = SCALES["quick"].__class__(**{**SCALES["quick"].__dict__, "fig4_t_max": 0.2})
+    lines = []
+    spread = ClusterSpec(scheduler=dask_cluster.scheduler_address)
+    dynamics_step(scale, tiny_model_file, tmp_path / "a", False, lines.append, "cpu", spread)
+    dynamics_step(scale, tiny_model_file, tmp_path / "b", False, lines.append)
+    assert "on a Dask scheduler" in lines[0] and "Dask" not in lines[1] + lines[2] + lines[3]
+    for engine in ("ed", "ml"):
+        a, b = (read_trajectory(tmp_path / d / f"fig4-{engine}.h5") for d in "ab")
+        np.testing.assert_array_equal(a.corr, b.corr)
 
 
 def test_dataset_on_two_workers_equals_one_process(dask_cluster, one_thread):
