@@ -148,3 +148,19 @@ def test_train_joins_several_files_and_records_each(workdir, dataset, capsys):
     argv = ["train", dataset, relabelled, "-o", workdir / "x.safetensors", "--arch", "pairwise"]
     assert cli.main([str(a) for a in argv]) == 2
     assert "other electron parameters" in capsys.readouterr().err
+
+
+def test_reproduce_passes_resume_and_workers_and_says_how_to_continue(tmp_path, capsys,
+                                                                      monkeypatch):  # fmt: skip
+    import core.reproduce
+
+    seen = {}
+
+    def interrupted(scale, out, model, force, log, device, resume, cluster):
+        seen.update(scale=scale.name, resume=resume, workers=cluster.workers)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(core.reproduce, "reproduce", interrupted)
+    code, _, err = run(capsys, "reproduce", "-o", tmp_path / "r", "--resume", "--workers", 3)
+    assert code == 130 and seen == {"scale": "quick", "resume": True, "workers": 3}
+    assert f"progress saved in {tmp_path / 'r' / 'checkpoints'}; add --resume to continue" in err
