@@ -3,8 +3,8 @@
 A long quench (the paper-scale reproduction runs for hours on a GPU) given a
 checkpoint directory saves the state of the group it is running every
 `Checkpoints.every` seconds, when it finishes, and when it is interrupted
-(Ctrl-C finishes the step in progress, saves, then stops; a second Ctrl-C stops
-at once). The same command with the same directory continues from there:
+(Ctrl-C or SIGTERM finishes the step in progress, saves, then stops; a second
+one stops at once). The same command with the same directory continues from there:
 finished groups are read back, an unfinished one continues from its saved
 step. Saved are the spins, the noise generators' states and the sums recorded
 so far, all exactly, so a resumed run gives the numbers of an uninterrupted one
@@ -163,14 +163,19 @@ class SaveTimer:
 
 @dataclass
 class Interrupt:
-    """Set by the first Ctrl-C inside `deferred_interrupt`."""
+    """Set by the first Ctrl-C or SIGTERM inside `deferred_interrupt`."""
 
     requested: bool = False
 
 
+#: Signals that ask a checkpointed run to save and stop: Ctrl-C, and SIGTERM, which
+#: `timeout` and batch schedulers send at a time limit.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @contextmanager
 def deferred_interrupt(enabled: bool = True) -> Iterator[Interrupt]:
-    """Turn the first Ctrl-C (SIGINT) into a request the caller acts on at its next safe
+    """Turn the first Ctrl-C or SIGTERM into a request the caller acts on at its next safe
     point; a second one raises KeyboardInterrupt at once. Only in the main thread (signal
     handlers live there); elsewhere, or when not enabled, nothing changes."""
     flag = Interrupt()
@@ -183,8 +188,9 @@ def deferred_interrupt(enabled: bool = True) -> Iterator[Interrupt]:
             raise KeyboardInterrupt
         flag.requested = True
 
-    previous = signal.signal(signal.SIGINT, request)
+    previous = {sig: signal.signal(sig, request) for sig in STOP_SIGNALS}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -149,8 +149,8 @@ def cmd_quench(args: argparse.Namespace) -> None:
     cluster = _cluster(args)
     checkpoints = _checkpoints(args)
     start = time.perf_counter()
-    with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
-        with _saved_on_interrupt(checkpoints and checkpoints.directory):
+    with _saved_on_interrupt(checkpoints and checkpoints.directory):
+        with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
             result = run_quench(qc, on_steps=bar.update, cluster=cluster, checkpoints=checkpoints)
     elapsed = time.perf_counter() - start
     traj = to_trajectory(result)
@@ -424,7 +424,7 @@ def _add_checkpoints(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--checkpoint", default=None, metavar="DIR",
         help="save progress in DIR (every --checkpoint-every seconds, at the end of each "
-        "configuration group, and on Ctrl-C); the same command with the same DIR continues "
+        "configuration group, and on Ctrl-C or SIGTERM); the same command with the same DIR continues "
         "from there, with the numbers of an uninterrupted run",
     )  # fmt: skip
     g.add_argument(

@@ -136,13 +136,15 @@ def test_invalid_checkpoint_settings(tmp_path):
         Checkpoints(tmp_path / "file")
 
 
-def test_second_ctrl_c_stops_at_once():
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
+def test_second_ctrl_c_or_sigterm_stops_at_once(first):
     with deferred_interrupt() as interrupt:
-        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(first)
         assert interrupt.requested
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     with pytest.raises(KeyboardInterrupt), deferred_interrupt(enabled=False):
         signal.raise_signal(signal.SIGINT)
 
