@@ -178,21 +178,37 @@ def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
 
 
 def fields_step(
-    scale: Scale, model_path: Path, out: Path, force: bool, log: Log, device: str = "cpu"
+    scale: Scale,
+    model_path: Path,
+    out: Path,
+    force: bool,
+    log: Log,
+    device: str = "cpu",
+    cluster=None,
 ) -> Step:
-    """Shipped model and networks trained with / without G3chi, on fresh held-out configurations."""
+    """Shipped model and networks trained with / without G3chi, on fresh held-out
+    configurations. The ED frames are labelled one configuration after another, or as tasks
+    on `cluster` (a ClusterSpec). Frames and trained networks are kept in the run's
+    checkpoints folder until the step is done, so a resumed run reads them back."""
     import matplotlib.pyplot as plt
 
     from core.dataset import DatasetConfig, generate_dataset
     from core.evaluation import draw_error_histogram, draw_parity, hperp_metrics, predict_frames
-    from core.modelfile import load_model
+    from core.io import read_frames
+    from core.modelfile import ModelCard, load_model, save_model
     from core.plots import save_figure
     from core.training import TrainConfig, train
 
     start = time.perf_counter()
-    shipped, _ = load_model(model_path)
+    shipped, card = load_model(model_path)
+    progress = out / CHECKPOINTS
+    progress.mkdir(parents=True, exist_ok=True)
 
-    def frames(seed: int, configs: int, what: str):
+    def frames(seed: int, configs: int, what: str, name: str):
+        saved = progress / name
+        if saved.exists():
+            log(f"Fig. 3: {what} read back from {saved}")
+            return read_frames(saved)
         log(f"Fig. 3: ED-labelled {what}: {configs} configurations x {scale.frames_per_config}")
         cfg = DatasetConfig(
             system=SystemConfig(n=100, seed=seed),
@@ -204,21 +220,36 @@ def fields_step(
             device=device,
         )
         with _bar(configs * cfg.work_per_config, "ED frames", "unit") as bar:
-            return generate_dataset(cfg, on_progress=bar.update)
+            made = generate_dataset(cfg, on_progress=bar.update, cluster=cluster)
+        write_frames(saved, made, force=True)
+        return made
 
-    test = frames(REPRODUCE_SEEDS["test"], scale.test_configs, "held-out frames")
-    data = frames(REPRODUCE_SEEDS["train"], scale.train_configs, "training frames")
-    write_frames(_fresh(out / "fig3-test-frames.h5", force), test)
-    write_frames(_fresh(out / "fig3-train-frames.h5", force), data)
-    models = {"shipped model": shipped}
-    for label, chi in (("trained here, with G3chi", True), ("trained here, without G3chi", False)):
+    def trained(label: str, chi: bool, name: str):
+        saved = progress / name
+        if saved.exists():
+            log(f"Fig. 3: {label} read back from {saved}")
+            return load_model(saved)[0]
         log(f"Fig. 3: training {label} ({scale.epochs} epochs at most)")
         cfg = TrainConfig(
             arch=shipped.arch, spec=shipped.spec.replace(include_chi=chi),
             epochs=scale.epochs, patience=scale.patience, folds=1, device=device,
         )  # fmt: skip
         with _bar(scale.epochs, "epochs", "epoch") as bar:
-            models[label] = train(data, cfg, on_epoch=lambda _: bar.update(1)).model
+            model = train(data, cfg, on_epoch=lambda _: bar.update(1)).model
+        save_model(saved, model, ModelCard(dict(card.physical)), force=True)
+        return model
+
+    test = frames(REPRODUCE_SEEDS["test"], scale.test_configs, "held-out frames", "fig3-test.h5")
+    data = frames(REPRODUCE_SEEDS["train"], scale.train_configs, "training frames", "fig3-train.h5")
+    write_frames(_fresh(out / "fig3-test-frames.h5", force), test)
+    write_frames(_fresh(out / "fig3-train-frames.h5", force), data)
+    models = {
+        "shipped model": shipped,
+        "trained here, with G3chi": trained("the network with G3chi", True, "fig3-chi.safetensors"),
+        "trained here, without G3chi": trained(
+            "the network without G3chi", False, "fig3-no-chi.safetensors"
+        ),
+    }
     ed = np.cross(test.spins, test.fields)
     fig, axes = plt.subplots(2, len(models), figsize=(4.6 * len(models), 8.4))
     values, arrays = {}, {"ed_hperp": ed, "source": test.source}
@@ -641,7 +672,7 @@ def reproduce(
     work when a file it would write exists, unless force (start afresh) or resume (continue
     an interrupted run of the same scale and model: finished steps are read back from
     OUT/checkpoints, an unfinished quench continues from its last save). cluster (a
-    ClusterSpec) spreads the ED configurations of Fig. 4 over Dask workers."""
+    ClusterSpec) spreads the ED configurations of Figs. 3 and 4 over Dask workers."""
     from core.errors import OutputExistsError
 
     out = Path(out)
@@ -655,45 +686,58 @@ def reproduce(
         raise FileFormatError(
             f"{out} holds a finished run (no saved progress to resume): use --force to redo it"
         )
-    out.mkdir(parents=True, exist_ok=True)
     model_path = Path(model_path)
-    run = {"scale": asdict(scale), "model_sha256": file_digest(model_path), "version": __version__}
+    _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),
+                      "version": __version__})  # fmt: skip
     rewrite = force or resume
     tasks = {
         "fig2": lambda: dos_step(scale, out, rewrite, log),  # J = 0 eigenvalues: CPU
-        "fig3": lambda: fields_step(scale, model_path, out, rewrite, log, device),
+        "fig3": lambda: fields_step(scale, model_path, out, rewrite, log, device, cluster),
         "fig4": lambda: dynamics_step(scale, model_path, out, rewrite, log, device, cluster),
         "fig5": lambda: growth_step(scale, model_path, out, rewrite, log, device),
     }
-    steps = {key: _resumable(out, key, run, task, log) for key, task in tasks.items()}
+    steps = {key: _resumable(out, key, task, log) for key, task in tasks.items()}
     report = write_report(out, scale, steps, rewrite)
     shutil.rmtree(progress, ignore_errors=True)  # complete: the progress is no longer needed
     return report
 
 
-def _resumable(out: Path, key: str, run: dict, task: Callable[[], Step], log: Log) -> Step:
-    """A step read back from an earlier session of this run (same scale, model and sdglass
-    version, its files all present), else computed and saved for later sessions."""
-    path = out / CHECKPOINTS / f"{key}.json"
+def _claim(progress: Path, run: dict) -> None:
+    """Mark the progress folder as this run's (scale, model, sdglass version), or refuse
+    one left by another run."""
+    path = progress / "run.json"
     if path.exists():
         try:
             saved = json.loads(path.read_text())
-            step = Step(**saved["step"])
-        except (ValueError, TypeError, KeyError):
-            raise FileFormatError(f"{path}: not a saved reproduction step") from None
-        if saved.get("run") != run:
+        except ValueError:
+            raise FileFormatError(f"{path}: not a reproduction run's record") from None
+        if saved != run:
             raise FileFormatError(
-                f"{path} was saved by a run of another scale, model or sdglass version: "
-                "use --force to start afresh"
+                f"{progress} holds the progress of a run of another scale, model or sdglass "
+                "version: use --force to start afresh"
             )
+        return
+    progress.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, force=True) as tmp:
+        Path(tmp).write_text(json.dumps(run) + "\n")
+
+
+def _resumable(out: Path, key: str, task: Callable[[], Step], log: Log) -> Step:
+    """A step read back from an earlier session of this run (its files all present), else
+    computed and saved for later sessions."""
+    path = out / CHECKPOINTS / f"{key}.json"
+    if path.exists():
+        try:
+            step = Step(**json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            raise FileFormatError(f"{path}: not a saved reproduction step") from None
         if all((out / name).exists() for name in (step.figure, *step.data)):
             log(f"{key}: done in an earlier session of this run, read back from {path}")
             step.values = _int_keys(step.values)
             return step
     step = task()
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path, force=True) as tmp:
-        Path(tmp).write_text(json.dumps({"run": run, "step": asdict(step)}) + "\n")
+        Path(tmp).write_text(json.dumps(asdict(step)) + "\n")
     return step
 
 

@@ -52,16 +52,27 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
         reproduce(TINY, tmp_path / "run", tiny_model_file, log=lines.append)
 
 
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory, tiny_model_file):
+    """report.json of an uninterrupted tiny reproduction."""
+    out = tmp_path_factory.mktemp("whole")
+    reproduce(TINY, out, tiny_model_file, log=lambda line: None)
+    assert not (out / "checkpoints").exists()  # removed once complete
+    return (out / "report.json").read_text()
+
+
+def not_again(*args, **kwargs):
+    raise AssertionError("finished work ran again")
+
+
 def test_interrupted_reproduction_resumes_to_the_same_report(
-    tmp_path, tiny_model_file, monkeypatch
+    tmp_path, tiny_model_file, monkeypatch, whole_run
 ):
     import signal
 
     import core.reproduce
     from core import llg
 
-    reproduce(TINY, tmp_path / "whole", tiny_model_file, log=lambda line: None)
-    assert not (tmp_path / "whole" / "checkpoints").exists()  # removed once complete
     # Ctrl-C in the 5th LLG step of Fig. 5's quench
     calls, step, growth = {"n": None}, llg.LLG.step, core.reproduce.growth_step
 
@@ -82,23 +93,64 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
-    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert saved == ["fig2.json", "fig3.json", "fig4-ed", "fig4-ml", "fig4.json", "fig5-ml"]
+    saved = {p.name for p in (run / "checkpoints").iterdir()}
+    assert {"run.json", "fig2.json", "fig3.json", "fig4.json", "fig4-ed", "fig5-ml"} <= saved
+    assert "fig5.json" not in saved
     with pytest.raises(OutputExistsError):  # a plain rerun still refuses
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
-
-    def not_again(*args, **kwargs):
-        raise AssertionError("a finished step ran again")
-
     for name in ("dos_step", "fields_step", "dynamics_step"):
         monkeypatch.setattr(core.reproduce, name, not_again)
     lines = []
     reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
     assert sum("read back" in line for line in lines) == 3
-    assert (run / "report.json").read_text() == (tmp_path / "whole" / "report.json").read_text()
+    assert (run / "report.json").read_text() == whole_run
     assert not (run / "checkpoints").exists()
     with pytest.raises(FileFormatError, match="holds a finished run"):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)
+
+
+def test_fig_3_resumes_after_its_frames_and_first_network(
+    tmp_path, tiny_model_file, monkeypatch, whole_run
+):
+    import core.dataset
+    import core.training
+
+    train, calls = core.training.train, []
+
+    def second_interrupted(*args, **kwargs):  # Ctrl-C as the second network starts
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(core.training, "train", second_interrupted)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(TINY, run, tiny_model_file, log=lambda line: None)
+    saved = {p.name for p in (run / "checkpoints").iterdir()}
+    assert saved == {"run.json", "fig2.json", "fig3-test.h5", "fig3-train.h5",
+                     "fig3-chi.safetensors"}  # fmt: skip
+    monkeypatch.setattr(core.dataset, "generate_dataset", not_again)
+    monkeypatch.setattr(core.training, "train", train)  # trains the second network only
+    lines = []
+    reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
+    read = [line for line in lines if "read back" in line]
+    assert len(read) == 4 and "the network with G3chi" in read[3]  # fig2, 2 frame sets, 1 net
+    assert (run / "report.json").read_text() == whole_run
+
+
+def test_progress_of_another_run_is_refused(tmp_path, tiny_model_file):
+    import dataclasses
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "run.json").write_text('{"scale": {}}')
+    with pytest.raises(FileFormatError, match="progress of a run of another scale"):
+        reproduce(TINY, tmp_path / "run", tiny_model_file, resume=True)
+    other = dataclasses.replace(TINY, epochs=3)
+    reproduce(TINY, tmp_path / "run", tiny_model_file, force=True, log=lambda line: None)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    with pytest.raises(OutputExistsError):
+        reproduce(other, tmp_path / "run", tiny_model_file)
 
 
 def test_dos_verdict_says_which_of_the_caption_and_the_text_matches():
