@@ -6,3 +6,6 @@ ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 #: The model shipped with sdglass, trained by the project's own commands (see its card).
 DEFAULT_MODEL = ASSETS / "models" / "default.safetensors"
+
+#: The shipped pairwise baseline E = sum_{i<j} J(R_ij) S_i.S_j (the app draws its J(R)).
+PAIRWISE_MODEL = ASSETS / "models" / "pairwise.safetensors"

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
+
+from core.modelfile import load_model
+from core.paths import PAIRWISE_MODEL
 
 
 def card_text(session) -> str:
@@ -32,8 +38,38 @@ def card_text(session) -> str:
     return "<br>".join(lines)
 
 
+def exchange_baseline(session, shipped: Path = PAIRWISE_MODEL):
+    """(model, card, path) of the pairwise baseline whose J(R) the panel draws: the loaded
+    model when it is pairwise, else the shipped baseline; None when that cannot be read."""
+    if session.model is not None and session.model.arch.kind == "pairwise":
+        return session.model, session.card, session.model_path
+    try:
+        model, card = load_model(shipped)
+    except Exception:  # a missing or broken file: the panel says so instead of drawing
+        return None
+    return (model, card, shipped) if model.arch.kind == "pairwise" else None
+
+
+def exchange_note(session, baseline) -> str:
+    """What the J(R) plot shows, with the baseline's training parameters where they differ
+    from the current system's."""
+    if baseline is None:
+        return f"No pairwise baseline ({PAIRWISE_MODEL.name} not readable): J(R) not shown."
+    _, card, path = baseline
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        differ = session.sim.model_warnings(card.physical)
+    lines = [
+        f"Effective exchange of the pairwise baseline {path.name}: "
+        "E = sum_(i<j) J(R_ij) S_i.S_j, so J < 0 aligns a pair, J > 0 anti-aligns it."
+    ]
+    lines += [f"<span style='color:#ffb74d'>⚠ {w}</span>" for w in differ]
+    return "<br>".join(lines)
+
+
 class ModelPanel(Container):
-    """Shows the loaded model or says that none is available; loads another file."""
+    """Shows the loaded model or says that none is available; loads another file; draws the
+    effective exchange J(R) of the pairwise baseline."""
 
     def __init__(self, session) -> None:
         self.session = session
@@ -44,8 +80,13 @@ class ModelPanel(Container):
             tooltip="An sdglass model file (safetensors + JSON card), e.g. from `sdglass train`.",
         )  # fmt: skip
         self.load_button = PushButton(text="Load...", tooltip="Load the chosen model file.")
+        self.exchange_label = Label(value="")
+        self.exchange_label.native.setWordWrap(True)
         self.exchange = None
-        super().__init__(widgets=[self.card, self.path, self.load_button], label="Model")
+        self._shipped_baseline = None
+        super().__init__(
+            widgets=[self.card, self.path, self.load_button, self.exchange_label], label="Model"
+        )
         self.load_button.clicked.connect(self.load)
         session.model_changed.connect(self.refresh)
         session.system_changed.connect(self.refresh)
@@ -57,12 +98,24 @@ class ModelPanel(Container):
 
     def refresh(self) -> None:
         self.card.value = card_text(self.session)
-        self._exchange_plot()
+        if self.session.model_path is not None:
+            self.path.value = self.session.model_path
+        baseline = self._baseline()
+        self.exchange_label.value = exchange_note(self.session, baseline)
+        self._exchange_plot(baseline)
 
-    def _exchange_plot(self) -> None:
-        """Small J(R) plot for the pairwise baseline (what the electrons do, in one curve)."""
-        model = self.session.model
-        if model is None or model.arch.kind != "pairwise":
+    def _baseline(self):
+        """exchange_baseline, with the shipped file read once."""
+        loaded = self.session.model
+        if loaded is not None and loaded.arch.kind == "pairwise":
+            return exchange_baseline(self.session)
+        if self._shipped_baseline is None:
+            self._shipped_baseline = exchange_baseline(self.session) or False
+        return self._shipped_baseline or None
+
+    def _exchange_plot(self, baseline) -> None:
+        """Small J(R) plot (what the electrons do, in one curve), r < r_min shaded."""
+        if baseline is None:
             if self.exchange is not None:
                 self.exchange.setVisible(False)
             return
@@ -73,17 +126,23 @@ class ModelPanel(Container):
 
         c = theme_colours(str(self.session.viewer.theme))
         if self.exchange is None:
-            fig = Figure(figsize=(3, 1.8), facecolor=c["background"])
+            fig = Figure(figsize=(3, 1.6), facecolor=c["background"])
             self.exchange = FigureCanvasQTAgg(fig)
             self.exchange.setMinimumHeight(150)
             self.native.layout().addWidget(self.exchange)
+        model = baseline[0]
+        r_min = self.session.sim.system_config.r_min
         fig = self.exchange.figure
         fig.clear()
         ax = fig.add_subplot()
-        r = np.linspace(self.session.sim.system_config.r_min, model.spec.rc, 200)
+        r = np.linspace(0.0, model.spec.rc, 300)
         ax.plot(r, model.exchange(r), color="#4fc3f7")
         ax.axhline(0, color=c["text"], lw=0.5)
-        style_axes(ax, c, "", "R (ell)", "J(R) (t0)")
+        ax.axvspan(0, r_min, color=c["grid"], alpha=0.6, lw=0)
+        ax.text(r_min / 2, 0.95, "r < r_min", transform=ax.get_xaxis_transform(),
+                ha="center", va="top", fontsize=7, color=c["text"])  # fmt: skip
+        ax.set_xlim(0, model.spec.rc)
+        style_axes(ax, c, "Effective exchange J(R)", "R (ell)", "J(R) (t0)")
         fig.tight_layout()
         self.exchange.setVisible(True)
         self.exchange.draw_idle()

@@ -169,6 +169,32 @@ def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):
     assert any("boom" in str(r.message) for r in notification_manager.records)
 
 
+def test_model_panel_draws_the_pairwise_baselines_exchange(app_viewer, tmp_path):
+    from core.modelfile import load_model, save_model
+    from core.paths import PAIRWISE_MODEL
+
+    _, session = app_viewer
+    panel = session.panels["Model"]
+    assert session.model.arch.kind == "mlp"  # the shipped MLP is loaded ...
+    line = panel.exchange.figure.axes[0].lines[0]  # ... and J(R) is the shipped baseline's
+    baseline, card = load_model(PAIRWISE_MODEL)
+    np.testing.assert_allclose(line.get_ydata(), baseline.exchange(line.get_xdata()))
+    assert "pairwise baseline pairwise.safetensors" in panel.exchange_label.value
+    assert "⚠" not in panel.exchange_label.value
+    assert str(panel.path.value).endswith("default.safetensors")
+    # a system the baseline was not trained for: the note says what differs
+    session.panels["System"].preset.value = "Weak coupling (J = 1)"
+    assert session.panels["System"].generate()
+    assert "J = 6 but is used with J = 1" in panel.exchange_label.value
+    # a loaded pairwise model draws its own J(R)
+    baseline.net[-1].weight.data *= 2
+    mine = save_model(tmp_path / "mine.safetensors", baseline, card)
+    assert panel.load(mine)
+    line = panel.exchange.figure.axes[0].lines[0]
+    np.testing.assert_allclose(line.get_ydata(), baseline.exchange(line.get_xdata()))
+    assert "mine.safetensors" in panel.exchange_label.value
+
+
 def test_corrupted_model_file_notifies(app_viewer, tmp_path):
     _, session = app_viewer
     bad = tmp_path / "bad.safetensors"
