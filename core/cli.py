@@ -4,7 +4,8 @@ dataset, train, eval.
 Every sub-command's defaults are the paper's values (PHYSICS.md); units are
 ell for lengths, t0 for energies and temperatures, 1/(gamma t0) for times.
 User errors print one line `sdglass: error: ...` and exit with status 2; an
-interrupted run (Ctrl-C) exits 130 and leaves no output file behind.
+interrupted run (Ctrl-C) exits 130 and leaves no half-written output file behind
+(a checkpointed quench or reproduction also keeps its saved progress).
 """
 
 from __future__ import annotations
@@ -642,7 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sdglass: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("sdglass: interrupted; no output file was written", file=sys.stderr)
+        print("sdglass: interrupted; no half-written output file was left", file=sys.stderr)
         return 130
 
 
