@@ -1,4 +1,4 @@
-"""Resumable quenches: each group of configurations saves its progress to an HDF5 file.
+"""Resumable runs: each group of configurations saves its progress to an HDF5 file.
 
 A long quench (the paper-scale reproduction runs for hours on a GPU) given a
 checkpoint directory saves the state of the group it is running every
@@ -10,6 +10,10 @@ step. Saved are the spins, the noise generators' states and the sums recorded
 so far, all exactly, so a resumed run gives the numbers of an uninterrupted one
 bit for bit (on the same device with the same thread count; on another device
 it continues correctly, equal up to round-off).
+
+`sdglass dataset` saves each configuration's ED-labelled frames when they are
+complete (``config-CCCCC.h5``, a frames file with the dataset's parameters in
+its ``checkpoint_run`` attribute) and reads them back when run again.
 
 File format: ``group-GGGGG.h5`` per group (``format = "sdglass-checkpoint"``),
 documented in the README's "File formats". Its ``run`` attribute holds every
@@ -34,7 +38,16 @@ import numpy as np
 
 from core.config import _require as _require_config
 from core.errors import FileFormatError
-from core.io import _read, _reading, _require, atomic_output
+from core.io import (
+    FRAMES_FORMAT,
+    Frames,
+    _read,
+    _reading,
+    _require,
+    atomic_output,
+    read_frames,
+    write_frames,
+)
 
 CHECKPOINT_FORMAT = "sdglass-checkpoint"
 #: Default seconds of wall time between two saves of a running group.
@@ -131,6 +144,33 @@ class Checkpoints:
             if progress.snapshots is not None:
                 f.create_dataset("snapshots", data=progress.snapshots)
         return path
+
+    def frames_path(self, config: int) -> Path:
+        return self.directory / f"config-{config:05d}.h5"
+
+    def load_frames(self, config: int, run: dict) -> Frames | None:
+        """The saved ED-labelled frames of one configuration (sdglass dataset), None when
+        there are none; FileFormatError for a damaged file or one of another dataset."""
+        path = self.frames_path(config)
+        if not path.exists():
+            return None
+        with _reading(path, FRAMES_FORMAT) as f:
+            _check_run(path, json.loads(f.attrs.get(RUN_ATTR, "{}")), run)
+        return read_frames(path)
+
+    def save_frames(self, config: int, run: dict, frames: Frames) -> Path:
+        """Write one configuration's frames atomically (a frames file plus the run record)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.frames_path(config)
+        with atomic_output(path, force=True) as tmp:
+            write_frames(tmp, frames)
+            with h5py.File(tmp, "a") as f:
+                f.attrs[RUN_ATTR] = json.dumps(run, sort_keys=True)
+        return path
+
+
+#: Attribute of a saved configuration's frames file that records its dataset's parameters.
+RUN_ATTR = "checkpoint_run"
 
 
 def _check_run(path: Path, saved: dict, run: dict) -> None:

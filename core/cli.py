@@ -420,18 +420,23 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def _add_checkpoints(p: argparse.ArgumentParser) -> None:
+def _add_checkpoints(p: argparse.ArgumentParser, timed: bool = True) -> None:
+    """--checkpoint DIR; timed: also --checkpoint-every (runs that save part-way)."""
     g = p.add_argument_group("resuming long runs")
+    when = (
+        "every --checkpoint-every seconds, at the end of each configuration group, and on "
+        "Ctrl-C or SIGTERM" if timed else "each configuration as it is finished"
+    )  # fmt: skip
     g.add_argument(
         "--checkpoint", default=None, metavar="DIR",
-        help="save progress in DIR (every --checkpoint-every seconds, at the end of each "
-        "configuration group, and on Ctrl-C or SIGTERM); the same command with the same DIR continues "
+        help=f"save progress in DIR ({when}); the same command with the same DIR continues "
         "from there, with the numbers of an uninterrupted run",
     )  # fmt: skip
-    g.add_argument(
-        "--checkpoint-every", type=float, default=DEFAULT_EVERY, metavar="SECONDS",
-        help="seconds of wall time between saves",
-    )  # fmt: skip
+    if timed:
+        g.add_argument(
+            "--checkpoint-every", type=float, default=DEFAULT_EVERY, metavar="SECONDS",
+            help="seconds of wall time between saves",
+        )  # fmt: skip
 
 
 def _checkpoints(args: argparse.Namespace):
@@ -440,7 +445,7 @@ def _checkpoints(args: argparse.Namespace):
         return None
     from core.checkpoint import Checkpoints
 
-    return Checkpoints(args.checkpoint, args.checkpoint_every)
+    return Checkpoints(args.checkpoint, getattr(args, "checkpoint_every", DEFAULT_EVERY))
 
 
 @contextmanager

@@ -54,9 +54,11 @@ def cmd_dataset(args: argparse.Namespace) -> None:
         device=base._device(args.device),
     )
     cluster = base._cluster(args)
+    checkpoints = base._checkpoints(args)
     start = time.perf_counter()
-    with base._progress(cfg.configs * cfg.work_per_config, "dataset (ED)", "unit") as bar:
-        frames = generate_dataset(cfg, on_progress=bar.update, cluster=cluster)
+    with base._saved_on_interrupt(checkpoints and checkpoints.directory):
+        with base._progress(cfg.configs * cfg.work_per_config, "dataset (ED)", "unit") as bar:
+            frames = generate_dataset(cfg, bar.update, cluster, checkpoints)
     elapsed = time.perf_counter() - start
     write_dataset(args.output, frames, cfg.attributes(), args.force)
     hperp = np.cross(frames.spins, frames.fields)
@@ -260,6 +262,7 @@ def _add_dataset(sub) -> None:
     g.add_argument("--noise-seed", type=int, default=0, help="seed of spins and noise (+ c)")
     base._add_device(p)
     base._add_cluster(p)
+    base._add_checkpoints(p, timed=False)
     base._add_output(p, "output frames file (.h5)")
     p.set_defaults(func=cmd_dataset)
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from core import __version__
+from core.checkpoint import Checkpoints
 from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
 from core.electrons import EDSolver
@@ -229,27 +230,48 @@ def concat_frames(parts: list[Frames]) -> Frames:
     )
 
 
+def _saved_configuration(
+    cfg: DatasetConfig,
+    c: int,
+    on_progress: Callable[[int], None] | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> Frames:
+    """Configuration c's frames: read back from checkpoints when saved there, else made
+    (and saved when checkpoints are given)."""
+    if checkpoints is None:
+        return _configuration(cfg, c, on_progress)
+    run = {**cfg.attributes(), "config": c}
+    frames = checkpoints.load_frames(c, run)
+    if frames is None:
+        frames = _configuration(cfg, c, on_progress)
+        checkpoints.save_frames(c, run, frames)
+    elif on_progress is not None:
+        on_progress(cfg.work_per_config)
+    return frames
+
+
 def generate_dataset(
     cfg: DatasetConfig,
     on_progress: Callable[[int], None] | None = None,
     cluster: ClusterSpec | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> Frames:
     """ED-labelled random and relaxation frames of cfg.configs configurations (paper Sec. IV),
-    in this process or one task per configuration on a Dask cluster (core.cluster).
+    in this process or one task per configuration on a Dask cluster (core.cluster). With
+    checkpoints, each finished configuration is saved, and read back when run again.
 
     on_progress(k) reports k more work units done (total cfg.configs * cfg.work_per_config).
     """
+    task = partial(_saved_configuration, cfg, checkpoints=checkpoints)
     if cluster is None or not cluster.distributed:
-        task = partial(_configuration, cfg, on_progress=on_progress)
-        return concat_frames(map_configurations(task, cfg.configs))
+        return concat_frames(map_configurations(partial(task, on_progress=on_progress),
+                                                cfg.configs))  # fmt: skip
 
     def done(c: int, frames: Frames) -> None:
         if on_progress is not None:
             on_progress(cfg.work_per_config)
 
-    return concat_frames(
-        map_configurations(partial(_configuration, cfg), cfg.configs, cluster, done)
-    )
+    return concat_frames(map_configurations(task, cfg.configs, cluster, done))
 
 
 def write_dataset(

@@ -188,13 +188,14 @@ def fields_step(
 ) -> Step:
     """Shipped model and networks trained with / without G3chi, on fresh held-out
     configurations. The ED frames are labelled one configuration after another, or as tasks
-    on `cluster` (a ClusterSpec). Frames and trained networks are kept in the run's
-    checkpoints folder until the step is done, so a resumed run reads them back."""
+    on `cluster` (a ClusterSpec). Each configuration's frames and each trained network are
+    kept in the run's checkpoints folder until the run is done, so a resumed run reads
+    them back."""
     import matplotlib.pyplot as plt
 
+    from core.checkpoint import Checkpoints
     from core.dataset import DatasetConfig, generate_dataset
     from core.evaluation import draw_error_histogram, draw_parity, hperp_metrics, predict_frames
-    from core.io import read_frames
     from core.modelfile import ModelCard, load_model, save_model
     from core.plots import save_figure
     from core.training import TrainConfig, train
@@ -205,11 +206,12 @@ def fields_step(
     progress.mkdir(parents=True, exist_ok=True)
 
     def frames(seed: int, configs: int, what: str, name: str):
-        saved = progress / name
-        if saved.exists():
-            log(f"Fig. 3: {what} read back from {saved}")
-            return read_frames(saved)
-        log(f"Fig. 3: ED-labelled {what}: {configs} configurations x {scale.frames_per_config}")
+        checkpoints = Checkpoints(progress / name)
+        saved = len(list(checkpoints.directory.glob("config-*.h5")))
+        log(
+            f"Fig. 3: ED-labelled {what}: {configs} configurations x {scale.frames_per_config}"
+            + (f" ({saved} read back)" if saved else "")
+        )
         cfg = DatasetConfig(
             system=SystemConfig(n=100, seed=seed),
             configs=configs,
@@ -220,9 +222,7 @@ def fields_step(
             device=device,
         )
         with _bar(configs * cfg.work_per_config, "ED frames", "unit") as bar:
-            made = generate_dataset(cfg, on_progress=bar.update, cluster=cluster)
-        write_frames(saved, made, force=True)
-        return made
+            return generate_dataset(cfg, bar.update, cluster, checkpoints)
 
     def trained(label: str, chi: bool, name: str):
         saved = progress / name
@@ -239,8 +239,8 @@ def fields_step(
         save_model(saved, model, ModelCard(dict(card.physical)), force=True)
         return model
 
-    test = frames(REPRODUCE_SEEDS["test"], scale.test_configs, "held-out frames", "fig3-test.h5")
-    data = frames(REPRODUCE_SEEDS["train"], scale.train_configs, "training frames", "fig3-train.h5")
+    test = frames(REPRODUCE_SEEDS["test"], scale.test_configs, "held-out frames", "fig3-test")
+    data = frames(REPRODUCE_SEEDS["train"], scale.train_configs, "training frames", "fig3-train")
     write_frames(_fresh(out / "fig3-test-frames.h5", force), test)
     write_frames(_fresh(out / "fig3-train-frames.h5", force), data)
     models = {

@@ -164,3 +164,22 @@ def test_reproduce_passes_resume_and_workers_and_says_how_to_continue(tmp_path, 
     code, _, err = run(capsys, "reproduce", "-o", tmp_path / "r", "--resume", "--workers", 3)
     assert code == 130 and seen == {"scale": "quick", "resume": True, "workers": 3}
     assert f"progress saved in {tmp_path / 'r' / 'checkpoints'}; add --resume to continue" in err
+
+
+def test_dataset_checkpoint_reads_finished_configurations_back(tmp_path, capsys, monkeypatch):
+    import core.dataset
+
+    argv = ["dataset", "-n", 20, "--configs", 2, "--spins-per-config", 4, "--replicas", 2,
+            "--t-first", 0.5, "--t-max", 2, "--checkpoint", tmp_path / "ck"]  # fmt: skip
+    assert run(capsys, *argv, "-o", tmp_path / "a.h5")[0] == 0
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == [
+        "config-00000.h5", "config-00001.h5"
+    ]  # fmt: skip
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a saved configuration was labelled again")
+
+    monkeypatch.setattr(core.dataset, "_configuration", not_again)
+    assert run(capsys, *argv, "-o", tmp_path / "b.h5")[0] == 0
+    a, b = read_frames(tmp_path / "a.h5"), read_frames(tmp_path / "b.h5")
+    np.testing.assert_array_equal(a.fields, b.fields)

@@ -103,3 +103,35 @@ def test_sample_steps_strictly_increasing():
 def test_bad_settings_fail_early(changes, match):
     with pytest.raises(ConfigError, match=match):
         replace(TINY, **changes)
+
+
+def test_checkpointed_dataset_saves_each_configuration_and_reads_it_back(
+    frames, tmp_path, monkeypatch
+):
+    import core.dataset
+    from core.checkpoint import Checkpoints
+    from core.errors import FileFormatError
+
+    ck = Checkpoints(tmp_path / "ck")
+    calls = []
+    made = core.dataset._configuration
+
+    def second_interrupted(cfg, c, on_progress=None):  # Ctrl-C in configuration 1
+        calls.append(c)
+        if c == 1:
+            raise KeyboardInterrupt
+        return made(cfg, c, on_progress)
+
+    monkeypatch.setattr(core.dataset, "_configuration", second_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        generate_dataset(TINY, checkpoints=ck)
+    assert [p.name for p in ck.directory.iterdir()] == ["config-00000.h5"]
+    monkeypatch.setattr(core.dataset, "_configuration", made)
+    units = []
+    resumed = generate_dataset(TINY, on_progress=units.append, checkpoints=ck)
+    assert sum(units) == TINY.configs * TINY.work_per_config
+    for name in ("positions", "spins", "fields", "energy", "source"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(frames, name), err_msg=name)
+    other = replace(TINY, spins_per_config=12)
+    with pytest.raises(FileFormatError, match="spins_per_config 12 here, 10 there"):
+        generate_dataset(other, checkpoints=ck)

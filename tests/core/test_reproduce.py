@@ -128,14 +128,15 @@ def test_fig_3_resumes_after_its_frames_and_first_network(
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
     saved = {p.name for p in (run / "checkpoints").iterdir()}
-    assert saved == {"run.json", "fig2.json", "fig3-test.h5", "fig3-train.h5",
-                     "fig3-chi.safetensors"}  # fmt: skip
-    monkeypatch.setattr(core.dataset, "generate_dataset", not_again)
+    assert saved == {"run.json", "fig2.json", "fig3-test", "fig3-train", "fig3-chi.safetensors"}
+    assert len(list((run / "checkpoints" / "fig3-train").iterdir())) == TINY.train_configs
+    monkeypatch.setattr(core.dataset, "_configuration", not_again)
     monkeypatch.setattr(core.training, "train", train)  # trains the second network only
     lines = []
     reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
     read = [line for line in lines if "read back" in line]
     assert len(read) == 4 and "the network with G3chi" in read[3]  # fig2, 2 frame sets, 1 net
+    assert "(3 read back)" in read[2]  # the training frames, one file per configuration
     assert (run / "report.json").read_text() == whole_run
 
 
