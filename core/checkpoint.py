@@ -169,6 +169,23 @@ class Checkpoints:
         return path
 
 
+@dataclass(frozen=True)
+class GroupCheckpoint:
+    """Saves one group's progress (calling it with a Progress); `every`: the seconds between
+    timed saves."""
+
+    checkpoints: Checkpoints
+    group: int
+    run: dict
+
+    @property
+    def every(self) -> float:
+        return self.checkpoints.every
+
+    def __call__(self, progress: Progress) -> Path:
+        return self.checkpoints.save(self.group, self.run, progress)
+
+
 #: Attribute of a saved configuration's frames file that records its dataset's parameters.
 RUN_ATTR = "checkpoint_run"
 

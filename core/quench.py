@@ -21,6 +21,7 @@ import torch
 
 from core.checkpoint import (
     Checkpoints,
+    GroupCheckpoint,
     Progress,
     SaveTimer,
     deferred_interrupt,
@@ -215,26 +216,27 @@ def run_group(
     """Quench all replicas of the configurations of group `index`, packed into one system
     (PHYSICS.md "LLG dynamics"); with checkpoints, continue from and save its progress."""
     configs = qc.group(index)
-    k = len(configs)
     systems = [generate_positions(qc.system.replace(seed=qc.system.seed + c)) for c in configs]
-    positions = np.stack([system.positions for system in systems])
-    run = run_identity(qc, index) if checkpoints is not None else {}
-    saved = checkpoints.load(index, run) if checkpoints is not None else None
-    resumed = k * saved.step if saved is not None else 0
+    store, progress = None, None
+    if checkpoints is not None:
+        store = GroupCheckpoint(checkpoints, index, run_identity(qc, index))
+        progress = checkpoints.load(index, store.run)
+    progress = progress or _start(qc, configs)
+    resumed = len(configs) * progress.step
     if on_steps is not None and resumed:
         on_steps(resumed)
-    if saved is None or not saved.done:
-        saved = _advance(qc, index, systems, saved, on_steps, model, checkpoints, run)
-    acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
-    acc.sums, acc.counts = saved.corr_sums, saved.corr_counts
+    if not progress.done:
+        _advance(qc, configs, systems, progress, on_steps, model, store)
     return GroupResult(
-        positions, saved.energy_sum, saved.magnetisation_sum, k * qc.replicas, acc,
-        saved.snapshots, resumed,
+        np.stack([system.positions for system in systems]), progress.energy_sum,
+        progress.magnetisation_sum, len(configs) * qc.replicas, _correlations(qc, progress),
+        progress.snapshots, resumed,
     )  # fmt: skip
 
 
-def _start(qc: QuenchConfig, configs: range, stepper: LLG) -> Progress:
-    """Step 0: random spins, configuration c seeded llg.seed + c like its noise stream."""
+def _start(qc: QuenchConfig, configs: range) -> Progress:
+    """Step 0: random spins, configuration c seeded llg.seed + c like its noise stream
+    (whose state starts from that seed: no saved state yet)."""
     gens = [torch.Generator(device=qc.device).manual_seed(qc.llg.seed + c) for c in configs]
     spins = torch.cat(
         [random_spins(qc.replicas, qc.system.n, g, device=qc.device) for g in gens], 1
@@ -242,27 +244,32 @@ def _start(qc: QuenchConfig, configs: range, stepper: LLG) -> Progress:
     n_t, n_r = len(qc.record_steps()), len(qc.edges()) - 1
     shape = (n_t, len(configs), qc.replicas, qc.system.n, 3)
     return Progress(
-        step=0, t_index=0, spins=spins.cpu().numpy(),
-        noise=[s.numpy() for s in stepper.noise_state()],
+        step=0, t_index=0, spins=spins.cpu().numpy(), noise=[],
         energy_sum=np.zeros(n_t), magnetisation_sum=np.zeros(n_t),
         corr_sums=np.zeros((n_t, n_r)), corr_counts=np.zeros((n_t, n_r)),
         snapshots=np.zeros(shape, np.float32) if qc.snapshots else None,
     )  # fmt: skip
 
 
-def _advance(qc, index, systems, saved, on_steps, model, checkpoints, run) -> Progress:
-    """Run group `index` from its saved progress (or from step 0) to the end."""
-    configs = qc.group(index)
+def _correlations(qc: QuenchConfig, p: Progress) -> CorrelationAccumulator:
+    """An accumulator on the progress's C(r, t) sums (shared arrays, not copies)."""
+    acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
+    acc.sums, acc.counts = p.corr_sums, p.corr_counts
+    return acc
+
+
+def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
+    """Run a group from its progress p to the end, updating p; store (a GroupCheckpoint)
+    saves it every store.every seconds, on Ctrl-C or SIGTERM and at the end."""
     n, k = qc.system.n, len(configs)
     provider = field_provider(qc, systems, model)
     bins = [pair_bins(system, qc.edges(), qc.device) for system in systems]
     # configuration c: noise stream llg.seed + c, initial spins from a generator seeded the same
     stepper = LLG(provider, qc.llg.replace(seed=qc.llg.seed + configs[0]), qc.device, [n] * k)
-    p = _start(qc, configs, stepper) if saved is None else saved
-    stepper.set_noise_state([torch.from_numpy(s) for s in p.noise])
+    if p.noise:
+        stepper.set_noise_state([torch.from_numpy(s) for s in p.noise])
     spins = torch.from_numpy(p.spins).to(qc.device)
-    acc = CorrelationAccumulator(len(qc.record_steps()), qc.edges())
-    acc.sums, acc.counts = p.corr_sums, p.corr_counts
+    acc = _correlations(qc, p)
 
     def record(state: torch.Tensor, e: torch.Tensor) -> None:
         per_config = state.unflatten(1, (k, n))  # (B, K, N, 3)
@@ -277,11 +284,11 @@ def _advance(qc, index, systems, saved, on_steps, model, checkpoints, run) -> Pr
     def save() -> None:
         p.spins = spins.cpu().numpy()
         p.noise = [s.numpy() for s in stepper.noise_state()]
-        checkpoints.save(index, run, p)
+        store(p)
 
     records = qc.record_steps()
-    timer = SaveTimer(checkpoints.every) if checkpoints is not None else None
-    with deferred_interrupt(enabled=checkpoints is not None) as interrupt:
+    timer = SaveTimer(store.every) if store is not None else None
+    with deferred_interrupt(enabled=store is not None) as interrupt:
         while p.step < qc.n_steps:
             result = stepper.step(spins)
             if p.step == records[p.t_index]:
@@ -295,9 +302,8 @@ def _advance(qc, index, systems, saved, on_steps, model, checkpoints, run) -> Pr
                 raise KeyboardInterrupt
     record(spins, provider.fields(spins)[1])
     p.done = True
-    if checkpoints is not None:
+    if store is not None:
         save()
-    return p
 
 
 def merge_results(qc: QuenchConfig, parts: list[GroupResult]) -> QuenchResult:
