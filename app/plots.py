@@ -39,28 +39,55 @@ GROW_MARGIN = 0.25
 TIME_MARGIN = 1.0
 
 
-def theme_colours(theme_name: str) -> dict[str, str]:
-    """Background, foreground and text colours of a napari theme as hex strings."""
+#: Data colours on dark and on light backgrounds: a line, the fit, the energy line, and the
+#: stretch of the plasma colour map that the C(r, t) curves use (early to late).
+PALETTES = {
+    "dark": {"data": "#4fc3f7", "fit": "#ff8a65", "energy": "#aed581", "curves": (0.15, 0.95)},
+    "light": {"data": "#0277bd", "fit": "#d84315", "energy": "#2e7d32", "curves": (0.0, 0.8)},
+}
+
+
+def theme_colours(theme_name: str) -> dict:
+    """Background, foreground and text colours of a napari theme as hex strings, and the
+    PALETTES entry that reads on its background."""
+    from matplotlib.colors import to_rgb
     from napari.utils.theme import get_theme
 
     t = get_theme(theme_name)
+    background = t.background.as_hex()
+    luminance = sum(w * c for w, c in zip((0.299, 0.587, 0.114), to_rgb(background), strict=True))
     return {
-        "background": t.background.as_hex(),
+        "background": background,
         "canvas": t.foreground.as_hex(),
         "text": t.text.as_hex(),
         "grid": t.primary.as_hex(),
+        **PALETTES["light" if luminance > 0.5 else "dark"],
     }
+
+
+def curve_colour(colours: dict, rank: int, count: int):
+    """Colour of the rank-th of count C(r, t) curves (early to late) on the theme's background."""
+    lo, hi = colours["curves"]
+    return colormaps["plasma"](lo + (hi - lo) * rank / max(1, count - 1))
 
 
 def style_axes(ax, colours: dict[str, str], title: str, xlabel: str, ylabel: str) -> None:
     """Theme colours on an axes, with its title and axis labels (small fonts for docks)."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    recolour(ax, colours)
+
+
+def recolour(ax, colours: dict[str, str]) -> None:
+    """Theme colours on an axes and its figure, texts kept (napari's theme changed)."""
+    ax.figure.set_facecolor(colours["background"])
     ax.set_facecolor(colours["canvas"])
     ax.tick_params(colors=colours["text"], labelsize=7)
     for spine in ax.spines.values():
         spine.set_color(colours["text"])
-    ax.set_title(title, fontsize=9, color=colours["text"])
-    ax.set_xlabel(xlabel, fontsize=8, color=colours["text"])
-    ax.set_ylabel(ylabel, fontsize=8, color=colours["text"])
+    for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
+        text.set_color(colours["text"])
 
 
 def grown(
@@ -165,9 +192,12 @@ class LivePlots(QWidget):
         self._records_drawn = -1
         self._decorations: list = []
         self._decorate_corr()
-        self.xi_line = self.xi.animate(self.xi.ax.plot([], [], "o-", ms=3, color="#4fc3f7")[0])
-        self.fit_line = self.xi.animate(self.xi.ax.plot([], [], "--", color="#ff8a65")[0])
-        self.energy_line = self.energy.animate(self.energy.ax.plot([], [], "-", color="#aed581")[0])
+        c = self.colours
+        self.xi_line = self.xi.animate(self.xi.ax.plot([], [], "o-", ms=3, color=c["data"])[0])
+        self.fit_line = self.xi.animate(self.xi.ax.plot([], [], "--", color=c["fit"])[0])
+        self.energy_line = self.energy.animate(
+            self.energy.ax.plot([], [], "-", color=c["energy"])[0]
+        )
         self.xi.ax.set_xscale("log")
         self.xi.ax.set_yscale("log")
         self.xi.ax.yaxis.set_major_formatter(ScalarFormatter())
@@ -199,6 +229,24 @@ class LivePlots(QWidget):
         self.timer.timeout.connect(self._flush_waiting)
         self.timer.start()
 
+    def set_theme(self, theme: str) -> None:
+        """Follow a new napari theme: recolour the axes, legend and decorations, redraw."""
+        self.colours = theme_colours(theme)
+        for plot in self.plots.values():
+            plot.colours = self.colours
+            recolour(plot.ax, self.colours)
+            plot.needs_full = True
+        for text in self._legend.get_texts():
+            text.set_color(self.colours["text"])
+        for rank, (line, handle, _) in enumerate(self._legend_rows()):
+            line.set_color(curve_colour(self.colours, rank, MAX_CURVES))
+            handle.set_color(line.get_color())
+        for line, key in ((self.xi_line, "data"), (self.fit_line, "fit"),
+                          (self.energy_line, "energy")):  # fmt: skip
+            line.set_color(self.colours[key])
+        self._decorate_corr(keep_limits=True)
+        self._paint(set(), all_full=True)
+
     def _initial_limits(self) -> None:
         if self.r_max is not None:  # the range of the pair bins, before any C(r, t)
             self.corr.ax.set_xlim(0.0, self.r_max)
@@ -228,10 +276,9 @@ class LivePlots(QWidget):
     def _curve_pool(self) -> list:
         """MAX_CURVES C(r, t) lines (colour by rank in time) and their legend, made once and
         blitted: a new record only changes data, labels and visibility."""
-        cmap = colormaps["plasma"]
         lines = []
         for rank in range(MAX_CURVES):
-            colour = cmap(0.15 + 0.8 * rank / max(1, MAX_CURVES - 1))
+            colour = curve_colour(self.colours, rank, MAX_CURVES)
             (line,) = self.corr.ax.plot([], [], "o-", ms=2, lw=1, color=colour, label=" ")
             lines.append(self.corr.animate(line))
         self._legend = self.corr.ax.legend(
@@ -253,8 +300,9 @@ class LivePlots(QWidget):
         return zip(self._corr_lines, self._legend.legend_handles, self._legend.get_texts(),
                    strict=True)  # fmt: skip
 
-    def _decorate_corr(self) -> None:
-        """The forbidden region r < r_min and the zero line (drawn by full redraws only)."""
+    def _decorate_corr(self, keep_limits: bool = False) -> None:
+        """The forbidden region r < r_min and the zero line (drawn by full redraws only);
+        C from -0.1 to 0.1 unless keep_limits."""
         ax, colours = self.corr.ax, self.colours
         for artist in self._decorations:
             artist.remove()
@@ -264,7 +312,8 @@ class LivePlots(QWidget):
                     ha="center", va="top", fontsize=7, color=colours["text"]),
             ax.axhline(0, color=colours["text"], lw=0.6, alpha=0.6),
         ]  # fmt: skip
-        ax.set_ylim(-0.1, 0.1)
+        if not keep_limits:
+            ax.set_ylim(-0.1, 0.1)
 
     def update(self, snapshot) -> bool:
         """Take the latest snapshot: drawn now if the last redraw is 1/REDRAW_HZ s old, else

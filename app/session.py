@@ -73,6 +73,7 @@ class AppSession:
         )
         self.check_model()
         self.plots = LivePlots(str(viewer.theme), *self._pair_range())
+        viewer.events.theme.connect(lambda event: self.plots.set_theme(str(viewer.theme)))
         self.worker = None
         self._shown = threading.Event()  # set when the main thread has drawn a snapshot
         self.steps_per_frame = 1  # one snapshot per LLG step: 12-13 frames/s at N = 500 (README)

@@ -18,7 +18,7 @@ from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 
 from app.layers import QUANTITIES
-from app.plots import style_axes
+from app.plots import recolour, style_axes, theme_colours
 
 
 class FieldsPanel(Container):
@@ -77,6 +77,10 @@ class FieldsPanel(Container):
             label="Fields",
         )  # fmt: skip
         self.parity = ParityPlot(session.plots.colours)
+        viewer = session.viewer
+        viewer.events.theme.connect(
+            lambda event: self.parity.set_colours(theme_colours(str(viewer.theme)))
+        )
         self.native.layout().addWidget(self.parity.canvas)
         self.colour_by.changed.connect(self._display)
         self.axis.changed.connect(self._display)
@@ -185,6 +189,16 @@ class ParityPlot:
         style_axes(self.ax, self.colours, title, "ED H_perp component (t0)",
                    "ML H_perp component (t0)")  # fmt: skip
 
+    def set_colours(self, colours: dict[str, str]) -> None:
+        """Follow a new napari theme (the points keep their colour)."""
+        self.colours = colours
+        recolour(self.ax, colours)
+        if self.points:
+            diagonal, points = self.ax.lines
+            diagonal.set_color(colours["text"])
+            points.set_color(colours["data"])
+        self.canvas.draw_idle()
+
     def show(self, stats: dict) -> None:
         """Scatter every component of S x H, the diagonal, and the RMSE in the title."""
         ed, ml = stats["hperp_ed"].ravel(), stats["hperp_ml"].ravel()
@@ -192,7 +206,7 @@ class ParityPlot:
         self._style(f"RMSE {stats['rmse_hperp']:.2e} t0 ({ed.size} components)")
         lim = 1.05 * float(max(np.abs(ed).max(), np.abs(ml).max(), 1e-12))
         self.ax.plot([-lim, lim], [-lim, lim], "-", lw=0.8, color=self.colours["text"], alpha=0.6)
-        self.ax.plot(ed, ml, ".", ms=2, color="#4fc3f7", alpha=0.6)
+        self.ax.plot(ed, ml, ".", ms=2, color=self.colours["data"], alpha=0.6)
         self.ax.set_xlim(-lim, lim)
         self.ax.set_ylim(-lim, lim)
         self.points = ed.size

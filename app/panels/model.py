@@ -90,6 +90,7 @@ class ModelPanel(Container):
         self.load_button.clicked.connect(self.load)
         session.model_changed.connect(self.refresh)
         session.system_changed.connect(self.refresh)
+        session.viewer.events.theme.connect(lambda event: self.refresh())
         self.refresh()
 
     def load(self, path=None) -> bool:
@@ -136,7 +137,7 @@ class ModelPanel(Container):
         fig.clear()
         ax = fig.add_subplot()
         r = np.linspace(0.0, model.spec.rc, 300)
-        ax.plot(r, model.exchange(r), color="#4fc3f7")
+        ax.plot(r, model.exchange(r), color=c["data"])
         ax.axhline(0, color=c["text"], lw=0.5)
         ax.axvspan(0, r_min, color=c["grid"], alpha=0.6, lw=0)
         ax.text(r_min / 2, 0.95, "r < r_min", transform=ax.get_xaxis_transform(),

@@ -152,3 +152,30 @@ def test_before_any_data_the_correlation_axes_span_the_bins_without_an_empty_leg
     plots.update(session.sim.snapshot())
     plots.flush(force_full=True)
     assert plots._legend.get_visible()  # curves now, with their times
+
+
+def test_every_plot_follows_napari_theme(app_viewer):
+    from matplotlib.colors import to_hex
+
+    from app.plots import theme_colours
+
+    viewer, session = app_viewer
+    figures = [p.figure for p in session.plots.plots.values()]
+    figures += [session.panels["Model"].exchange.figure, session.panels["Fields"].parity.figure]
+    for theme in ("light", "dark"):
+        viewer.theme = theme
+        c = theme_colours(theme)
+        for figure in figures:
+            (ax,) = figure.axes
+            assert to_hex(figure.get_facecolor()) == to_hex(c["background"])
+            assert to_hex(ax.get_facecolor()) == to_hex(c["canvas"])
+            assert to_hex(ax.title.get_color()) == to_hex(c["text"])
+            assert ax.get_title()  # texts kept
+        assert not any(p.needs_full for p in session.plots.plots.values())  # redrawn at once
+        legend = session.plots._legend.get_texts()[0]
+        assert to_hex(legend.get_color()) == to_hex(c["text"])
+        # data colours that read on the background: darker ones on the light theme
+        assert to_hex(session.plots.energy_line.get_color()) == c["energy"]
+        line = session.panels["Model"].exchange.figure.axes[0].lines[0]
+        assert to_hex(line.get_color()) == c["data"]
+    assert theme_colours("light")["energy"] != theme_colours("dark")["energy"]
