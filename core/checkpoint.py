@@ -35,6 +35,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from core.config import _require as _require_config
 from core.errors import FileFormatError
@@ -251,3 +254,102 @@ def deferred_interrupt(enabled: bool = True) -> Iterator[Interrupt]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# --------------------------------------------------------------------------- training runs
+
+TRAINING_FORMAT = "sdglass-training-checkpoint"
+
+
+@dataclass
+class TrainingState:
+    """One network's training part-way through or finished: epochs done, the weights, the
+    best weights so far (early stopping), Adam's and the LR schedule's state, the shuffling
+    generator's state and the epoch logs (dicts), the best validation loss and the epochs
+    since it."""
+
+    epoch: int
+    model: dict
+    best_model: dict | None
+    optimizer: dict
+    scheduler: dict
+    generator: torch.Tensor
+    history: list[dict]
+    best: float
+    since: int
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """Where one training run (a fold or the final fit) saves its state, with the run record
+    that a resuming run must match; `every`: seconds between timed saves."""
+
+    path: Path
+    run: dict
+    every: float = DEFAULT_EVERY
+
+    def save(self, state: TrainingState) -> Path:
+        """safetensors with the tensors and a JSON header for the rest (never pickled)."""
+        tensors = {f"model.{k}": v for k, v in state.model.items()}
+        tensors.update({f"best.{k}": v for k, v in (state.best_model or {}).items()})
+        opt_state = {}
+        for pid, entries in state.optimizer["state"].items():
+            for key, value in entries.items():
+                tensors[f"opt.{pid}.{key}"] = torch.as_tensor(value)
+            opt_state[str(pid)] = sorted(entries)
+        tensors["generator"] = state.generator
+        meta = {
+            "format": TRAINING_FORMAT, "format_version": 1, "run": self.run,
+            "epoch": state.epoch, "best": state.best, "since": state.since, "done": state.done,
+            "has_best": state.best_model is not None, "history": state.history,
+            "param_groups": state.optimizer["param_groups"], "opt_state": opt_state,
+            "scheduler": state.scheduler,
+        }  # fmt: skip
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+        with atomic_output(self.path, force=True) as tmp:
+            save_file(tensors, str(tmp), metadata={"sdglass": json.dumps(meta)})
+        return self.path
+
+    def load(self) -> TrainingState | None:
+        """The saved state, None when there is none; FileFormatError for a damaged file or
+        one saved by another training run (the differing parameters named)."""
+        if not self.path.exists():
+            return None
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})["sdglass"])
+                tensors = {k: f.get_tensor(k) for k in f.keys()}
+            if meta.get("format") != TRAINING_FORMAT or meta.get("format_version") != 1:
+                raise FileFormatError(f"{self.path} is not an {TRAINING_FORMAT} file")
+            _check_run(self.path, meta["run"], json.loads(json.dumps(self.run)))
+
+            def part(prefix: str) -> dict:
+                return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+            optimizer = {
+                "state": {
+                    int(pid): {key: tensors[f"opt.{pid}.{key}"] for key in keys}
+                    for pid, keys in meta["opt_state"].items()
+                },
+                "param_groups": meta["param_groups"],
+            }
+            return TrainingState(
+                epoch=int(meta["epoch"]), model=part("model."),
+                best_model=part("best.") if meta["has_best"] else None, optimizer=optimizer,
+                scheduler=meta["scheduler"], generator=tensors["generator"],
+                history=list(meta["history"]), best=float(meta["best"]),
+                since=int(meta["since"]), done=bool(meta["done"]),
+            )  # fmt: skip
+        except FileFormatError:
+            raise
+        except (SafetensorError, OSError, ValueError, KeyError, TypeError) as err:
+            raise FileFormatError(
+                f"{self.path}: not a readable training checkpoint ({_first_line(err)})"
+            ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

@@ -424,8 +424,8 @@ def _add_checkpoints(p: argparse.ArgumentParser, timed: bool = True) -> None:
     """--checkpoint DIR; timed: also --checkpoint-every (runs that save part-way)."""
     g = p.add_argument_group("resuming long runs")
     when = (
-        "every --checkpoint-every seconds, at the end of each configuration group, and on "
-        "Ctrl-C or SIGTERM" if timed else "each configuration as it is finished"
+        "every --checkpoint-every seconds, at the end of each configuration group or "
+        "network, and on Ctrl-C or SIGTERM" if timed else "each configuration as it is finished"
     )  # fmt: skip
     g.add_argument(
         "--checkpoint", default=None, metavar="DIR",

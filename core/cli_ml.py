@@ -171,9 +171,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         device=base._device(args.device),
     )
     frames = read_training_frames(args.data)
+    checkpoints = base._checkpoints(args)
     bars = _EpochBars()
     try:
-        result = train(frames, cfg, on_epoch=bars)
+        with base._saved_on_interrupt(checkpoints and checkpoints.directory):
+            result = train(frames, cfg, on_epoch=bars, checkpoints=checkpoints)
     finally:
         bars.close()
     model_path, report = save_trained(result, frames, args.data, args.output, args.force)
@@ -350,6 +352,7 @@ def _add_train(sub) -> None:
     )  # fmt: skip
     g.add_argument("--seed", type=int, default=0, help="seed of splits, initial weights, batches")
     base._add_device(p)
+    base._add_checkpoints(p)
     base._add_output(p, "output model file (.safetensors); the report goes to MODEL.report.png")
     p.set_defaults(func=cmd_train)
 

@@ -234,8 +234,9 @@ def fields_step(
             arch=shipped.arch, spec=shipped.spec.replace(include_chi=chi),
             epochs=scale.epochs, patience=scale.patience, folds=1, device=device,
         )  # fmt: skip
+        partial_run = Checkpoints(progress / saved.stem)  # epochs of an unfinished network
         with _bar(scale.epochs, "epochs", "epoch") as bar:
-            model = train(data, cfg, on_epoch=lambda _: bar.update(1)).model
+            model = train(data, cfg, lambda _: bar.update(1), partial_run).model
         save_model(saved, model, ModelCard(dict(card.physical)), force=True)
         return model
 

@@ -27,13 +27,20 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from core.checkpoint import (
+    Checkpoints,
+    SaveTimer,
+    TrainingCheckpoint,
+    TrainingState,
+    deferred_interrupt,
+)
 from core.config import ElectronConfig, _require
 from core.dataset import configuration_index
 from core.descriptor import DescriptorGeometry, DescriptorSpec, build_geometry, features
@@ -296,56 +303,91 @@ def fit_network(
     epochs: int,
     seed: int,
     on_epoch: Callable[[EpochLog], None] | None = None,
+    store: TrainingCheckpoint | None = None,
 ) -> list[EpochLog]:
-    """Adam + ReduceLROnPlateau on Eq. 19; with val, early stopping restores the best weights."""
+    """Adam + ReduceLROnPlateau on Eq. 19; with val, early stopping restores the best weights.
+    With store, a saved state is continued (or a finished run read back) and the state is
+    saved every store.every seconds, on Ctrl-C or SIGTERM and at the end."""
     opt = torch.optim.Adam(model.net.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=0.5, patience=max(1, cfg.patience // 3)
     )
     gen = torch.Generator().manual_seed(seed)
     history: list[EpochLog] = []
-    best, best_state, since = math.inf, None, 0
+    best, best_state, since, done = math.inf, None, 0, 0
+    saved = store.load() if store is not None else None
+    if saved is not None:
+        model.load_state_dict(saved.model)
+        opt.load_state_dict(saved.optimizer)
+        sched.load_state_dict(saved.scheduler)
+        gen.set_state(saved.generator)
+        history = [EpochLog(**log) for log in saved.history]
+        best, best_state, since, done = saved.best, saved.best_model, saved.since, saved.epoch
+        if saved.done:
+            return history
+
+    def save(finished: bool = False) -> None:
+        store.save(TrainingState(
+            epoch=len(history), model=model.state_dict(), best_model=best_state,
+            optimizer=opt.state_dict(), scheduler=sched.state_dict(), generator=gen.get_state(),
+            history=[asdict(log) for log in history], best=best, since=since, done=finished,
+        ))  # fmt: skip
+
     deadline = time.perf_counter() + (cfg.time_limit or math.inf)
-    for epoch in range(1, epochs + 1):
-        start = time.perf_counter()
-        chunks = [
-            (d, chunk)
-            for d in train
-            for chunk in torch.randperm(d.n_frames, generator=gen).split(cfg.batch_size)
-        ]
-        total = frames = 0.0
-        for k in torch.randperm(len(chunks), generator=gen).tolist():
-            d, idx = chunks[k]
-            idx = idx.to(d.spins.device)
-            loss, _ = batch_loss(model, d, idx, cfg.mu_h, cfg.mu_e)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            frames += len(idx)
-        train_loss = total / frames
-        if not math.isfinite(train_loss):
-            raise SdglassError(f"{run}: the training loss became {train_loss} at epoch {epoch}")
-        sched.step(train_loss)
-        val_loss = val_rmse = None
-        if val:
-            val_loss, val_rmse = validate(model, val, cfg.mu_h, cfg.mu_e)
-            if val_loss < best:
-                best, best_state, since = val_loss, copy.deepcopy(model.state_dict()), 0
-            else:
+    timer = SaveTimer(store.every) if store is not None else None
+    with deferred_interrupt(enabled=store is not None) as interrupt:
+        for epoch in range(done + 1, epochs + 1):
+            log = _epoch(model, train, val, cfg, run, epoch, epochs, opt, sched, gen)
+            history.append(log)
+            if val and log.val_loss < best:
+                best, best_state, since = log.val_loss, copy.deepcopy(model.state_dict()), 0
+            elif val:
                 since += 1
-        log = EpochLog(
-            run, epoch, epochs, train_loss, val_loss, val_rmse,
-            opt.param_groups[0]["lr"], time.perf_counter() - start,
-        )  # fmt: skip
-        history.append(log)
-        if on_epoch is not None:
-            on_epoch(log)
-        if (val and since >= cfg.patience) or time.perf_counter() >= deadline:
-            break
+            if timer is not None and (interrupt.requested or timer.due()):
+                save()
+            if interrupt.requested:
+                raise KeyboardInterrupt
+            if on_epoch is not None:
+                on_epoch(log)
+            if (val and since >= cfg.patience) or time.perf_counter() >= deadline:
+                break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if store is not None:
+        save(finished=True)
     return history
+
+
+def _epoch(model, train, val, cfg, run, epoch, epochs, opt, sched, gen) -> EpochLog:
+    """One epoch of Adam steps over shuffled batches (Eq. 19), then the LR schedule and, with
+    val, the validation loss."""
+    start = time.perf_counter()
+    chunks = [
+        (d, chunk)
+        for d in train
+        for chunk in torch.randperm(d.n_frames, generator=gen).split(cfg.batch_size)
+    ]
+    total = frames = 0.0
+    for k in torch.randperm(len(chunks), generator=gen).tolist():
+        d, idx = chunks[k]
+        idx = idx.to(d.spins.device)
+        loss, _ = batch_loss(model, d, idx, cfg.mu_h, cfg.mu_e)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+        frames += len(idx)
+    train_loss = total / frames
+    if not math.isfinite(train_loss):
+        raise SdglassError(f"{run}: the training loss became {train_loss} at epoch {epoch}")
+    sched.step(train_loss)
+    val_loss = val_rmse = None
+    if val:
+        val_loss, val_rmse = validate(model, val, cfg.mu_h, cfg.mu_e)
+    return EpochLog(
+        run, epoch, epochs, train_loss, val_loss, val_rmse,
+        opt.param_groups[0]["lr"], time.perf_counter() - start,
+    )  # fmt: skip
 
 
 def best_epoch(history: list[EpochLog]) -> int:
@@ -465,11 +507,33 @@ class TrainResult:
         }
 
 
+def frames_digest(frames: Frames) -> str:
+    """SHA-256 of the frames' positions, spins and labels (what a training run learns from)."""
+    digest = hashlib.sha256()
+    for name in ("positions", "box", "spins", "fields", "energy"):
+        digest.update(np.ascontiguousarray(getattr(frames, name)).tobytes())
+    return digest.hexdigest()
+
+
 def train(
-    frames: Frames, cfg: TrainConfig, on_epoch: Callable[[EpochLog], None] | None = None
+    frames: Frames,
+    cfg: TrainConfig,
+    on_epoch: Callable[[EpochLog], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
-    """Cross-validated training and a final model evaluated on held-out configurations."""
+    """Cross-validated training and a final model evaluated on held-out configurations. With
+    checkpoints, each network's training saves its state there and continues from it when
+    run again (finished ones are read back)."""
     start = time.perf_counter()
+    data_id = frames_digest(frames) if checkpoints is not None else ""
+
+    def store(index: int) -> TrainingCheckpoint | None:
+        if checkpoints is None:
+            return None
+        run = {**cfg.to_dict(), "frames_sha256": data_id, "run": index}
+        path = checkpoints.directory / f"network-{index}.safetensors"
+        return TrainingCheckpoint(path, run, checkpoints.every)
+
     pairwise = cfg.arch.kind == "pairwise"
     spec = cfg.spec.replace(include_g3m=False, include_chi=False) if pairwise else cfg.spec
     check_labelled(frames)
@@ -493,7 +557,10 @@ def train(
             return model, []
         standardise(model, part, cfg.seed + index)
         val = pick(val_ids) if val_ids else None
-        return model, fit_network(model, part, val, cfg, name, epochs, cfg.seed + index, on_epoch)
+        history = fit_network(
+            model, part, val, cfg, name, epochs, cfg.seed + index, on_epoch, store(index)
+        )
+        return model, history
 
     cv, histories = [], []
     if cfg.folds >= 2:

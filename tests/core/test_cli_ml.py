@@ -183,3 +183,21 @@ def test_dataset_checkpoint_reads_finished_configurations_back(tmp_path, capsys,
     assert run(capsys, *argv, "-o", tmp_path / "b.h5")[0] == 0
     a, b = read_frames(tmp_path / "a.h5"), read_frames(tmp_path / "b.h5")
     np.testing.assert_array_equal(a.fields, b.fields)
+
+
+def test_train_checkpoint_reads_finished_networks_back(capsys, dataset, workdir, monkeypatch):
+    import core.training
+
+    argv = ["train", dataset, "--arch", "8", "--epochs", 2, "--folds", 1, *TINY_DESCRIPTOR,
+            "--checkpoint", workdir / "train-ck"]  # fmt: skip
+    assert run(capsys, *argv, "-o", workdir / "a.safetensors")[0] == 0
+    assert [p.name for p in (workdir / "train-ck").iterdir()] == ["network-0.safetensors"]
+
+    def not_again(*args, **kwargs):
+        raise AssertionError("a finished network was trained again")
+
+    monkeypatch.setattr(core.training, "_epoch", not_again)
+    assert run(capsys, *argv, "-o", workdir / "b.safetensors")[0] == 0
+    a, b = load_model(workdir / "a.safetensors")[0], load_model(workdir / "b.safetensors")[0]
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)

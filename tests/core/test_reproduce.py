@@ -128,7 +128,9 @@ def test_fig_3_resumes_after_its_frames_and_first_network(
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
     saved = {p.name for p in (run / "checkpoints").iterdir()}
-    assert saved == {"run.json", "fig2.json", "fig3-test", "fig3-train", "fig3-chi.safetensors"}
+    # the frames per configuration, the first network and its training state
+    assert saved == {"run.json", "fig2.json", "fig3-test", "fig3-train", "fig3-chi.safetensors",
+                     "fig3-chi"}  # fmt: skip
     assert len(list((run / "checkpoints" / "fig3-train").iterdir())) == TINY.train_configs
     monkeypatch.setattr(core.dataset, "_configuration", not_again)
     monkeypatch.setattr(core.training, "train", train)  # trains the second network only

@@ -230,3 +230,38 @@ def test_nan_in_training_data_is_refused(frames):
     bad.fields[3, 2, 1] = np.nan
     with pytest.raises(StateError, match="fields contain NaN"):
         train(bad, TrainConfig(spec=SPEC))
+
+
+def test_interrupted_training_resumes_to_the_same_network(frames, tmp_path):
+    import signal
+
+    from core.checkpoint import Checkpoints
+
+    cfg = TrainConfig(arch=Architecture.parse("16,16"), spec=SPEC, epochs=6, patience=2,
+                      batch_size=4, lr=3e-3, folds=2, test_configs=1)  # fmt: skip
+    whole = train(frames, cfg)
+    ck = Checkpoints(tmp_path / "ck", every=1e9)
+    seen = []
+
+    def ctrl_c_in_epoch_3_of_fold_2(log):
+        seen.append((log.run, log.epoch))
+        if (log.run, log.epoch) == ("fold 2/2", 2):
+            signal.raise_signal(signal.SIGINT)  # arrives in the next epoch's work
+
+    with pytest.raises(KeyboardInterrupt):
+        train(frames, cfg, on_epoch=ctrl_c_in_epoch_3_of_fold_2, checkpoints=ck)
+    assert sorted(p.name for p in ck.directory.iterdir()) == [
+        "network-1.safetensors", "network-2.safetensors"
+    ]  # fmt: skip
+    resumed_logs = []
+    resumed = train(frames, cfg, on_epoch=lambda log: resumed_logs.append(log), checkpoints=ck)
+    assert resumed_logs[0].run == "fold 2/2" and resumed_logs[0].epoch == 4  # 3 was saved
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(),
+                    strict=True):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    strip = lambda hist: [(h.run, h.epoch, h.train_loss, h.val_loss) for h in hist]  # noqa: E731
+    assert [strip(h) for h in resumed.histories] == [strip(h) for h in whole.histories]
+    assert resumed.test == whole.test
+    other = replace(cfg, lr=1e-3)
+    with pytest.raises(FileFormatError, match=r"lr 0\.001 here, 0\.003 there"):
+        train(frames, other, checkpoints=ck)
