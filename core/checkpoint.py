@@ -1,24 +1,25 @@
-"""Resumable runs: each group of configurations saves its progress to an HDF5 file.
+"""Resumable runs: quenches, datasets and training save their progress and continue from it.
 
-A long quench (the paper-scale reproduction runs for hours on a GPU) given a
-checkpoint directory saves the state of the group it is running every
-`Checkpoints.every` seconds, when it finishes, and when it is interrupted
-(Ctrl-C or SIGTERM finishes the step in progress, saves, then stops; a second
-one stops at once). The same command with the same directory continues from there:
-finished groups are read back, an unfinished one continues from its saved
-step. Saved are the spins, the noise generators' states and the sums recorded
-so far, all exactly, so a resumed run gives the numbers of an uninterrupted one
-bit for bit (on the same device with the same thread count; on another device
-it continues correctly, equal up to round-off).
+* Quench (`sdglass quench --checkpoint DIR`): the group of configurations it is
+  running saves its state to ``group-GGGGG.h5`` every `Checkpoints.every`
+  seconds, when it finishes, and when it is interrupted (Ctrl-C or SIGTERM
+  finishes the step in progress, saves, then stops; a second one stops at
+  once). Saved are the spins, the noise generators' states and the sums
+  recorded so far, all exactly, so a resumed run gives the numbers of an
+  uninterrupted one bit for bit (on the same device with the same thread
+  count; on another device it continues correctly, equal up to round-off).
+* Dataset (`sdglass dataset --checkpoint DIR`): each configuration's
+  ED-labelled frames, when complete (``config-CCCCC.h5``, a frames file with
+  the dataset's parameters in its ``checkpoint_run`` attribute).
+* Training (`sdglass train --checkpoint DIR`): each network's weights, best
+  weights, Adam and LR-schedule state, shuffling generator and epoch logs
+  (``network-K.safetensors``, never pickled), timed and on signals like a
+  quench.
 
-`sdglass dataset` saves each configuration's ED-labelled frames when they are
-complete (``config-CCCCC.h5``, a frames file with the dataset's parameters in
-its ``checkpoint_run`` attribute) and reads them back when run again.
-
-File format: ``group-GGGGG.h5`` per group (``format = "sdglass-checkpoint"``),
-documented in the README's "File formats". Its ``run`` attribute holds every
-parameter that fixes the group's numbers; a file whose ``run`` differs from the
-resuming quench's is refused with the differing parameters named.
+Every file records the parameters that fix its numbers (the `run` record); a
+file whose record differs from the resuming run's is refused with the
+differing parameters named. The formats are documented in the README's "File
+formats".
 """
 
 from __future__ import annotations
