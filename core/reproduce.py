@@ -114,6 +114,21 @@ class Step:
 Log = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What the steps of one run share: its sizes, the ML model, the output folder, whether
+    files may be rewritten, the log, the device and the Dask cluster (a ClusterSpec) of the
+    ED work."""
+
+    scale: Scale
+    model_path: Path
+    out: Path
+    force: bool = False
+    log: Log = print
+    device: str = "cpu"
+    cluster: Any = None
+
+
 def _bar(total: int, desc: str, unit: str) -> tqdm:
     """A progress bar on stderr (hidden when stderr is not a terminal)."""
     return tqdm(total=total, desc=desc, unit=unit, leave=False, disable=None)
@@ -136,8 +151,9 @@ DOS_BINS = 300
 DOS_SOURCES = {100: "caption", 500: "text"}
 
 
-def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
+def dos_step(run: Setting) -> Step:
     """J = 0 DOS for the caption's N = 100 and the text's N = 500, both in L = 5."""
+    scale, out, force, log = run.scale, run.out, run.force, run.log
     import matplotlib.pyplot as plt
 
     from core.electrons import BULK_SHARE, density_of_states
@@ -177,20 +193,12 @@ def dos_step(scale: Scale, out: Path, force: bool, log: Log) -> Step:
 # ----------------------------------------------------------------------------- Fig. 3
 
 
-def fields_step(
-    scale: Scale,
-    model_path: Path,
-    out: Path,
-    force: bool,
-    log: Log,
-    device: str = "cpu",
-    cluster=None,
-) -> Step:
+def fields_step(run: Setting) -> Step:
     """Shipped model and networks trained with / without G3chi, on fresh held-out
     configurations. The ED frames are labelled one configuration after another, or as tasks
-    on `cluster` (a ClusterSpec). Each configuration's frames and each trained network are
-    kept in the run's checkpoints folder until the run is done, so a resumed run reads
-    them back."""
+    on the run's cluster. Each configuration's frames and each trained network are kept in
+    the run's checkpoints folder until the run is done, so a resumed run reads them back."""
+    scale, out, force, log, device = run.scale, run.out, run.force, run.log, run.device
     import matplotlib.pyplot as plt
 
     from core.checkpoint import Checkpoints
@@ -201,7 +209,7 @@ def fields_step(
     from core.training import TrainConfig, train
 
     start = time.perf_counter()
-    shipped, card = load_model(model_path)
+    shipped, card = load_model(run.model_path)
     progress = out / CHECKPOINTS
     progress.mkdir(parents=True, exist_ok=True)
 
@@ -222,7 +230,7 @@ def fields_step(
             device=device,
         )
         with _bar(configs * cfg.work_per_config, "ED frames", "unit") as bar:
-            return generate_dataset(cfg, bar.update, cluster, checkpoints)
+            return generate_dataset(cfg, bar.update, run.cluster, checkpoints)
 
     def trained(label: str, chi: bool, name: str):
         saved = progress / name
@@ -325,18 +333,11 @@ def _quench(qc, path: Path, force: bool, log: Log, what: str, cluster=None):
     return traj
 
 
-def dynamics_step(
-    scale: Scale,
-    model_path: Path,
-    out: Path,
-    force: bool,
-    log: Log,
-    device: str = "cpu",
-    cluster=None,
-) -> Step:
+def dynamics_step(run: Setting) -> Step:
     """ED-LLG and ML-LLG at N = 100 on the same configurations and seeds (paper Fig. 4).
-    ED runs its configurations one by one, or as tasks on `cluster` (a ClusterSpec); ML
-    packs them all into one batched call on `device`."""
+    ED runs its configurations one by one, or as tasks on the run's cluster; ML packs them
+    all into one batched call on the run's device."""
+    scale, out, force, log = run.scale, run.out, run.force, run.log
     from core.plots import comparison_figure, save_figure
 
     start = time.perf_counter()
@@ -345,9 +346,9 @@ def dynamics_step(
     for engine in ("ed", "ml"):
         qc = _ensemble(
             engine, 100, seed, scale.fig4_configs, scale.fig4_replicas, scale.fig4_t_max,
-            scale, model_path, device,
+            scale, run.model_path, run.device,
         )  # fmt: skip
-        spread = cluster if engine == "ed" else None
+        spread = run.cluster if engine == "ed" else None
         runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4", spread)
     ed, ml = runs["ed"], runs["ml"]
     fig = comparison_figure(
@@ -402,10 +403,9 @@ def correlation_features(traj) -> dict[str, Any]:
     return out
 
 
-def growth_step(
-    scale: Scale, model_path: Path, out: Path, force: bool, log: Log, device: str = "cpu"
-) -> Step:
+def growth_step(run: Setting) -> Step:
     """xi(t) of ML-LLG at N = 500 with the droplet fit (paper Fig. 5)."""
+    scale, out, force, log = run.scale, run.out, run.force, run.log
     import matplotlib.pyplot as plt
 
     from core.plots import draw_xi, save_figure
@@ -414,7 +414,7 @@ def growth_step(
     seed = REPRODUCE_SEEDS["fig5"]
     qc = _ensemble(
         "ml", scale.fig5_n, seed, scale.fig5_configs, scale.fig5_replicas, scale.fig5_t_max,
-        scale, model_path, device,
+        scale, run.model_path, run.device,
     )  # fmt: skip
     traj = _quench(qc, out / "fig5-ml.h5", force, log, "Fig. 5")
     fit, values = droplet_values(traj)
@@ -690,15 +690,10 @@ def reproduce(
     model_path = Path(model_path)
     _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),
                       "version": __version__})  # fmt: skip
-    rewrite = force or resume
-    tasks = {
-        "fig2": lambda: dos_step(scale, out, rewrite, log),  # J = 0 eigenvalues: CPU
-        "fig3": lambda: fields_step(scale, model_path, out, rewrite, log, device, cluster),
-        "fig4": lambda: dynamics_step(scale, model_path, out, rewrite, log, device, cluster),
-        "fig5": lambda: growth_step(scale, model_path, out, rewrite, log, device),
-    }
-    steps = {key: _resumable(out, key, task, log) for key, task in tasks.items()}
-    report = write_report(out, scale, steps, rewrite)
+    run = Setting(scale, model_path, out, force or resume, log, device, cluster)
+    tasks = {"fig2": dos_step, "fig3": fields_step, "fig4": dynamics_step, "fig5": growth_step}
+    steps = {key: _resumable(run, key, task) for key, task in tasks.items()}
+    report = write_report(out, scale, steps, run.force)
     shutil.rmtree(progress, ignore_errors=True)  # complete: the progress is no longer needed
     return report
 
@@ -723,9 +718,10 @@ def _claim(progress: Path, run: dict) -> None:
         Path(tmp).write_text(json.dumps(run) + "\n")
 
 
-def _resumable(out: Path, key: str, task: Callable[[], Step], log: Log) -> Step:
+def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
     """A step read back from an earlier session of this run (its files all present), else
     computed and saved for later sessions."""
+    out, log = run.out, run.log
     path = out / CHECKPOINTS / f"{key}.json"
     if path.exists():
         try:
@@ -736,7 +732,7 @@ def _resumable(out: Path, key: str, task: Callable[[], Step], log: Log) -> Step:
             log(f"{key}: done in an earlier session of this run, read back from {path}")
             step.values = _int_keys(step.values)
             return step
-    step = task()
+    step = task(run)
     with atomic_output(path, force=True) as tmp:
         Path(tmp).write_text(json.dumps(asdict(step)) + "\n")
     return step

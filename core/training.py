@@ -40,6 +40,7 @@ from core.checkpoint import (
     TrainingCheckpoint,
     TrainingState,
     deferred_interrupt,
+    file_digest,
 )
 from core.config import ElectronConfig, _require
 from core.dataset import configuration_index
@@ -592,14 +593,6 @@ def train(
 # --------------------------------------------------------------------------- outputs
 
 
-def sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def hardware(device: str) -> str:
     """CPU and torch threads, plus the GPU name when training on CUDA."""
     from core.bench import machine_description
@@ -616,7 +609,7 @@ def model_card(result: TrainResult, frames: Frames, datasets: Sequence[str | Pat
     density = float(np.mean(frames.n_atoms / frames.box**3))
     training = {
         "dataset": [str(p) for p in datasets],
-        "dataset_sha256": [sha256(p) for p in datasets],
+        "dataset_sha256": [file_digest(p) for p in datasets],
         "frames": frames.n_frames,
         "configurations": len(result.test_ids) + sum(len(f) for f in result.folds),
         "test_configurations": result.test_ids,

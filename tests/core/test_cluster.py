@@ -84,14 +84,17 @@ def test_checkpointed_quench_on_two_workers_saves_every_group(dask_cluster, one_
 
 def test_reproduction_spreads_the_ed_configurations_of_fig_4(dask_cluster, one_thread,
                                                              tmp_path, tiny_model_file):  # fmt: skip
-    from core.io import read_trajectory
-    from core.reproduce import SCALES, dynamics_step
+    from dataclasses import replace
 
-    scale = SCALES["quick"].__class__(**{**SCALES["quick"].__dict__, "fig4_t_max": 0.2})
+    from core.io import read_trajectory
+    from core.reproduce import SCALES, Setting, dynamics_step
+
+    scale = replace(SCALES["quick"], fig4_t_max=0.2)
     lines = []
     spread = ClusterSpec(scheduler=dask_cluster.scheduler_address)
-    dynamics_step(scale, tiny_model_file, tmp_path / "a", False, lines.append, "cpu", spread)
-    dynamics_step(scale, tiny_model_file, tmp_path / "b", False, lines.append)
+    dynamics_step(Setting(scale, tiny_model_file, tmp_path / "a", log=lines.append,
+                          cluster=spread))  # fmt: skip
+    dynamics_step(Setting(scale, tiny_model_file, tmp_path / "b", log=lines.append))
     assert "on a Dask scheduler" in lines[0] and "Dask" not in lines[1] + lines[2] + lines[3]
     for engine in ("ed", "ml"):
         a, b = (read_trajectory(tmp_path / d / f"fig4-{engine}.h5") for d in "ab")
