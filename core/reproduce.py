@@ -684,8 +684,11 @@ def reproduce(
     elif not resume and existing:
         raise OutputExistsError(existing[0])
     elif resume and existing and not progress.is_dir():
+        if (out / "report.md").exists():  # finished (a time-limited loop may ask again)
+            log(f"{out} holds a finished run: nothing to resume (--force redoes it)")
+            return out / "report.md"
         raise FileFormatError(
-            f"{out} holds a finished run (no saved progress to resume): use --force to redo it"
+            f"{out} holds files of a run but not its saved progress: use --force to redo it"
         )
     model_path = Path(model_path)
     _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),

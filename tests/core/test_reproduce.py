@@ -101,11 +101,15 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
     for name in ("dos_step", "fields_step", "dynamics_step"):
         monkeypatch.setattr(core.reproduce, name, not_again)
     lines = []
-    reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
+    report = reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
     assert sum("read back" in line for line in lines) == 3
     assert (run / "report.json").read_text() == whole_run
     assert not (run / "checkpoints").exists()
-    with pytest.raises(FileFormatError, match="holds a finished run"):
+    lines = []  # asked again (a time-limited loop): nothing to do, the report stays
+    assert reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True) == report
+    assert lines == [f"{run} holds a finished run: nothing to resume (--force redoes it)"]
+    (run / "report.md").unlink()
+    with pytest.raises(FileFormatError, match="holds files of a run but not its saved progress"):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)
 
 
