@@ -315,7 +315,7 @@ def fit_network(
     )
     gen = torch.Generator().manual_seed(seed)
     history: list[EpochLog] = []
-    best, best_state, since, done = math.inf, None, 0, 0
+    best, best_state, since, epochs_done = math.inf, None, 0, 0
     saved = store.load() if store is not None else None
     if saved is not None:
         model.load_state_dict(saved.model)
@@ -323,7 +323,8 @@ def fit_network(
         sched.load_state_dict(saved.scheduler)
         gen.set_state(saved.generator)
         history = [EpochLog(**log) for log in saved.history]
-        best, best_state, since, done = saved.best, saved.best_model, saved.since, saved.epoch
+        best, best_state, since = saved.best, saved.best_model, saved.since
+        epochs_done = saved.epoch
         if saved.done:
             return history
 
@@ -337,7 +338,7 @@ def fit_network(
     deadline = time.perf_counter() + (cfg.time_limit or math.inf)
     timer = SaveTimer(store.every) if store is not None else None
     with deferred_interrupt(enabled=store is not None) as interrupt:
-        for epoch in range(done + 1, epochs + 1):
+        for epoch in range(epochs_done + 1, epochs + 1):
             log = _epoch(model, train, val, cfg, run, epoch, epochs, opt, sched, gen)
             history.append(log)
             if val and log.val_loss < best:
