@@ -5,10 +5,9 @@
   seconds, when it finishes, and when it is interrupted (Ctrl-C or SIGTERM
   finishes the step in progress, saves, then stops; a second one stops at
   once). Saved are the spins, the noise generators' states and the sums
-  recorded so far, all exactly, so a resumed run continues exactly where it
-  stopped: in one process it gives an uninterrupted run's numbers bit for bit.
-  Between processes or devices, equal up to the round-off by which any two
-  runs of the float32 ML path differ.
+  recorded so far, all exactly, so a resumed run gives the numbers of an
+  uninterrupted one bit for bit (on the same device with the same thread
+  count; on another device it continues correctly, equal up to round-off).
 * Dataset (`sdglass dataset --checkpoint DIR`): each configuration's
   ED-labelled frames, when complete (``config-CCCCC.h5``, a frames file with
   the dataset's parameters in its ``checkpoint_run`` attribute).

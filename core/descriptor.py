@@ -641,9 +641,11 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     batch = spins.shape[0]
     # layout (atom, component, batch): gathers copy whole rows, reductions over the
     # component axis add contiguous batch vectors
-    s = spins.to(dtype=geometry.dtype, device=geometry.device)[:, geometry.order]  # internal order
-    s = s.permute(1, 2, 0)  # (N, 3, B)
-    sa, sb = s[geometry.pairs[0]], s[geometry.pairs[1]]  # (P, 3, B)
+    # index_select, not s[index]: its backward adds in a fixed order (index_add_), where the
+    # backward of advanced indexing adds with atomics, in an order that varies from run to run
+    s = spins.to(dtype=geometry.dtype, device=geometry.device).index_select(1, geometry.order)
+    s = s.permute(1, 2, 0)  # (N, 3, B), internal atom order
+    sa, sb = s.index_select(0, geometry.pairs[0]), s.index_select(0, geometry.pairs[1])
     bond = (sa * sb).sum(1)  # S_a . S_b
     out = [SparseApply.apply(bond, *geometry.g2).view(n, -1, batch).permute(2, 0, 1)]
     g3m, chi = [], []
