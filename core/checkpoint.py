@@ -29,7 +29,7 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,14 +195,14 @@ RUN_ATTR = "checkpoint_run"
 
 
 def _check_run(path: Path, saved: dict, run: dict) -> None:
-    """Refuse a checkpoint of another quench, naming what differs."""
+    """Refuse a checkpoint of another run (quench, dataset, training), naming what differs."""
     if saved == run:
         return
     keys = sorted(set(saved) | set(run), key=str)
     diffs = [f"{k} {run.get(k, '-')} here, {saved.get(k, '-')} there" for k in keys
              if saved.get(k) != run.get(k)]  # fmt: skip
     raise FileFormatError(
-        f"{path} was saved by a quench with other parameters ({'; '.join(diffs)}): "
+        f"{path} was saved by a run with other parameters ({'; '.join(diffs)}): "
         "give another checkpoint directory, or remove this one to start afresh"
     )
 
@@ -255,6 +255,24 @@ def deferred_interrupt(enabled: bool = True) -> Iterator[Interrupt]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextmanager
+def safe_points(every: float | None, save: Callable[[], None]) -> Iterator[Callable[[], None]]:
+    """Yields `reached()`, to call where the run's state is consistent (after a step or an
+    epoch): it calls save() once `every` seconds have passed since the last save or a stop
+    signal came (`deferred_interrupt`), then stops the run on that signal. every None: no
+    saves, and signals act at once as usual."""
+    timer = SaveTimer(every) if every is not None else None
+    with deferred_interrupt(enabled=timer is not None) as interrupt:
+
+        def reached() -> None:
+            if timer is not None and (interrupt.requested or timer.due()):
+                save()
+            if interrupt.requested:
+                raise KeyboardInterrupt
+
+        yield reached
 
 
 # --------------------------------------------------------------------------- training runs

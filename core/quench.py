@@ -23,9 +23,8 @@ from core.checkpoint import (
     Checkpoints,
     GroupCheckpoint,
     Progress,
-    SaveTimer,
-    deferred_interrupt,
     file_digest,
+    safe_points,
 )
 from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
@@ -287,8 +286,7 @@ def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
         store(p)
 
     records = qc.record_steps()
-    timer = SaveTimer(store.every) if store is not None else None
-    with deferred_interrupt(enabled=store is not None) as interrupt:
+    with safe_points(store.every if store is not None else None, save) as reached:
         while p.step < qc.n_steps:
             result = stepper.step(spins)
             if p.step == records[p.t_index]:
@@ -296,10 +294,7 @@ def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
             spins, p.step = result.spins, p.step + 1
             if on_steps is not None:
                 on_steps(k)
-            if timer is not None and (interrupt.requested or timer.due()):
-                save()
-            if interrupt.requested:
-                raise KeyboardInterrupt
+            reached()
     record(spins, provider.fields(spins)[1])
     p.done = True
     if store is not None:

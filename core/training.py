@@ -36,11 +36,10 @@ import torch
 
 from core.checkpoint import (
     Checkpoints,
-    SaveTimer,
     TrainingCheckpoint,
     TrainingState,
-    deferred_interrupt,
     file_digest,
+    safe_points,
 )
 from core.config import ElectronConfig, _require
 from core.dataset import configuration_index
@@ -336,8 +335,7 @@ def fit_network(
         ))  # fmt: skip
 
     deadline = time.perf_counter() + (cfg.time_limit or math.inf)
-    timer = SaveTimer(store.every) if store is not None else None
-    with deferred_interrupt(enabled=store is not None) as interrupt:
+    with safe_points(store.every if store is not None else None, save) as reached:
         for epoch in range(epochs_done + 1, epochs + 1):
             log = _epoch(model, train, val, cfg, run, epoch, epochs, opt, sched, gen)
             history.append(log)
@@ -345,10 +343,7 @@ def fit_network(
                 best, best_state, since = log.val_loss, copy.deepcopy(model.state_dict()), 0
             elif val:
                 since += 1
-            if timer is not None and (interrupt.requested or timer.due()):
-                save()
-            if interrupt.requested:
-                raise KeyboardInterrupt
+            reached()
             if on_epoch is not None:
                 on_epoch(log)
             if (val and since >= cfg.patience) or time.perf_counter() >= deadline:

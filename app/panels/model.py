@@ -38,16 +38,13 @@ def card_text(session) -> str:
     return "<br>".join(lines)
 
 
-def exchange_baseline(session, shipped: Path = PAIRWISE_MODEL):
-    """(model, card, path) of the pairwise baseline whose J(R) the panel draws: the loaded
-    model when it is pairwise, else the shipped baseline; None when that cannot be read."""
-    if session.model is not None and session.model.arch.kind == "pairwise":
-        return session.model, session.card, session.model_path
+def shipped_baseline(path: Path = PAIRWISE_MODEL):
+    """(model, card, path) of the shipped pairwise baseline; None when it cannot be read."""
     try:
-        model, card = load_model(shipped)
+        model, card = load_model(path)
     except Exception:  # a missing or broken file: the panel says so instead of drawing
         return None
-    return (model, card, shipped) if model.arch.kind == "pairwise" else None
+    return (model, card, path) if model.arch.kind == "pairwise" else None
 
 
 def exchange_note(session, baseline) -> str:
@@ -106,12 +103,13 @@ class ModelPanel(Container):
         self._exchange_plot(baseline)
 
     def _baseline(self):
-        """exchange_baseline, with the shipped file read once."""
+        """(model, card, path) whose J(R) is drawn: the loaded model when it is pairwise,
+        else the shipped baseline (read once); None when neither is available."""
         loaded = self.session.model
         if loaded is not None and loaded.arch.kind == "pairwise":
-            return exchange_baseline(self.session)
+            return loaded, self.session.card, self.session.model_path
         if self._shipped_baseline is None:
-            self._shipped_baseline = exchange_baseline(self.session) or False
+            self._shipped_baseline = shipped_baseline() or False
         return self._shipped_baseline or None
 
     def _exchange_plot(self, baseline) -> None:

@@ -109,7 +109,7 @@ def test_checkpoint_of_another_quench_is_refused(tmp_path, qc):
     ck = Checkpoints(tmp_path / "ck")
     run_quench(qc, checkpoints=ck)
     longer = QuenchConfig(**{**qc.__dict__, "t_max": 0.4})
-    with pytest.raises(FileFormatError, match=r"group-00000\.h5 was saved by a quench with"):
+    with pytest.raises(FileFormatError, match=r"group-00000\.h5 was saved by a run with"):
         run_quench(longer, checkpoints=ck)
     with pytest.raises(FileFormatError, match=r"t_max 0\.4 here, 0\.3 there"):
         run_quench(longer, checkpoints=ck)
