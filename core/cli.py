@@ -251,13 +251,20 @@ def cmd_summary(args: argparse.Namespace) -> None:
     """What the paper quotes about one quench run: C(r_min), zero crossing, late peak, psi."""
     from core.io import check_output, read_trajectory
     from core.plots import quench_figure, save_figure
-    from core.reproduce import correlation_features, droplet_values, psi_verdict
+    from core.reproduce import (
+        PAPER_C_FIRST_BIN,
+        correlation_features,
+        correlation_history,
+        droplet_values,
+        peak_verdict,
+        psi_verdict,
+    )
 
     if args.plot:
         check_output(args.plot, args.force)
     traj = read_trajectory(args.run)
     fit, growth = droplet_values(traj)
-    values = {**correlation_features(traj), **growth}
+    values = {**correlation_features(traj), "history": correlation_history(traj), **growth}
     if args.json:
         print(json.dumps(values, default=str))
     else:
@@ -269,6 +276,14 @@ def cmd_summary(args: argparse.Namespace) -> None:
         )
         first = ", ".join(f"{v:+.3f} (t = {t})" for t, v in values["c_first_bin"].items())
         print(f"  C(r = {values['r_first_bin']:.2f}, t): {first}")
+        reach = values["history"]["reaches_paper_value_at"]
+        when = f"at t = {reach:.3g}" if reach is not None else f"not by t = {values['t_max']:g}"
+        print(
+            f"  C(r = {values['r_first_bin']:.2f}) reaches the paper's {PAPER_C_FIRST_BIN}: {when}"
+        )
+        print(
+            f"  sampling noise of C per bin (rms of C(r, 0), random spins): {values['noise']:.4f}"
+        )
         if values.get("zero_crossing_r") is not None:
             print(
                 f"  C crosses zero at r = {values['zero_crossing_r']:.2f} "
@@ -278,7 +293,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
             peak = values["late_peak"]
             print(
                 f"  largest C beyond r = 1.2 at t = {peak['t']:.3g}: "
-                f"{peak['c']:+.4f} at r = {peak['r']:.2f}"
+                f"{peak['c']:+.4f} at r = {peak['r']:.2f}, {peak['c_t0']:+.4f} there at t = 0 "
+                f"({peak_verdict(peak, values['noise'])} against the paper's weak peak near "
+                "r ~ 1.5)"
             )
         print(
             f"  |m| at the end: {values['magnetisation_last']:.4f} "

@@ -297,7 +297,7 @@ def test_compare_rejects_other_bins(tmp_path, capsys):
 
 def test_summary_quotes_the_papers_quantities_of_a_run(tmp_path, capsys):
     from core.observables import fit_droplet
-    from core.reproduce import correlation_features
+    from core.reproduce import correlation_features, correlation_history
 
     path, fig = tmp_path / "q.h5", tmp_path / "q.png"
     quench = ["quench", "-n", 16, "--configs", 1, "--replicas", 2, "--t-max", 4, "--records", 24]
@@ -308,12 +308,15 @@ def test_summary_quotes_the_papers_quantities_of_a_run(tmp_path, capsys):
     traj = read_trajectory(path)
     expected = correlation_features(traj)
     assert values["c_first_bin"] == pytest.approx(expected["c_first_bin"])
+    assert values["noise"] == pytest.approx(expected["noise"]) and values["noise"] > 0
+    assert values["history"] == json.loads(json.dumps(correlation_history(traj)))
     assert values["psi"] == pytest.approx(fit_droplet(traj.times, traj.xi).psi)
     assert values["magnetisation_last"] == pytest.approx(traj.magnetisation[-1])
     assert values["random_magnetisation"] == pytest.approx(0.25)  # 1 / sqrt(16)
     code, out, _ = run(capsys, "summary", path, "--plot", fig)
     assert code == 0 and "ED-LLG, N = 16, 1 configurations x 2 replicas, t = 0..4" in out
     assert "droplet fit (log t)^(1/psi)" in out and "against the paper's 1.02" in out
+    assert "reaches the paper's -0.4: not by t = 4" in out and "sampling noise of C" in out
     assert fig.stat().st_size > 10_000
     code, _, err = run(capsys, "summary", path, "--plot", fig)
     assert code == 2 and "refusing to overwrite" in error_line(err)

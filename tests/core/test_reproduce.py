@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 
 from core.errors import FileFormatError, OutputExistsError
+from core.io import read_trajectory
 from core.reproduce import OUTPUTS, SCALES, Scale, correlation_features, reproduce
 
 TINY = Scale(
     "tiny", dos_configs=2, train_configs=3, test_configs=1, frames_per_config=6,
     relax_replicas=2, epochs=2, patience=2, fig4_configs=1, fig4_replicas=2, fig4_t_max=0.4,
-    fig5_n=100, fig5_configs=1, fig5_replicas=2, fig5_t_max=0.4, records=5, relax_t_max=2.0,
+    late_t_max=0.8, fig5_n=100, fig5_configs=1, fig5_replicas=2, fig5_t_max=0.4, records=5, relax_t_max=2.0,
 )  # fmt: skip
 
 
@@ -35,9 +36,22 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
         "Criterion here: the Fermi level lies within the peak's half maximum.",
     ):
         assert statement in text, statement
-    assert "not reached: the run ends at t = 0.4" in text  # t >= 150 is beyond this scale
+    assert "not reached: the run ends at t = 0.8" in text  # t >= 150 is beyond this scale
+    assert "## Fig. 4 continued: ML-LLG to t = 0.8" in text
     values = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert set(values) == {"fig2", "fig3", "fig4", "fig5"}
+    assert set(values) == {"fig2", "fig3", "fig4", "fig4late", "fig5"}
+    # the continuation replays Fig. 4's ML run (same configurations and seeds) and goes on
+    late = read_trajectory(tmp_path / "run" / "fig4-ml-late.h5")
+    short = read_trajectory(tmp_path / "run" / "fig4-ml.h5")
+    assert late.times[-1] == pytest.approx(0.8) and short.times[-1] == pytest.approx(0.4)
+    common = np.intersect1d(np.round(late.times, 9), np.round(short.times, 9))
+    assert len(common) >= 3
+    for t in common:
+        a, b = (np.argmin(abs(x.times - t)) for x in (late, short))
+        np.testing.assert_allclose(late.corr[a], short.corr[b], rtol=0, atol=1e-12)
+    history = values["fig4late"]["history"]
+    assert history["at"][-1]["t"] == pytest.approx(0.8)
+    assert f"| {history['at'][-1]['t']:.3g} | {history['at'][-1]['c_first_bin']:+.3f} |" in text
     assert set(values["fig3"]) == {
         "shipped model",
         "trained here, with G3chi",
@@ -94,15 +108,16 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
     saved = {p.name for p in (run / "checkpoints").iterdir()}
-    assert {"run.json", "fig2.json", "fig3.json", "fig4.json", "fig4-ed", "fig5-ml"} <= saved
+    assert {"run.json", "fig2.json", "fig3.json", "fig4.json", "fig4late.json", "fig4-ed",
+            "fig5-ml"} <= saved  # fmt: skip
     assert "fig5.json" not in saved
     with pytest.raises(OutputExistsError):  # a plain rerun still refuses
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
-    for name in ("dos_step", "fields_step", "dynamics_step"):
+    for name in ("dos_step", "fields_step", "dynamics_step", "late_step"):
         monkeypatch.setattr(core.reproduce, name, not_again)
     lines = []
     report = reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
-    assert sum("read back" in line for line in lines) == 3
+    assert sum("read back" in line for line in lines) == 4
     assert (run / "report.json").read_text() == whole_run
     assert not (run / "checkpoints").exists()
     lines = []  # asked again (a time-limited loop): nothing to do, the report stays
@@ -198,7 +213,43 @@ def test_correlation_features_measure_first_bin_zero_crossing_and_late_peak():
     assert f["c_first_bin"] == {"10": -0.35, "30": -0.4}
     assert f["zero_crossing_t"] == 30.0
     assert f["zero_crossing_r"] == pytest.approx(1.30)
-    assert f["late_peak"] == {"t": 200.0, "r": 1.45, "c": pytest.approx(0.08)}
+    assert f["late_peak"] == {"t": 200.0, "r": 1.45, "c": pytest.approx(0.08), "c_t0": 0.0}
+    assert f["noise"] == 0.0  # C(r, 0) = 0 in every bin
+
+
+def test_late_peak_verdict_needs_a_peak_above_the_sampling_noise():
+    from core.reproduce import peak_verdict
+
+    def peak(r, c, c_t0=0.0):
+        return {"r": r, "c": c, "c_t0": c_t0}
+
+    assert peak_verdict(peak(1.45, 0.08), noise=0.02) == "agrees"
+    assert peak_verdict(peak(1.45, 0.03), noise=0.02) == "within noise"
+    # large, but mostly there from the start: the random spins' noise that the bin kept
+    assert peak_verdict(peak(1.45, 0.08, c_t0=0.05), noise=0.02) == "within noise"
+    assert peak_verdict(peak(1.9, 0.08), noise=0.02) == "disagrees"  # too far out
+    assert peak_verdict(peak(1.45, -0.01), noise=0.02) == "disagrees"
+
+
+def test_correlation_history_follows_the_paper_times_and_finds_when_c_reaches_minus_0_4():
+    from core.reproduce import correlation_history
+
+    r = np.array([0.55, 0.65, 0.75, 0.85, 1.25, 1.35, 1.45, 1.55])
+    times = np.array([0.0, 0.9, 2.0, 3.2, 10.0, 31.0, 120.0, 290.0, 400.0])
+    corr = np.zeros((len(times), len(r)))
+    corr[:, 0] = [0.0, -0.01, -0.02, -0.05, -0.1, -0.2, -0.3, -0.41, -0.45]
+    corr[:, 1] = 0.01  # every curve crosses zero between the first two bins
+    corr[-2, 5] = 0.07  # the far peak at t = 290
+    history = correlation_history(SimpleNamespace(times=times, corr=corr, r_centres=r))
+    # nearest records of t = 1, 3, 10, 30, 100, 300, and the last one
+    assert [row["t"] for row in history["at"]] == [0.9, 3.2, 10.0, 31.0, 120.0, 290.0, 400.0]
+    assert history["reaches_paper_value_at"] == 290.0
+    assert history["at"][5]["peak"] == {"r": 1.35, "c": pytest.approx(0.07), "c_t0": 0.0}
+    # linear between bins: -0.41 at 0.55 and 0.01 at 0.65 -> zero at 0.55 + 0.1 * 0.41 / 0.42
+    assert history["at"][5]["zero_crossing_r"] == pytest.approx(0.55 + 0.1 * 0.41 / 0.42)
+    corr[:, 0] = -0.1  # never down to -0.4
+    history = correlation_history(SimpleNamespace(times=times, corr=corr, r_centres=r))
+    assert history["reaches_paper_value_at"] is None
 
 
 def test_scales_are_valid_and_quick_is_smaller_than_paper():
@@ -207,6 +258,8 @@ def test_scales_are_valid_and_quick_is_smaller_than_paper():
     assert quick.fig5_t_max < paper.fig5_t_max and quick.dos_configs < paper.dos_configs
     with pytest.raises(Exception, match="epochs must be > 0"):
         Scale(**{**TINY.__dict__, "epochs": 0})
+    with pytest.raises(Exception, match="late_t_max must be >= fig4_t_max"):
+        Scale(**{**TINY.__dict__, "late_t_max": 0.2})
 
 
 def test_psi_verdict_calls_an_ill_determined_fit_inconclusive():
