@@ -460,8 +460,8 @@ def late_step(run: Setting) -> Step:
         scale.late_t_max, scale, run.model_path, run.device,
     )  # fmt: skip
     traj = _quench(qc, out / "fig4-ml-late.h5", force, log, "Fig. 4 continued")
-    history = correlation_history(traj)
-    times, r0 = traj.times, history["r_first_bin"]
+    history, features = correlation_history(traj), correlation_features(traj)
+    times, r0, noise = traj.times, history["r_first_bin"], features["noise"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     picks = nearest_records(times, (*PAPER_TIMES, times[-1]))
     draw_correlations(left, traj.r_centres, traj.corr, times, float(traj.attrs["r_min"]), picks)
@@ -469,14 +469,15 @@ def late_step(run: Setting) -> Step:
     later = times > 0
     right.semilogx(times[later], traj.corr[later, 0], "o-", ms=3, label="this run")
     right.hlines(
-        PAPER_C_FIRST_BIN, times[later][0], 30, colors="r", linestyles="--",
+        PAPER_C_FIRST_BIN, PAPER_TIMES[0], 30, colors="r", linestyles="--",
         label=f"paper: C ~ {PAPER_C_FIRST_BIN} for t <= 30",
     )  # fmt: skip
     right.axhline(0, color="0.4", lw=0.8)
+    right.axhspan(-2 * noise, 2 * noise, color="0.88", label="sampling noise (2 rms of C(r, 0))")
     right.set_xlabel(r"$t$ ($1/\gamma t_0$)")
     right.set_ylabel(rf"$C(r = {r0:.2f}, t)$ (first bin)")
     right.set_title("nearest-neighbour correlation against time", fontsize=9)
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="center left")
     fig.suptitle(
         f"Fig. 4 continued: {scale.fig4_configs} configurations x {scale.fig4_replicas} "
         "replicas, the same seeds as Fig. 4",
@@ -484,7 +485,7 @@ def late_step(run: Setting) -> Step:
     )
     fig.tight_layout()
     save_figure(fig, out / "fig4-late.png", force)
-    values = {**correlation_features(traj), "history": history}
+    values = {**features, "history": history}
     return Step("fig4-late.png", ["fig4-ml-late.h5"], values, time.perf_counter() - start)
 
 
