@@ -25,6 +25,7 @@ from core import __version__
 from core.checkpoint import DEFAULT_EVERY
 from core.config import INTEGRATORS, ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.errors import SdglassError
+from core.memory import keep_freed_memory
 from core.paths import DEFAULT_MODEL
 
 PAPER = ElectronConfig()
@@ -655,6 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sdglass` console script."""
+    keep_freed_memory()  # large tensors reused, not page-faulted in again every step
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:  # plain `sdglass` opens the app
