@@ -1,5 +1,6 @@
 """The programs' malloc policy: freed large blocks are reused, not page-faulted in again."""
 
+import os
 import subprocess
 import sys
 
@@ -22,8 +23,13 @@ print(sum(faulted[4:]))
 
 
 def faults(mode: str) -> int:
+    from core.memory import USER_SETTINGS
+
+    # without malloc settings of the user's: Dask's nanny sets MALLOC_TRIM_THRESHOLD_ in the
+    # process that starts a local cluster, and earlier tests start some
+    env = {k: v for k, v in os.environ.items() if k not in USER_SETTINGS}
     run = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env
     )
     return int(run.stdout)
 

@@ -271,3 +271,10 @@ def test_psi_verdict_calls_an_ill_determined_fit_inconclusive():
     assert psi_verdict(3.0, 2.0) == "inconclusive"
     assert psi_verdict(-2.8, 0.2) == "disagrees (xi falls)"
     assert psi_verdict(None, None) == "no fit"
+
+
+def test_psi_reason_says_whether_xi_grew_or_fell():
+    from core.reproduce import psi_reason
+
+    assert "falls here, from 1.55 to 1.32" in psi_reason({"xi_first": 1.55, "xi_last": 1.32})
+    assert "grows only from 1.20 to 1.25" in psi_reason({"xi_first": 1.2, "xi_last": 1.25})
