@@ -685,9 +685,16 @@ def history_table(history: dict[str, Any]) -> list[str]:
     return lines
 
 
-def psi_reason(fig5: dict[str, Any]) -> str:
-    """Why the droplet fit of this run does not give the paper's psi."""
+def psi_reason(fig5: dict[str, Any], history: dict[str, Any]) -> str:
+    """Why the droplet fit of this run does not give the paper's psi (history: Fig. 4
+    continued, which says when the short-range order has formed)."""
     first, last = fig5["xi_first"], fig5["xi_last"]
+    reach = history["reaches_paper_value_at"]
+    formed = (
+        f"which takes until t ~ {reach:.3g} here (C(r_min) = {PAPER_C_FIRST_BIN}, Fig. 4 continued)"
+        if reach is not None
+        else f"which has not happened by t = {history['at'][-1]['t']:.3g} here (Fig. 4 continued)"
+    )
     if last >= first:
         return (
             f"- psi. xi(t) grows only from {first:.2f} to {last:.2f} over the times this "
@@ -699,8 +706,7 @@ def psi_reason(fig5: dict[str, Any]) -> str:
         "int r |C| dr / int |C| dr is set by noise at first: at the random start |C| is "
         "sampling noise spread evenly over all r. As the short-range anticorrelation grows, "
         "the weight moves to small r and xi falls. Growth as in the paper's Fig. 5 can only "
-        "show once that order has formed, which takes until t ~ 300 here (Fig. 4 continued), "
-        "so this fit does not test psi."
+        f"show once that order has formed, {formed}, so this fit does not test psi."
     )
 
 
@@ -729,7 +735,7 @@ def discussion(steps: dict[str, Step]) -> list[str]:
     ]
     fig5 = steps["fig5"].values
     if psi_verdict(fig5["psi"], fig5["psi_err"]) != "agrees":
-        lines.append(psi_reason(fig5))
+        lines.append(psi_reason(fig5, history))
     late = steps["fig4late"].values
     peak = late.get("late_peak")
     if peak is None:

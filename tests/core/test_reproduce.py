@@ -276,5 +276,11 @@ def test_psi_verdict_calls_an_ill_determined_fit_inconclusive():
 def test_psi_reason_says_whether_xi_grew_or_fell():
     from core.reproduce import psi_reason
 
-    assert "falls here, from 1.55 to 1.32" in psi_reason({"xi_first": 1.55, "xi_last": 1.32})
-    assert "grows only from 1.20 to 1.25" in psi_reason({"xi_first": 1.2, "xi_last": 1.25})
+    reached = {"reaches_paper_value_at": 300.0, "at": [{"t": 300.0}]}
+    never = {"reaches_paper_value_at": None, "at": [{"t": 60.0}]}
+    falls = psi_reason({"xi_first": 1.55, "xi_last": 1.32}, reached)
+    assert "falls here, from 1.55 to 1.32" in falls and "takes until t ~ 300 here" in falls
+    assert "has not happened by t = 60 here" in psi_reason(
+        {"xi_first": 1.55, "xi_last": 1.32}, never
+    )
+    assert "grows only from 1.20 to 1.25" in psi_reason({"xi_first": 1.2, "xi_last": 1.25}, never)
