@@ -254,6 +254,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from core.plots import quench_figure, save_figure
     from core.reproduce import (
         PAPER_C_FIRST_BIN,
+        PEAK_FROM,
         correlation_features,
         correlation_history,
         droplet_values,
@@ -293,7 +294,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
         if "late_peak" in values:
             peak = values["late_peak"]
             print(
-                f"  largest C beyond r = 1.2 at t = {peak['t']:.3g}: "
+                f"  largest C beyond r = {PEAK_FROM} at t = {peak['t']:.3g}: "
                 f"{peak['c']:+.4f} at r = {peak['r']:.2f}, {peak['c_t0']:+.4f} there at t = 0 "
                 f"({peak_verdict(peak, values['noise'])} against the paper's weak peak near "
                 "r ~ 1.5)"
