@@ -22,6 +22,8 @@ from core.errors import FileFormatError
 from core.paths import DEFAULT_MODEL
 
 PAPER_RADII = (0.5, 2.46, 50)
+#: `reproduce --steps` choices: core.reproduce.TASKS's keys, without importing it to parse.
+STEP_NAMES = ("fig2", "fig3", "fig4", "fig4late", "fig5")
 
 
 # --------------------------------------------------------------------------- dataset
@@ -83,6 +85,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
             SCALES[args.scale], args.output, args.model, args.force,
             log=lambda line: print(line, file=sys.stderr, flush=True),
             device=base._device(args.device), resume=args.resume, cluster=base._cluster(args),
+            steps=args.steps,
         )  # fmt: skip
     print(f"wrote {report} and its figures and data in {time.perf_counter() - start:.0f} s")
 
@@ -287,6 +290,12 @@ def _add_reproduce(sub) -> None:
         "--resume", action="store_true",
         help="continue an interrupted run in the output folder (same scale and model): "
         "finished steps are read back, an unfinished quench continues from its last save",
+    )  # fmt: skip
+    p.add_argument(
+        "--steps", nargs="+", choices=STEP_NAMES, metavar="STEP", default=list(STEP_NAMES),
+        help="run only these steps; the report "
+        "then covers the finished ones and --resume runs the rest later, on this machine or "
+        "another (e.g. the ED labelling and training here, the dynamics on a GPU)",
     )  # fmt: skip
     base._add_device(p)
     base._add_cluster(p)

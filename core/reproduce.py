@@ -33,7 +33,7 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -118,12 +118,15 @@ SCALES = {
 
 @dataclass
 class Step:
-    """What one step measured: figure and data files, the values for the report, seconds."""
+    """What one step measured: figure and data files, the values for the report, seconds,
+    and the machine it ran on (steps of one run may run on different machines; empty when
+    not recorded)."""
 
     figure: str
     data: list[str]
     values: dict[str, Any]
     seconds: float
+    machine: str = ""
 
 
 Log = Callable[[str], None]
@@ -596,10 +599,9 @@ def dos_verdict(dos: dict) -> str:
     return f"Only {names} matches the description."
 
 
-def statements(steps: dict[str, Step], scale: Scale) -> list[tuple[str, str, str, str]]:
-    """(paper statement, paper value, measured, verdict) rows of the report's table."""
-    rows = dos_rows(steps["fig2"].values)
-    fig4 = steps["fig4"].values
+def fig4_rows(fig4: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """C(r_min) and the zero crossing, ED-LLG and ML-LLG (Fig. 4)."""
+    rows = []
     for engine in ("ed", "ml"):
         f = fig4[engine]
         c = f["c_first_bin"]
@@ -618,37 +620,55 @@ def statements(steps: dict[str, Step], scale: Scale) -> list[tuple[str, str, str
             f"{_fmt(fig4[engine].get('zero_crossing_t'))})", "1.4", _fmt(r0),
             "agrees" if ok else ("no crossing" if r0 is None else "disagrees"),
         ))  # fmt: skip
-    late = steps["fig4late"].values
+    return rows
+
+
+def late_rows(late: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The weak late peak (Fig. 4 continued)."""
     peak = late.get("late_peak")
-    rows.append((
+    return [(
         "weak positive peak near r ~ 1.5 for t >= 150 (ML-LLG, N = 100, Fig. 4 continued)",
         "~1.5, C > 0",
         "not reached: the run ends at t = " + _fmt(late["t_max"]) if peak is None
         else f"C = {peak['c']:+.3f} at r = {peak['r']:.2f} (t = {peak['t']:.3g}; "
         f"{peak['c_t0']:+.3f} there at t = 0; sampling noise {late['noise']:.3f})",
         "not tested" if peak is None else peak_verdict(peak, late["noise"]),
-    ))  # fmt: skip
-    fig5 = steps["fig5"].values
-    rows.append((
-        f"magnetisation ~ 0 (ML-LLG, N = {scale.fig5_n}, t = {_fmt(fig5['t_max'])})", "~0",
+    )]  # fmt: skip
+
+
+def growth_rows(fig5: dict[str, Any], n: int) -> list[tuple[str, str, str, str]]:
+    """Magnetisation and the droplet exponent (Fig. 5, N = n)."""
+    psi = fig5["psi"]
+    return [(
+        f"magnetisation ~ 0 (ML-LLG, N = {n}, t = {_fmt(fig5['t_max'])})", "~0",
         f"|m| = {fig5['magnetisation_last']:.3f} (random spins ~{fig5['random_magnetisation']:.3f})",
         "agrees" if fig5["magnetisation_last"] < 2 * fig5["random_magnetisation"] else "disagrees",
-    ))  # fmt: skip
-    psi = fig5["psi"]
-    rows.append((
-        f"droplet exponent psi ~ 1.02 (ML-LLG, N = {scale.fig5_n})", "1.02",
+    ), (
+        f"droplet exponent psi ~ 1.02 (ML-LLG, N = {n})", "1.02",
         "no fit" if psi is None else f"{psi:.2f} +- {fig5['psi_err']:.2f} "
         f"(t in {fig5['fit_range'][0]:.3g}..{fig5['fit_range'][1]:.3g})",
         psi_verdict(psi, fig5["psi_err"]),
-    ))  # fmt: skip
-    for label, m in steps["fig3"].values.items():
-        rows.append((
-            f"H_perp error width ~1e-3 (Fig. 3): {label}", "~1e-3",
-            f"rmse {m['rmse_hperp']:.2e} t0 ("
-            + ", ".join(f"{k} {v:.2e}" for k, v in m["rmse_by_source"].items()) + ")",
-            "agrees" if m["rmse_hperp"] <= 1.2e-3 else "disagrees",
-        ))  # fmt: skip
-    return rows
+    )]  # fmt: skip
+
+
+def field_rows(fig3: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """The H_perp error of every model (Fig. 3)."""
+    return [(
+        f"H_perp error width ~1e-3 (Fig. 3): {label}", "~1e-3",
+        f"rmse {m['rmse_hperp']:.2e} t0 ("
+        + ", ".join(f"{k} {v:.2e}" for k, v in m["rmse_by_source"].items()) + ")",
+        "agrees" if m["rmse_hperp"] <= 1.2e-3 else "disagrees",
+    ) for label, m in fig3.items()]  # fmt: skip
+
+
+def statements(steps: dict[str, Step], scale: Scale) -> list[tuple[str, str, str, str]]:
+    """(paper statement, paper value, measured, verdict) rows of the report's table, for the
+    steps that have run."""
+    rows_of = {
+        "fig2": dos_rows, "fig4": fig4_rows, "fig4late": late_rows,
+        "fig5": lambda v: growth_rows(v, scale.fig5_n), "fig3": field_rows,
+    }  # fmt: skip
+    return [row for key, rows in rows_of.items() if key in steps for row in rows(steps[key].values)]
 
 
 def peak_verdict(peak: dict[str, float], noise: float) -> str:
@@ -712,70 +732,98 @@ def psi_reason(fig5: dict[str, Any], history: dict[str, Any]) -> str:
 
 def discussion(steps: dict[str, Step]) -> list[str]:
     """Reasons for the disagreements, with what this run measured about them (the table
-    above says whether this run shows them)."""
-    history = steps["fig4late"].values["history"]
-    reach, end = history["reaches_paper_value_at"], history["at"][-1]
-    measured = (
-        f"In this run C at the first bin reaches {PAPER_C_FIRST_BIN} only at t = {reach:.3g}, "
-        f"{reach / 30:.0f} times later than the paper's t <= 30 (Fig. 4 continued, ML-LLG on "
-        "the same configurations and seeds)"
-        if reach is not None
-        else f"In this run C at the first bin is {end['c_first_bin']:+.3f} at t = {end['t']:.3g} "
-        "(Fig. 4 continued, ML-LLG on the same configurations and seeds)"
-    )
-    lines = [
-        "- C(r_min) and the zero crossing. ED-LLG and ML-LLG agree with each other (the largest "
-        "difference is below), so the ML model is not the cause. On the paper's system the "
-        "torque that drives the dynamics, H_perp = S x H, has components of only ~0.013 t0 "
-        '(PHYSICS.md "Scales"), and with alpha = 0.05 and k_B T = 0.001 correlations build up '
-        f"over times of order hundreds in units of 1/(gamma t0). {measured}. The likeliest "
-        "reason is a different time unit or damping in the paper (for example time in units "
-        "of 1/J, or a larger alpha), which its text does not state; we keep PHYSICS.md's "
-        "conventions and do not tune them to match.",
-    ]
-    fig5 = steps["fig5"].values
-    if psi_verdict(fig5["psi"], fig5["psi_err"]) != "agrees":
-        lines.append(psi_reason(fig5, history))
-    late = steps["fig4late"].values
-    peak = late.get("late_peak")
-    if peak is None:
-        lines.append("- The late positive peak (t >= 150) needs runs beyond t = 150.")
-    elif peak_verdict(peak, late["noise"]) != "agrees":
+    above says whether this run shows them); only for the steps that have run."""
+    late = steps["fig4late"].values if "fig4late" in steps else None
+    lines = []
+    if "fig4" in steps:
+        measured = ""
+        if late is not None:
+            history = late["history"]
+            reach, end = history["reaches_paper_value_at"], history["at"][-1]
+            measured = (
+                f" In this run C at the first bin reaches {PAPER_C_FIRST_BIN} only at t = "
+                f"{reach:.3g}, {reach / 30:.0f} times later than the paper's t <= 30 (Fig. 4 "
+                "continued, ML-LLG on the same configurations and seeds)."
+                if reach is not None
+                else f" In this run C at the first bin is {end['c_first_bin']:+.3f} at t = "
+                f"{end['t']:.3g} (Fig. 4 continued, ML-LLG on the same configurations and seeds)."
+            )
         lines.append(
-            f"- The late positive peak. At t = {peak['t']:.3g} the largest C beyond r = "
-            f"{PEAK_FROM} is {peak['c']:+.3f} at r = {peak['r']:.2f}, against a sampling noise "
-            f"of {late['noise']:.3f} per bin: larger ensembles (`--scale paper`) are needed to "
-            "see a weak peak, and with the slower relaxation above the paper's t >= 150 may lie "
-            "later here."
+            "- C(r_min) and the zero crossing. ED-LLG and ML-LLG agree with each other (the "
+            "largest difference is below), so the ML model is not the cause. On the paper's "
+            "system the torque that drives the dynamics, H_perp = S x H, has components of only "
+            '~0.013 t0 (PHYSICS.md "Scales"), and with alpha = 0.05 and k_B T = 0.001 '
+            "correlations build up over times of order hundreds in units of 1/(gamma t0)."
+            f"{measured} The likeliest reason is a different time unit or damping in the paper "
+            "(for example time in units of 1/J, or a larger alpha), which its text does not "
+            "state; we keep PHYSICS.md's conventions and do not tune them to match."
         )
+    if "fig5" in steps and late is not None:
+        fig5 = steps["fig5"].values
+        if psi_verdict(fig5["psi"], fig5["psi_err"]) != "agrees":
+            lines.append(psi_reason(fig5, late["history"]))
+    if late is not None:
+        peak = late.get("late_peak")
+        if peak is None:
+            lines.append("- The late positive peak (t >= 150) needs runs beyond t = 150.")
+        elif peak_verdict(peak, late["noise"]) != "agrees":
+            lines.append(
+                f"- The late positive peak. At t = {peak['t']:.3g} the largest C beyond r = "
+                f"{PEAK_FROM} is {peak['c']:+.3f} at r = {peak['r']:.2f}, against a sampling "
+                f"noise of {late['noise']:.3f} per bin: larger ensembles (`--scale paper`) are "
+                "needed to see a weak peak, and with the slower relaxation above the paper's "
+                "t >= 150 may lie later here."
+            )
     return lines
 
 
+def sizes(scale: Scale) -> dict[str, tuple[str, str]]:
+    """(title, sizes) of every step at this scale, in the order a run takes them."""
+    return {
+        "fig2": ("Fig. 2", f"{scale.dos_configs} configurations each of N = 100 and N = 500 in "
+                 "L = 5"),
+        "fig3": ("Fig. 3", f"N = 100; {scale.train_configs} training and {scale.test_configs} "
+                 f"held-out configurations x {scale.frames_per_config} frames; at most "
+                 f"{scale.epochs} epochs"),
+        "fig4": ("Fig. 4", f"N = 100, {scale.fig4_configs} configurations x "
+                 f"{scale.fig4_replicas} replicas, t <= {scale.fig4_t_max:g}, ED-LLG and ML-LLG"),
+        "fig4late": ("Fig. 4 continued", "the same configurations and seeds, t <= "
+                     f"{scale.late_t_max:g}, ML-LLG"),
+        "fig5": ("Fig. 5", f"N = {scale.fig5_n}, {scale.fig5_configs} configurations x "
+                 f"{scale.fig5_replicas} replicas, t <= {scale.fig5_t_max:g}, ML-LLG"),
+    }  # fmt: skip
+
+
 def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -> Path:
-    """report.md: what ran, the figures, and the statement table."""
-    dos = steps["fig2"].values
+    """report.md: what ran (and where), the figures, and the statement table; a run with
+    steps still to do gets a report of the finished ones that says how to continue."""
+    table = sizes(scale)
+    pending = [title for key, (title, _) in table.items() if key not in steps]
     lines = [
         f"# Reproduction of Shi, Zhang and Chern (2023): scale `{scale.name}`",
         "",
         "Made by `sdglass reproduce --scale " + scale.name + "`; every number below was "
         "measured in this run. Sizes of this scale:",
         "",
-        "| step | sizes | seconds |",
-        "|---|---|---|",
-        f"| Fig. 2 | {scale.dos_configs} configurations each of N = 100 and N = 500 in L = 5 "
-        f"| {steps['fig2'].seconds:.0f} |",
-        f"| Fig. 3 | N = 100; {scale.train_configs} training and {scale.test_configs} held-out "
-        f"configurations x {scale.frames_per_config} frames; at most {scale.epochs} epochs "
-        f"| {steps['fig3'].seconds:.0f} |",
-        f"| Fig. 4 | N = 100, {scale.fig4_configs} configurations x {scale.fig4_replicas} "
-        f"replicas, t <= {scale.fig4_t_max:g}, ED-LLG and ML-LLG | {steps['fig4'].seconds:.0f} |",
-        f"| Fig. 4 continued | the same configurations and seeds, t <= {scale.late_t_max:g}, "
-        f"ML-LLG | {steps['fig4late'].seconds:.0f} |",
-        f"| Fig. 5 | N = {scale.fig5_n}, {scale.fig5_configs} configurations x "
-        f"{scale.fig5_replicas} replicas, t <= {scale.fig5_t_max:g}, ML-LLG "
-        f"| {steps['fig5'].seconds:.0f} |",
+        "| step | sizes | seconds | ran on |",
+        "|---|---|---|---|",
+    ]
+    for key, (title, size) in table.items():
+        step = steps.get(key)
+        done = f"{step.seconds:.0f} | {step.machine or 'not recorded'}" if step else "not run yet |"
+        lines.append(f"| {title} | {size} | {done} |")
+    lines += [
         "",
         "The paper's ensembles are 10 configurations x 20 replicas, N = 500, t up to ~10^3.",
+    ]
+    if pending:
+        lines += [
+            "",
+            f"**Partial run.** Still to run: {', '.join(pending)}. The progress is kept in "
+            f"`{CHECKPOINTS}/`; `sdglass reproduce --scale {scale.name} -o DIR --resume` "
+            "continues in this folder (with `--device cuda` on a GPU) and rewrites this report.",
+        ]
+    lines += [
         "",
         "## Quantitative statements",
         "",
@@ -783,48 +831,55 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
         "|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in statements(steps, scale)]
-    lines += [
-        "",
-        "## Fig. 2: density of states at J = 0",
-        "",
-        f"![DOS]({steps['fig2'].figure})",
-        "",
-        "| system | Fermi level (t0) | rho(eps_F) | DOS peak at (t0) | peak - eps_F |",
-        "|---|---|---|---|---|",
-    ]
-    for n, v in dos.items():
-        lines.append(
-            f"| N = {n}, L = 5 | {v['fermi_level']:.3f} | {v['rho_at_fermi']:.3f} | "
-            f"{v['peak_energy']:.3f} | {v['peak_minus_fermi']:+.3f} |"
-        )
-    lines += [
-        "",
-        "The paper describes a pronounced DOS peak in the vicinity of the Fermi level and a "
-        "nonzero rho(eps_F); its caption says N = 100 in L = 5, its text N = 500 in L = 5. "
-        "Criterion here: the Fermi level lies within the peak's half maximum. " + dos_verdict(dos),
-        "",
-        "## Where this run disagrees with the paper, and the likeliest reasons",
-        "",
-        *discussion(steps),
-        "",
-        f"## Fig. 3: ML vs ED H_perp\n\n![fields]({steps['fig3'].figure})",
-        "",
-        f"## Fig. 4: C(r, t), ED-LLG and ML-LLG\n\n![C(r,t)]({steps['fig4'].figure})",
-        "",
-        f"Largest |C_ED - C_ML| over all bins and record times: "
-        f"{steps['fig4'].values['max_abs_diff']:.4f}.",
-        "",
-        f"## Fig. 4 continued: ML-LLG to t = {scale.late_t_max:g}",
-        "",
-        f"![C(r,t) at later times]({steps['fig4late'].figure})",
-        "",
-        *history_table(steps["fig4late"].values["history"]),
-        "",
-        f"## Fig. 5: xi(t), ML-LLG\n\n![xi]({steps['fig5'].figure})",
-        "",
-        "## Data",
-        "",
-    ]
+    if "fig2" in steps:
+        dos = steps["fig2"].values
+        lines += [
+            "",
+            "## Fig. 2: density of states at J = 0",
+            "",
+            f"![DOS]({steps['fig2'].figure})",
+            "",
+            "| system | Fermi level (t0) | rho(eps_F) | DOS peak at (t0) | peak - eps_F |",
+            "|---|---|---|---|---|",
+        ]
+        for n, v in dos.items():
+            lines.append(
+                f"| N = {n}, L = 5 | {v['fermi_level']:.3f} | {v['rho_at_fermi']:.3f} | "
+                f"{v['peak_energy']:.3f} | {v['peak_minus_fermi']:+.3f} |"
+            )
+        lines += [
+            "",
+            "The paper describes a pronounced DOS peak in the vicinity of the Fermi level and a "
+            "nonzero rho(eps_F); its caption says N = 100 in L = 5, its text N = 500 in L = 5. "
+            "Criterion here: the Fermi level lies within the peak's half maximum. "
+            + dos_verdict(dos),
+        ]
+    reasons = discussion(steps)
+    if reasons:
+        lines += ["", "## Where this run disagrees with the paper, and the likeliest reasons", ""]
+        lines += reasons
+    if "fig3" in steps:
+        lines += ["", f"## Fig. 3: ML vs ED H_perp\n\n![fields]({steps['fig3'].figure})"]
+    if "fig4" in steps:
+        lines += [
+            "",
+            f"## Fig. 4: C(r, t), ED-LLG and ML-LLG\n\n![C(r,t)]({steps['fig4'].figure})",
+            "",
+            f"Largest |C_ED - C_ML| over all bins and record times: "
+            f"{steps['fig4'].values['max_abs_diff']:.4f}.",
+        ]
+    if "fig4late" in steps:
+        lines += [
+            "",
+            f"## Fig. 4 continued: ML-LLG to t = {scale.late_t_max:g}",
+            "",
+            f"![C(r,t) at later times]({steps['fig4late'].figure})",
+            "",
+            *history_table(steps["fig4late"].values["history"]),
+        ]
+    if "fig5" in steps:
+        lines += ["", f"## Fig. 5: xi(t), ML-LLG\n\n![xi]({steps['fig5'].figure})"]
+    lines += ["", "## Data", ""]
     for step in steps.values():
         lines += [f"- [`{name}`]({name})" for name in step.data]
     path = out / "report.md"
@@ -836,6 +891,13 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
     return path
 
 
+#: Every step of a run, in the order it takes them (the keys of `steps`).
+TASKS: dict[str, Callable[[Setting], Step]] = {
+    "fig2": dos_step, "fig3": fields_step, "fig4": dynamics_step, "fig4late": late_step,
+    "fig5": growth_step,
+}  # fmt: skip
+
+
 def reproduce(
     scale: Scale,
     out: str | Path,
@@ -845,14 +907,22 @@ def reproduce(
     device: str = "cpu",
     resume: bool = False,
     cluster=None,
+    steps: Sequence[str] | None = None,
 ) -> Path:
-    """Every step in order on `device`, then report.md; returns its path. Refuses before any
-    work when a file it would write exists, unless force (start afresh) or resume (continue
-    an interrupted run of the same scale and model: finished steps are read back from
-    OUT/checkpoints, an unfinished quench continues from its last save). cluster (a
-    ClusterSpec) spreads the ED configurations of Figs. 3 and 4 over Dask workers."""
+    """The steps (keys of TASKS; default all) in order on `device`, then report.md; returns
+    its path. Refuses before any work when a file it would write exists, unless force
+    (start afresh) or resume (continue an interrupted run of the same scale and model:
+    finished steps are read back from OUT/checkpoints, an unfinished quench continues from
+    its last save). A run of some steps writes a report of every finished step and keeps
+    its progress, so that a later resume, on this machine or another one (say, the
+    dynamics on a GPU), runs the rest. cluster (a ClusterSpec) spreads the ED configurations
+    of Figs. 3 and 4 over Dask workers."""
     from core.errors import OutputExistsError
 
+    chosen = list(TASKS) if steps is None else list(steps)
+    unknown = sorted(set(chosen) - set(TASKS))
+    _require(not unknown, f"unknown reproduction steps {unknown}; the steps are {list(TASKS)}")
+    _require(bool(chosen), "choose at least one reproduction step")
     out = Path(out)
     progress = out / CHECKPOINTS
     existing = [out / name for name in OUTPUTS if (out / name).exists()]
@@ -871,13 +941,19 @@ def reproduce(
     _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),
                       "version": __version__})  # fmt: skip
     run = Setting(scale, model_path, out, force or resume, log, device, cluster)
-    tasks = {
-        "fig2": dos_step, "fig3": fields_step, "fig4": dynamics_step, "fig4late": late_step,
-        "fig5": growth_step,
-    }  # fmt: skip
-    steps = {key: _resumable(run, key, task) for key, task in tasks.items()}
-    report = write_report(out, scale, steps, run.force)
-    shutil.rmtree(progress, ignore_errors=True)  # complete: the progress is no longer needed
+    done = {
+        key: _resumable(run, key, task) if key in chosen else _finished(run, key)
+        for key, task in TASKS.items()
+    }
+    finished = {key: step for key, step in done.items() if step is not None}
+    report = write_report(out, scale, finished, run.force)
+    if len(finished) == len(TASKS):
+        shutil.rmtree(progress, ignore_errors=True)  # complete: the progress is no longer needed
+    else:
+        log(
+            f"steps still to run: {', '.join(k for k in TASKS if k not in finished)}; the "
+            f"progress stays in {progress} (--resume continues)"
+        )
     return report
 
 
@@ -901,22 +977,34 @@ def _claim(progress: Path, run: dict) -> None:
         Path(tmp).write_text(json.dumps(run) + "\n")
 
 
-def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
-    """A step read back from an earlier session of this run (its files all present), else
-    computed and saved for later sessions."""
-    out, log = run.out, run.log
+def _finished(run: Setting, key: str) -> Step | None:
+    """The step as saved by an earlier session of this run (its files all present), or None."""
+    out = run.out
     path = out / CHECKPOINTS / f"{key}.json"
-    if path.exists():
-        try:
-            step = Step(**json.loads(path.read_text()))
-        except (ValueError, TypeError):
-            raise FileFormatError(f"{path}: not a saved reproduction step") from None
-        if all((out / name).exists() for name in (step.figure, *step.data)):
-            log(f"{key}: done in an earlier session of this run, read back from {path}")
-            step.values = _int_keys(step.values)
-            return step
+    if not path.exists():
+        return None
+    try:
+        step = Step(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        raise FileFormatError(f"{path}: not a saved reproduction step") from None
+    if not all((out / name).exists() for name in (step.figure, *step.data)):
+        return None
+    step.values = _int_keys(step.values)
+    return step
+
+
+def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
+    """A step read back from an earlier session of this run, else computed (recording the
+    machine) and saved for later sessions."""
+    from core.bench import hardware
+
+    step = _finished(run, key)
+    if step is not None:
+        run.log(f"{key}: done in an earlier session of this run, read back")
+        return step
     step = task(run)
-    with atomic_output(path, force=True) as tmp:
+    step.machine = hardware(run.device)
+    with atomic_output(run.out / CHECKPOINTS / f"{key}.json", force=True) as tmp:
         Path(tmp).write_text(json.dumps(asdict(step)) + "\n")
     return step
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.bench import hardware
 from core.checkpoint import (
     Checkpoints,
     TrainingCheckpoint,
@@ -587,16 +588,6 @@ def train(
 
 
 # --------------------------------------------------------------------------- outputs
-
-
-def hardware(device: str) -> str:
-    """CPU and torch threads, plus the GPU name when training on CUDA."""
-    from core.bench import machine_description
-
-    text = machine_description()
-    if device.startswith("cuda") and torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(torch.device(device))}"
-    return text
 
 
 def model_card(result: TrainResult, frames: Frames, datasets: Sequence[str | Path]) -> ModelCard:

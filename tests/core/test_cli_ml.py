@@ -156,13 +156,23 @@ def test_reproduce_passes_resume_and_workers_and_says_how_to_continue(tmp_path, 
 
     seen = {}
 
-    def interrupted(scale, out, model, force, log, device, resume, cluster):
-        seen.update(scale=scale.name, resume=resume, workers=cluster.workers)
+    def interrupted(scale, out, model, force, log, device, resume, cluster, steps):
+        seen.update(
+            scale=scale.name, resume=resume, workers=cluster and cluster.workers, steps=steps
+        )
         raise KeyboardInterrupt
 
     monkeypatch.setattr(core.reproduce, "reproduce", interrupted)
     code, _, err = run(capsys, "reproduce", "-o", tmp_path / "r", "--resume", "--workers", 3)
-    assert code == 130 and seen == {"scale": "quick", "resume": True, "workers": 3}
+    assert code == 130
+    assert seen == {
+        "scale": "quick",
+        "resume": True,
+        "workers": 3,
+        "steps": list(core.reproduce.TASKS),
+    }
+    run(capsys, "reproduce", "-o", tmp_path / "r", "--steps", "fig5", "fig2")
+    assert seen["steps"] == ["fig5", "fig2"]  # reproduce runs them in TASKS's order
     assert f"progress saved in {tmp_path / 'r' / 'checkpoints'}; add --resume to continue" in err
 
 

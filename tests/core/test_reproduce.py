@@ -88,7 +88,7 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
     from core import llg
 
     # Ctrl-C in the 5th LLG step of Fig. 5's quench
-    calls, step, growth = {"n": None}, llg.LLG.step, core.reproduce.growth_step
+    calls, step, growth = {"n": None}, llg.LLG.step, core.reproduce.TASKS["fig5"]
 
     def counting(self, spins):
         if calls["n"] is not None:
@@ -99,11 +99,11 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
 
     def armed(*args, **kwargs):
         calls["n"] = 0
-        monkeypatch.setattr(core.reproduce, "growth_step", growth)  # once
+        monkeypatch.setitem(core.reproduce.TASKS, "fig5", growth)  # once
         return growth(*args, **kwargs)
 
     monkeypatch.setattr(llg.LLG, "step", counting)
-    monkeypatch.setattr(core.reproduce, "growth_step", armed)
+    monkeypatch.setitem(core.reproduce.TASKS, "fig5", armed)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
@@ -113,8 +113,8 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
     assert "fig5.json" not in saved
     with pytest.raises(OutputExistsError):  # a plain rerun still refuses
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
-    for name in ("dos_step", "fields_step", "dynamics_step", "late_step"):
-        monkeypatch.setattr(core.reproduce, name, not_again)
+    for key in ("fig2", "fig3", "fig4", "fig4late"):
+        monkeypatch.setitem(core.reproduce.TASKS, key, not_again)
     lines = []
     report = reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
     assert sum("read back" in line for line in lines) == 4
@@ -126,6 +126,40 @@ def test_interrupted_reproduction_resumes_to_the_same_report(
     (run / "report.md").unlink()
     with pytest.raises(FileFormatError, match="holds files of a run but not its saved progress"):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)
+
+
+def test_a_run_of_some_steps_reports_them_and_a_resume_runs_the_rest(
+    tmp_path, tiny_model_file, monkeypatch, whole_run
+):
+    import core.reproduce
+    from core.bench import hardware
+    from core.config import ConfigError
+
+    run, lines = tmp_path / "run", []
+    report = reproduce(TINY, run, tiny_model_file, log=lines.append, steps=["fig3", "fig2"])
+    text = report.read_text()
+    assert "**Partial run.** Still to run: Fig. 4, Fig. 4 continued, Fig. 5." in text
+    assert (
+        "| Fig. 5 | N = 100, 1 configurations x 2 replicas, t <= 0.4, ML-LLG | not run yet |"
+        in text
+    )
+    assert f"| {hardware('cpu')} |" in text  # where Figs. 2 and 3 ran
+    assert "DOS peak at the Fermi level" in text and "H_perp error width" in text
+    assert "C(r_min) ~ -0.4" not in text and "psi ~ 1.02" not in text
+    assert "## Fig. 3" in text and "## Fig. 4" not in text
+    assert set(json.loads((run / "report.json").read_text())) == {"fig2", "fig3"}
+    assert lines[-1].startswith("steps still to run: fig4, fig4late, fig5; the progress stays")
+    assert {"fig2.json", "fig3.json"} <= {p.name for p in (run / "checkpoints").iterdir()}
+    with pytest.raises(OutputExistsError):  # without --resume the files are not touched
+        reproduce(TINY, run, tiny_model_file, log=lines.append)
+    for key in ("fig2", "fig3"):
+        monkeypatch.setitem(core.reproduce.TASKS, key, not_again)
+    report = reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
+    assert (run / "report.json").read_text() == whole_run  # as one uninterrupted run
+    assert "Partial run" not in report.read_text()
+    assert not (run / "checkpoints").exists()
+    with pytest.raises(ConfigError, match="unknown reproduction steps"):
+        reproduce(TINY, tmp_path / "other", tiny_model_file, steps=["fig6"])
 
 
 def test_fig_3_resumes_after_its_frames_and_first_network(
