@@ -24,6 +24,7 @@ from tqdm import tqdm
 from core import __version__
 from core.checkpoint import DEFAULT_EVERY
 from core.config import INTEGRATORS, ConfigError, ElectronConfig, LLGConfig, SystemConfig
+from core.electrons import ED_METHODS
 from core.errors import SdglassError
 from core.memory import keep_freed_memory
 from core.paths import DEFAULT_MODEL
@@ -147,6 +148,7 @@ def cmd_quench(args: argparse.Namespace) -> None:
         device=_device(args.device),
         model_path=args.model if args.engine == "ml" else None,
         pack=args.pack,
+        ed_method=args.ed_method,
     )
     cluster = _cluster(args)
     checkpoints = _checkpoints(args)
@@ -360,12 +362,16 @@ def cmd_bench(args: argparse.Namespace) -> None:
             bar.update(0 if n == sizes[0] else 1)
 
         if args.target == "ed":
-            rows = bench_ed(sizes, args.repeats, device, on_size, args.min_time)
+            rows = bench_ed(
+                sizes, args.repeats, device, on_size, args.min_time, args.batch, args.ed_method
+            )
         else:
             rows = bench_ml(model, sizes, args.repeats, device, args.batch, on_size, args.min_time)
             ed_sizes = [n for n in sizes if n <= args.ed_max]
             if ed_sizes:
-                rows += bench_ed(ed_sizes, args.repeats, device, on_size, args.min_time)
+                rows += bench_ed(
+                    ed_sizes, args.repeats, device, on_size, args.min_time, methods=args.ed_method
+                )
         bar.update(1)
     if args.json:
         record = {
@@ -552,6 +558,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="ml engine: configurations advanced together in one batched model call "
         "(fills a GPU; same results up to round-off)",
     )  # fmt: skip
+    g.add_argument(
+        "--ed-method", choices=ED_METHODS, default="auto",
+        help="ed engine: eigh diagonalizes; purification (kT_e = 0) reaches the occupied "
+        "states by matrix products (same fields to ~1e-13); auto purifies on cuda",
+    )  # fmt: skip
     g = p.add_argument_group("observables")
     g.add_argument("--records", type=int, default=40, help="log-spaced record times (plus t = 0)")
     g.add_argument("--bin-width", type=float, default=0.1, help="C(r, t) bin width in ell")
@@ -642,7 +653,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file for bench ml")
     p.add_argument(
         "--batch", type=int, nargs="+", default=[1],
-        help="replicas B per ML evaluation; several values give a row each (e.g. 1 20 200)",
+        help="replicas B per evaluation (ML; ED with bench ed); several values give a row "
+        "each (e.g. 1 20 200)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ed-method", nargs="+", choices=ED_METHODS, default=["auto"],
+        help="how ED finds the occupied states: eigh diagonalizes, purification (kT_e = 0) "
+        "uses matrix products; auto purifies on cuda. Several give a row each (ed-pur rows)",
     )  # fmt: skip
     p.add_argument("--ed-max", type=int, default=1000, help="bench ml: also time ED up to this N")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")

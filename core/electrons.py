@@ -11,12 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from core.config import ElectronConfig
+from core.config import ConfigError, ElectronConfig
 from core.errors import StateError
+from core.purification import canonical_purification
 from core.system import AtomicSystem, distance_matrix
 
 #: Bisection steps for the chemical potential: the bracket shrinks to round-off.
 _MU_BISECTION_STEPS = 200
+#: How EDSolver.fields finds the occupied states: "eigh" diagonalizes; "purification"
+#: (kT_e = 0 only) reaches the density matrix by matrix products (core.purification), with
+#: `eigh` for any member that does not converge; "auto" purifies on CUDA at kT_e = 0.
+ED_METHODS = ("auto", "eigh", "purification")
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,25 @@ def free_energy(eigenvalues: torch.Tensor, mu: torch.Tensor, n_electrons: int, k
     return -kT * torch.nn.functional.softplus(x).sum(-1) + mu * n_electrons
 
 
+def resolve_method(method: str, kT_e: float, device: torch.device) -> str:
+    """ "eigh" or "purification" for an ED_METHODS choice at electron temperature kT_e."""
+    if method not in ED_METHODS:
+        raise ConfigError(f"ED method must be one of {ED_METHODS}, got {method!r}")
+    if method == "purification" and kT_e != 0:
+        raise ConfigError(
+            f"purification gives the kT_e = 0 density matrix; kT_e = {kT_e} needs method 'eigh'"
+        )
+    auto = method == "auto" and kT_e == 0 and torch.device(device).type == "cuda"
+    return "purification" if method == "purification" or auto else "eigh"
+
+
 class EDSolver:
     """Exact-diagonalization field provider for one atomic configuration.
 
     The hopping matrix is built once; every call only assembles the on-site
-    exchange blocks -J S_i . sigma and diagonalizes.
+    exchange blocks -J S_i . sigma and diagonalizes. method (ED_METHODS) chooses
+    how `fields` gets the occupied states; `solve` always diagonalizes (it returns
+    the levels too). purification_steps: steps of the last purified call.
     """
 
     def __init__(
@@ -87,10 +106,13 @@ class EDSolver:
         system: AtomicSystem,
         config: ElectronConfig | None = None,
         device: torch.device | str = "cpu",
+        method: str = "auto",
     ) -> None:
         self.system = system
         self.config = config or ElectronConfig()
         self.device = torch.device(device)
+        self.method = resolve_method(method, self.config.kT_e, self.device)
+        self.purification_steps = 0
         self.hopping = hopping_matrix(system, self.config, self.device)
         self.n_electrons = self.config.n_electrons(system.n)
         if not 0 < self.n_electrons < 2 * system.n:
@@ -135,22 +157,45 @@ class EDSolver:
         r_uu = (fw * up.abs() ** 2).sum(-1)
         r_dd = (fw * dn.abs() ** 2).sum(-1)
         r_ud = (fw * up.conj() * dn).sum(-1)
-        # H_i = J (2 Re r_ud, 2 Im r_ud, r_uu - r_dd)
-        fields = self.config.J * torch.stack([2 * r_ud.real, 2 * r_ud.imag, r_uu - r_dd], dim=-1)
         return EDResult(
             eigenvalues=eps,
             occupations=f,
             mu=mu,
             energy=(f * eps).sum(-1),
             free_energy=free_energy(eps, mu, self.n_electrons, kT),
-            fields=fields,
+            fields=self._site_fields(r_uu, r_dd, r_ud),
         )
+
+    def _site_fields(self, r_uu, r_dd, r_ud) -> torch.Tensor:
+        """H_i = J (2 Re r_ud, 2 Im r_ud, r_uu - r_dd) from the site blocks of the density
+        matrix (paper Eq. 5), (B, N, 3)."""
+        return self.config.J * torch.stack([2 * r_ud.real, 2 * r_ud.imag, r_uu - r_dd], dim=-1)
+
+    def density_matrix(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """kT_e = 0: the projector P onto the occupied states by canonical purification
+        (eigh for the members it cannot converge: no gap at the Fermi level), and H."""
+        h = self.hamiltonian(spins)
+        purified = canonical_purification(h, self.n_electrons)
+        self.purification_steps = purified.steps
+        p, stuck = purified.density, ~purified.converged
+        if bool(stuck.any()):
+            u = torch.linalg.eigh(h[stuck])[1][..., : self.n_electrons]
+            p = p.clone()
+            p[stuck] = u @ u.conj().transpose(-1, -2)
+        return p, h
 
     def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Field-provider interface: H (B, N, 3) and E (B,) in the dtype/device of the input."""
-        res = self.solve(spins)
         s = torch.as_tensor(spins)
-        return res.fields.to(s.dtype), res.energy.to(s.dtype)
+        if self.method == "eigh":
+            res = self.solve(spins)
+            return res.fields.to(s.dtype), res.energy.to(s.dtype)
+        p, h = self.density_matrix(spins)
+        # r_ab of atom i = P[2i + b, 2i + a] (P = sum_occupied u u^dagger); E = Tr(P H)
+        blocks = torch.diagonal(p.view(-1, self.n, 2, self.n, 2), dim1=1, dim2=3)  # (B, 2, 2, N)
+        fields = self._site_fields(blocks[:, 0, 0].real, blocks[:, 1, 1].real, blocks[:, 1, 0])
+        energy = (p * h.conj()).sum((-2, -1)).real
+        return fields.to(s.dtype), energy.to(s.dtype)
 
     def _as_batch(self, spins: torch.Tensor) -> torch.Tensor:
         s = torch.as_tensor(spins, dtype=torch.float64, device=self.device)

@@ -28,7 +28,7 @@ from core.checkpoint import (
 )
 from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
-from core.electrons import EDSolver
+from core.electrons import EDSolver, resolve_method
 from core.fields import FieldProvider
 from core.io import Trajectory
 from core.llg import LLG
@@ -73,6 +73,7 @@ class QuenchConfig:
     device: str = "cpu"
     model_path: str | None = None
     pack: int = 1
+    ed_method: str = "auto"
 
     def __post_init__(self) -> None:
         _require(self.engine in ENGINES, f"engine must be one of {ENGINES}, got {self.engine!r}")
@@ -89,10 +90,16 @@ class QuenchConfig:
         _require(self.n_records >= 2, f"n_records must be >= 2, got {self.n_records}")
         _require(self.bin_width > 0, f"bin_width must be > 0, got {self.bin_width}")
         _require(self.pack >= 1, f"pack must be >= 1, got {self.pack}")
+        resolve_method(self.ed_method, self.electrons.kT_e, torch.device(self.device))
         _require(
             self.pack == 1 or self.engine == "ml",
             "pack > 1 needs the ml engine (ED diagonalises each configuration on its own)",
         )
+
+    @property
+    def resolved_ed_method(self) -> str:
+        """ "eigh" or "purification": what ed_method (ED_METHODS) means on this device."""
+        return resolve_method(self.ed_method, self.electrons.kT_e, torch.device(self.device))
 
     @property
     def n_groups(self) -> int:
@@ -133,6 +140,8 @@ class QuenchConfig:
         )
         if self.engine == "ml":
             out["model"] = str(self.model_path)
+        else:
+            out["ed_method"] = self.resolved_ed_method
         return out
 
 
@@ -181,7 +190,7 @@ def field_provider(
     the configurations packed into one system."""
     if qc.engine == "ed":
         (system,) = systems
-        return EDSolver(system, qc.electrons, qc.device)
+        return EDSolver(system, qc.electrons, qc.device, qc.ed_method)
     if model is None:
         model, _ = load_model(qc.model_path)
     return MLFieldProvider(model, systems, qc.device)
@@ -199,6 +208,7 @@ def load_quench_model(qc: QuenchConfig) -> EnergyModel | None:
 def run_identity(qc: QuenchConfig, index: int) -> dict:
     """Every parameter that fixes the numbers of group `index` (what a checkpoint must match)."""
     run = {**qc.attributes(), "n_records": qc.n_records, "snapshots": qc.snapshots}
+    run.pop("ed_method", None)  # the methods agree to round-off: a resume may switch, like device
     run.update(group=index, configs_in_group=list(qc.group(index)))
     if qc.engine == "ml":
         run["model_sha256"] = file_digest(qc.model_path)

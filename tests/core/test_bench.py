@@ -41,3 +41,18 @@ def test_batch_gains_compare_spin_steps_per_second_with_one_replica():
     assert (g["n"], g["batch"]) == (500, 20)
     assert g["throughput_gain"] == pytest.approx(20 * 0.02 / 0.08)
     assert "B = 20 replicas in one call: 5.0x the spin-steps per second" in format_table(rows)
+
+
+def test_ed_rows_name_their_method_and_ml_is_compared_with_the_faster_ed():
+    from core.bench import bench_ed
+
+    rows = bench_ed([20], repeats=1, min_time=0.0, batches=[1, 3], methods=["eigh", "purification"])
+    assert [(r["method"], r["batch"]) for r in rows] == [
+        ("eigh", 1), ("eigh", 3), ("purification", 1), ("purification", 3)
+    ]  # fmt: skip
+    assert "ed-pur" in format_table(rows)
+    ml = {"engine": "ml", "n": 20, "batch": 1, "seconds_per_eval": 1e-4, "seconds_per_step": 2e-4}
+    slow = {**rows[0], "seconds_per_step": 1.0}
+    fast = {**rows[2], "seconds_per_step": 0.1}
+    (s,) = speedups([ml, slow, fast])
+    assert s["step"] == pytest.approx(0.1 / 2e-4)

@@ -82,6 +82,14 @@ def test_quench_writes_trajectory_and_figure(tmp_path, capsys):
     assert traj.attrs["replicas"] == 2 and traj.attrs["temperature"] == 0.001
     assert png.stat().st_size > 10_000
     assert "steps/s" in out
+    assert traj.attrs["ed_method"] == "eigh"  # auto, on the CPU
+    code, out, _ = run(
+        capsys, "quench", "-n", 16, "--configs", 1, "--replicas", 2, "--t-max", 0.1,
+        "--records", 4, "--ed-method", "purification", "-o", tmp_path / "pur.h5",
+    )  # fmt: skip
+    purified = read_trajectory(tmp_path / "pur.h5")
+    assert code == 0 and purified.attrs["ed_method"] == "purification"
+    np.testing.assert_allclose(purified.corr, traj.corr, rtol=0, atol=1e-9)
 
 
 def test_dos_writes_figure(tmp_path, capsys):

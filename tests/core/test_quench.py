@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core.config import ConfigError, LLGConfig, SystemConfig
+from core.config import ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.io import read_trajectory, write_trajectory
 from core.quench import (
     QuenchConfig,
@@ -82,6 +82,8 @@ def test_trajectory_round_trip_with_snapshots(tmp_path, tiny):
         dict(engine="magic"),
         dict(bin_width=0),
         dict(pack=0),
+        dict(ed_method="lanczos"),
+        dict(ed_method="purification", electrons=ElectronConfig(kT_e=0.1)),
     ],
 )
 def test_invalid_quench_config(kwargs):
@@ -141,3 +143,16 @@ def test_packing_needs_the_ml_engine(tiny):
 def test_ml_engine_needs_a_model():
     with pytest.raises(ConfigError, match="model"):
         QuenchConfig(engine="ml")
+
+
+def test_a_purified_ed_quench_follows_the_diagonalized_one(tiny, tiny_result):
+    from core.quench import run_identity
+
+    qc = QuenchConfig(**{**tiny.__dict__, "ed_method": "purification"})
+    assert tiny.attributes()["ed_method"] == "eigh"  # auto on the CPU
+    assert qc.attributes()["ed_method"] == "purification"
+    assert run_identity(qc, 0) == run_identity(tiny, 0)  # a resume may switch methods
+    purified = to_trajectory(run_quench(qc))
+    exact = to_trajectory(tiny_result)
+    np.testing.assert_allclose(purified.corr, exact.corr, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(purified.energy_per_spin, exact.energy_per_spin, rtol=0, atol=1e-10)
