@@ -555,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--pack", type=int, default=1,
-        help="ml engine: configurations advanced together in one batched model call "
+        help="configurations advanced together in one batched call of the model or of ED "
         "(fills a GPU; same results up to round-off)",
     )  # fmt: skip
     g.add_argument(

@@ -145,7 +145,10 @@ class EDSolver:
 
     def solve(self, spins: torch.Tensor) -> EDResult:
         """Diagonalize, occupy (Fermi-Dirac), and return E, F and H_i = J sum_ab sigma_ab r_ab (Eq. 5)."""
-        h = self.hamiltonian(spins)
+        return self.diagonalized(self.hamiltonian(spins))
+
+    def diagonalized(self, h: torch.Tensor) -> EDResult:
+        """solve() for Hamiltonians h (B, 2N, 2N) of this solver's size and electrons."""
         eps, u = torch.linalg.eigh(h)
         kT = self.config.kT_e
         f, mu = fermi_occupations(eps, self.n_electrons, kT)
@@ -171,10 +174,10 @@ class EDSolver:
         matrix (paper Eq. 5), (B, N, 3)."""
         return self.config.J * torch.stack([2 * r_ud.real, 2 * r_ud.imag, r_uu - r_dd], dim=-1)
 
-    def density_matrix(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """kT_e = 0: the projector P onto the occupied states by canonical purification
-        (eigh for the members it cannot converge: no gap at the Fermi level), and H."""
-        h = self.hamiltonian(spins)
+    def projector(self, h: torch.Tensor) -> torch.Tensor:
+        """kT_e = 0: the projector P onto the occupied states of each h (B, 2N, 2N) by
+        canonical purification (eigh for the members it cannot converge: no gap at the
+        Fermi level)."""
         purified = canonical_purification(h, self.n_electrons)
         self.purification_steps = purified.steps
         p, stuck = purified.density, ~purified.converged
@@ -182,19 +185,24 @@ class EDSolver:
             u = torch.linalg.eigh(h[stuck])[1][..., : self.n_electrons]
             p = p.clone()
             p[stuck] = u @ u.conj().transpose(-1, -2)
-        return p, h
+        return p
+
+    def fields_of(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """H (B, N, 3) and E (B,), float64, for Hamiltonians h (B, 2N, 2N) of this solver's
+        size and electrons, by its method."""
+        if self.method == "eigh":
+            res = self.diagonalized(h)
+            return res.fields, res.energy
+        p = self.projector(h)
+        # r_ab of atom i = P[2i + b, 2i + a] (P = sum_occupied u u^dagger); E = Tr(P H)
+        blocks = torch.diagonal(p.view(-1, self.n, 2, self.n, 2), dim1=1, dim2=3)  # (B, 2, 2, N)
+        fields = self._site_fields(blocks[:, 0, 0].real, blocks[:, 1, 1].real, blocks[:, 1, 0])
+        return fields, (p * h.conj()).sum((-2, -1)).real
 
     def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Field-provider interface: H (B, N, 3) and E (B,) in the dtype/device of the input."""
         s = torch.as_tensor(spins)
-        if self.method == "eigh":
-            res = self.solve(spins)
-            return res.fields.to(s.dtype), res.energy.to(s.dtype)
-        p, h = self.density_matrix(spins)
-        # r_ab of atom i = P[2i + b, 2i + a] (P = sum_occupied u u^dagger); E = Tr(P H)
-        blocks = torch.diagonal(p.view(-1, self.n, 2, self.n, 2), dim1=1, dim2=3)  # (B, 2, 2, N)
-        fields = self._site_fields(blocks[:, 0, 0].real, blocks[:, 1, 1].real, blocks[:, 1, 0])
-        energy = (p * h.conj()).sum((-2, -1)).real
+        fields, energy = self.fields_of(self.hamiltonian(spins))
         return fields.to(s.dtype), energy.to(s.dtype)
 
     def _as_batch(self, spins: torch.Tensor) -> torch.Tensor:
@@ -206,6 +214,43 @@ class EDSolver:
         if not torch.isfinite(s).all():
             raise StateError("spins contain NaN or infinite values")
         return s
+
+
+class PackedEDSolver:
+    """ED of K configurations of N atoms each in one batched call: spins (B, K N, 3),
+    configuration k on atoms k N .. (k + 1) N - 1 (as the ML engine packs them). Each
+    configuration keeps its own Hamiltonian; the B K of them are diagonalized or purified
+    together, which fills a GPU. E (B,) sums over the configurations."""
+
+    def __init__(
+        self,
+        systems: list[AtomicSystem],
+        config: ElectronConfig | None = None,
+        device: torch.device | str = "cpu",
+        method: str = "auto",
+    ) -> None:
+        self.solvers = [EDSolver(system, config, device, method) for system in systems]
+        sizes = {solver.n for solver in self.solvers}
+        if len(sizes) != 1:
+            raise ValueError(f"packed ED needs configurations of one size, got N = {sorted(sizes)}")
+        self.n = sizes.pop()
+        self.method = self.solvers[0].method
+
+    def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.as_tensor(spins)
+        k = len(self.solvers)
+        if s.ndim != 3 or s.shape[1:] != (k * self.n, 3):
+            raise StateError(
+                f"spins must have shape (B, {k * self.n}, 3) for {k} packed configurations, "
+                f"got {tuple(s.shape)}"
+            )
+        per_config = s.unflatten(1, (k, self.n))  # (B, K, N, 3)
+        h = torch.stack(
+            [one.hamiltonian(per_config[:, c]) for c, one in enumerate(self.solvers)], 1
+        )
+        fields, energy = self.solvers[0].fields_of(h.flatten(0, 1))
+        fields = fields.unflatten(0, (s.shape[0], k)).flatten(1, 2)
+        return fields.to(s.dtype), energy.unflatten(0, (s.shape[0], k)).sum(1).to(s.dtype)
 
 
 def hopping_levels(system: AtomicSystem, config: ElectronConfig) -> np.ndarray:

@@ -28,7 +28,7 @@ from core.checkpoint import (
 )
 from core.cluster import ClusterSpec, map_configurations
 from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
-from core.electrons import EDSolver, resolve_method
+from core.electrons import EDSolver, PackedEDSolver, resolve_method
 from core.fields import FieldProvider
 from core.io import Trajectory
 from core.llg import LLG
@@ -91,10 +91,6 @@ class QuenchConfig:
         _require(self.bin_width > 0, f"bin_width must be > 0, got {self.bin_width}")
         _require(self.pack >= 1, f"pack must be >= 1, got {self.pack}")
         resolve_method(self.ed_method, self.electrons.kT_e, torch.device(self.device))
-        _require(
-            self.pack == 1 or self.engine == "ml",
-            "pack > 1 needs the ml engine (ED diagonalises each configuration on its own)",
-        )
 
     @property
     def resolved_ed_method(self) -> str:
@@ -186,11 +182,12 @@ class QuenchResult:
 def field_provider(
     qc: QuenchConfig, systems: list[AtomicSystem], model: EnergyModel | None = None
 ) -> FieldProvider:
-    """The engine that computes local fields: ED of one configuration, or the ML model on
-    the configurations packed into one system."""
+    """The engine that computes local fields on the configurations packed into one batch:
+    ED (each configuration its own Hamiltonian), or the ML model."""
     if qc.engine == "ed":
-        (system,) = systems
-        return EDSolver(system, qc.electrons, qc.device, qc.ed_method)
+        if len(systems) == 1:
+            return EDSolver(systems[0], qc.electrons, qc.device, qc.ed_method)
+        return PackedEDSolver(systems, qc.electrons, qc.device, qc.ed_method)
     if model is None:
         model, _ = load_model(qc.model_path)
     return MLFieldProvider(model, systems, qc.device)

@@ -351,10 +351,18 @@ def _quench(qc, path: Path, force: bool, log: Log, what: str, cluster=None):
     return traj
 
 
+def ed_pack(configs: int, device: str, cluster) -> int:
+    """Configurations per ED batch: all of them on a GPU (one batch of Hamiltonians fills
+    it), one at a time on a CPU (it diagonalizes one matrix after another anyway) or on a
+    cluster (a task per configuration)."""
+    return configs if device.startswith("cuda") and cluster is None else 1
+
+
 def dynamics_step(run: Setting) -> Step:
     """ED-LLG and ML-LLG at N = 100 on the same configurations and seeds (paper Fig. 4).
-    ED runs its configurations one by one, or as tasks on the run's cluster; ML packs them
-    all into one batched call on the run's device."""
+    ED runs its configurations one by one on a CPU, as tasks on the run's cluster, or all
+    packed into one batch on a GPU; ML packs them all into one batched call on the run's
+    device."""
     scale, out, force, log = run.scale, run.out, run.force, run.log
     from core.plots import comparison_figure, save_figure
 
@@ -367,6 +375,8 @@ def dynamics_step(run: Setting) -> Step:
             scale, run.model_path, run.device,
         )  # fmt: skip
         spread = run.cluster if engine == "ed" else None
+        if engine == "ed":
+            qc = replace(qc, pack=ed_pack(qc.configs, run.device, spread))
         runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4", spread)
     ed, ml = runs["ed"], runs["ml"]
     fig = comparison_figure(

@@ -135,9 +135,28 @@ def test_packed_configurations_give_the_unpacked_quench(tiny, tiny_model_file):
     assert not np.allclose(packed.snapshots[-1, 0], packed.snapshots[-1, 1])  # own seeds
 
 
-def test_packing_needs_the_ml_engine(tiny):
-    with pytest.raises(ConfigError, match="pack > 1 needs the ml engine"):
-        QuenchConfig(**{**tiny.__dict__, "pack": 2})
+@pytest.mark.parametrize("method", ["eigh", "purification"])
+def test_packed_ed_gives_the_unpacked_quench(tiny, method):
+    # 3 configurations in groups (2, 1): each keeps its Hamiltonian, seeds and noise stream
+    ed = {**tiny.__dict__, "configs": 3, "snapshots": True, "ed_method": method}
+    one = run_quench(QuenchConfig(**ed))
+    packed = run_quench(QuenchConfig(**{**ed, "pack": 2}))
+    np.testing.assert_allclose(packed.snapshots, one.snapshots, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(packed.corr, one.corr, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(packed.energy_per_spin, one.energy_per_spin, rtol=1e-12)
+    np.testing.assert_array_equal(packed.positions, one.positions)
+
+
+def test_packed_ed_refuses_mixed_sizes_and_wrong_shapes():
+    from core.electrons import PackedEDSolver
+    from core.errors import StateError
+    from core.system import generate_positions, random_spins
+
+    small, large = (generate_positions(SystemConfig(n=n, seed=1)) for n in (8, 10))
+    with pytest.raises(ValueError, match="one size"):
+        PackedEDSolver([small, large])
+    with pytest.raises(StateError, match=r"\(B, 16, 3\) for 2 packed configurations"):
+        PackedEDSolver([small, small]).fields(random_spins(1, 8))
 
 
 def test_ml_engine_needs_a_model():

@@ -318,3 +318,12 @@ def test_psi_reason_says_whether_xi_grew_or_fell():
         {"xi_first": 1.55, "xi_last": 1.32}, never
     )
     assert "grows only from 1.20 to 1.25" in psi_reason({"xi_first": 1.2, "xi_last": 1.25}, never)
+
+
+def test_ed_configurations_share_one_batch_on_a_gpu_only():
+    from core.reproduce import ed_pack
+
+    assert ed_pack(10, "cuda", None) == 10
+    assert ed_pack(10, "cuda:1", None) == 10
+    assert ed_pack(10, "cpu", None) == 1
+    assert ed_pack(10, "cuda", SimpleNamespace(workers=4)) == 1  # a task per configuration
