@@ -116,9 +116,10 @@ def bench_ml(
 
 
 def machine_description() -> str:
+    threads = torch.get_num_threads()
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{torch.get_num_threads()} torch threads, torch {torch.__version__}"
+        f"{threads} torch thread{'s' if threads != 1 else ''}, torch {torch.__version__}"
     )
 
 
