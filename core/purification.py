@@ -67,26 +67,34 @@ def canonical_purification(
 ) -> Purified:
     """Projector onto the n_electrons lowest states of each Hermitian h (B, M, M) (module
     docstring); members that have converged stop changing while the others go on."""
-    b, m = h.shape[0], h.shape[-1]
+    batch, m = h.shape[0], h.shape[-1]
     eye = torch.eye(m, dtype=h.dtype, device=h.device)
     h_min, h_max = gershgorin_bounds(h)
     mu_bar = _trace(h) / m
     lam = torch.minimum(n_electrons / (h_max - mu_bar), (m - n_electrons) / (mu_bar - h_min))
     # P_0 = (lambda / M) (mu_bar I - H) + (n_e / M) I
     p = (lam / m)[:, None, None] * (mu_bar[:, None, None] * eye - h) + (n_electrons / m) * eye
-    done = torch.zeros(b, dtype=torch.bool, device=h.device)
+    done = torch.zeros(batch, dtype=torch.bool, device=h.device)
     steps = 0
     while steps < max_steps:
         p2 = p @ p
-        error = _trace(p) - _trace(p2)  # Tr(P - P^2) = sum p (1 - p)
+        trace_p, trace_p2 = _trace(p), _trace(p2)
+        error = trace_p - trace_p2  # Tr(P - P^2) = sum p (1 - p)
         done = done | (error / m < tolerance)
         if bool(done.all()):
             break
-        p3 = p2 @ p
-        c = ((_trace(p2) - _trace(p3)) / error)[:, None, None]
-        high = ((1 + c) * p2 - p3) / c
-        low = ((1 - 2 * c) * p + (1 + c) * p2 - p3) / (1 - c)
-        step = torch.where(c >= 0.5, high, low)
-        p = torch.where(done[:, None, None], p, step)
+        # Tr(P^3) = sum_ij (P^2)_ij P_ji = sum_ij (P^2)_ij conj(P_ij): P is Hermitian
+        trace_p3 = (p2 * p.conj()).sum((-2, -1)).real
+        c = (trace_p2 - trace_p3) / error
+        # P_{k+1} = a P + P^2 (b I + d P): the two branches of the module docstring, and
+        # a = 1, b = d = 0 (no change) for the members that have converged
+        high = c >= 0.5
+        a = torch.where(high, 0.0, (1 - 2 * c) / (1 - c))
+        b = torch.where(high, (1 + c) / c, (1 + c) / (1 - c))
+        d = torch.where(high, -1 / c, -1 / (1 - c))
+        a, b, d = (torch.where(done, keep, x) for keep, x in ((1.0, a), (0.0, b), (0.0, d)))
+        right = d[:, None, None] * p
+        right.diagonal(dim1=-2, dim2=-1).add_(b[:, None])
+        p = (p2 @ right).addcmul_(a[:, None, None].to(p.dtype), p)
         steps += 1
     return Purified(p, done, steps)
