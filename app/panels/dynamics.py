@@ -73,8 +73,8 @@ class DynamicsPanel(Container):
         self.device = ComboBox(
             label="Device", choices=devices, value="cpu",
             tooltip="Where the fields are computed (cuda only when available). On cuda the "
-            "ED engine finds the occupied states by canonical purification (matrix products, "
-            "the same fields to ~1e-13) instead of diagonalizing.",
+            "ED engine at kT_e = 0 finds the occupied states by canonical purification (matrix "
+            "products, the same fields to ~1e-13) instead of diagonalizing.",
         )  # fmt: skip
         self.steps_per_frame = SpinBox(
             label="Steps per frame", value=session.steps_per_frame, min=1, max=10000,
