@@ -154,9 +154,14 @@ def test_a_run_of_some_steps_reports_them_and_a_resume_runs_the_rest(
         reproduce(TINY, run, tiny_model_file, log=lines.append)
     for key in ("fig2", "fig3"):
         monkeypatch.setitem(core.reproduce.TASKS, key, not_again)
+    saved = run / "checkpoints" / "fig2.json"  # as written before steps named their machine
+    saved.write_text(
+        json.dumps({k: v for k, v in json.loads(saved.read_text()).items() if k != "machine"})
+    )
     report = reproduce(TINY, run, tiny_model_file, log=lines.append, resume=True)
     assert (run / "report.json").read_text() == whole_run  # as one uninterrupted run
     assert "Partial run" not in report.read_text()
+    assert "| not recorded |" in report.read_text()
     assert not (run / "checkpoints").exists()
     with pytest.raises(ConfigError, match="unknown reproduction steps"):
         reproduce(TINY, tmp_path / "other", tiny_model_file, steps=["fig6"])
