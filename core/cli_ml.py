@@ -293,9 +293,9 @@ def _add_reproduce(sub) -> None:
     )  # fmt: skip
     p.add_argument(
         "--steps", nargs="+", choices=STEP_NAMES, metavar="STEP", default=list(STEP_NAMES),
-        help="run only these steps; the report "
-        "then covers the finished ones and --resume runs the rest later, on this machine or "
-        "another (e.g. the ED labelling and training here, the dynamics on a GPU)",
+        help="run only these steps; the report then covers the finished ones and --resume "
+        "runs the rest later, on this machine or another (e.g. the ED labelling and training "
+        "here, the dynamics on a GPU)",
     )  # fmt: skip
     base._add_device(p)
     base._add_cluster(p)

@@ -90,7 +90,7 @@ class QuenchConfig:
         _require(self.n_records >= 2, f"n_records must be >= 2, got {self.n_records}")
         _require(self.bin_width > 0, f"bin_width must be > 0, got {self.bin_width}")
         _require(self.pack >= 1, f"pack must be >= 1, got {self.pack}")
-        resolve_method(self.ed_method, self.electrons.kT_e, torch.device(self.device))
+        self.resolved_ed_method  # noqa: B018 (raises ConfigError for an unusable ed_method)
 
     @property
     def resolved_ed_method(self) -> str:
