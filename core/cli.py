@@ -1,5 +1,5 @@
 """The `sdglass` command line: app (default), generate, label, quench, dos, compare, bench,
-dataset, train, eval.
+check, dataset, train, eval.
 
 Every sub-command's defaults are the paper's values (PHYSICS.md); units are
 ell for lengths, t0 for energies and temperatures, 1/(gamma t0) for times.
@@ -386,6 +386,27 @@ def cmd_bench(args: argparse.Namespace) -> None:
         print(format_table(rows))
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """The device against the CPU: ED and ML fields, and the app's dynamics."""
+    from core.bench import hardware
+    from core.devicecheck import check_device, format_report
+    from core.modelfile import load_model
+
+    device = _device(args.device)
+    model, _ = load_model(args.model)
+    with _progress(2, f"check {device}", "stage") as bar:
+
+        def on_stage(stage: str) -> None:
+            bar.set_postfix(stage=stage)
+            bar.update(0 if stage == "fields" else 1)
+
+        checks, timings = check_device(device, model, args.n, args.steps, on_stage)
+        bar.update(1)
+    print(f"machine: {hardware(device)}")
+    print(format_report(device, checks, timings))
+    return 0 if all(c.passed for c in checks) else 1
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -665,6 +686,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_device(p)
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "check",
+        help="does a device (cuda) compute the same fields and dynamics as the CPU?",
+        formatter_class=fmt,
+    )
+    p.add_argument("-n", type=int, default=100, help="number of atoms N (paper: 100)")
+    p.add_argument("--steps", type=int, default=20, help="SIB steps of the app's dynamics")
+    p.add_argument("--model", default=str(DEFAULT_MODEL), help="model file for the ML checks")
+    p.add_argument(
+        "--device", choices=("cpu", "cuda"),
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="device compared with the CPU (default: cuda when available)",
+    )  # fmt: skip
+    p.set_defaults(func=cmd_check)
 
     from core.cli_ml import add_ml_commands  # dataset, train, eval
 

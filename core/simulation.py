@@ -176,8 +176,9 @@ class Simulation:
         with self._lock:
             if seed is not None:
                 self.spin_seed = int(seed)
-            gen = torch.Generator(device=self.device).manual_seed(self.spin_seed)
-            self.spins = random_spins(self.replicas, self.system.n, gen, device=self.device)
+            # drawn on the CPU: a seed gives the same spins on every device
+            gen = torch.Generator().manual_seed(self.spin_seed)
+            self.spins = random_spins(self.replicas, self.system.n, gen).to(self.device)
             self.step_count = 0
             self.time = 0.0
             self.last_fields: np.ndarray | None = None
