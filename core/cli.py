@@ -267,7 +267,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if args.plot:
         check_output(args.plot, args.force)
     traj = read_trajectory(args.run)
-    fit, growth = droplet_values(traj)
+    fit, growth = droplet_values(traj, args.fit_from, args.fit_to)
     values = {**correlation_features(traj), "history": correlation_history(traj), **growth}
     if args.json:
         print(json.dumps(values, default=str))
@@ -305,8 +305,21 @@ def cmd_summary(args: argparse.Namespace) -> None:
             f"  |m| at the end: {values['magnetisation_last']:.4f} "
             f"(random spins: {values['random_magnetisation']:.4f})"
         )
-        print(f"  xi: {values['xi_first']:.3f} -> {values['xi_last']:.3f} ell")
-        if values["psi"] is not None:
+        print(
+            f"  xi: {values['xi_first']:.3f} -> {values['xi_last']:.3f} ell, smallest "
+            f"{values['xi_min']:.3f} at t = {values['xi_min_t']:.3g}"
+            + (
+                f" (it grows after: --fit-from {values['xi_min_t']:.3g} fits the growth alone)"
+                if values["xi_min_t"] < values["t_max"]
+                else ""
+            )
+        )
+        if values["psi"] is None:
+            window = (
+                f"t = {args.fit_from:g}..{'end' if args.fit_to is None else f'{args.fit_to:g}'}"
+            )
+            print(f"  droplet fit: fewer than 3 records with t > 1 in {window}")
+        else:
             lo, hi = values["fit_range"]
             print(
                 f"  droplet fit (log t)^(1/psi) on t = {lo:.3g}..{hi:.3g}: "
@@ -644,6 +657,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write C(r, t) and xi(t) with the droplet fit")
     p.add_argument("--title", default="", help="figure title")
+    p.add_argument(
+        "--fit-from", type=float, default=1.5,
+        help="droplet fit (log t)^(1/psi) on records from this time (1/(gamma t0))",
+    )  # fmt: skip
+    p.add_argument("--fit-to", type=float, default=None, help="... up to this time (default: end)")
     p.add_argument("--force", action="store_true", help="overwrite an existing figure")
     p.set_defaults(func=cmd_summary)
 

@@ -529,17 +529,23 @@ def growth_step(run: Setting) -> Step:
     return Step("fig5-xi.png", ["fig5-ml.h5"], values, time.perf_counter() - start)
 
 
-def droplet_values(traj) -> tuple[Any, dict[str, Any]]:
-    """The droplet fit of xi(t) (None when too few points) and the numbers the paper quotes
-    about growth: psi +- error, xi at the first and last record, |m| at the end."""
+def droplet_values(
+    traj, t_min: float = 1.5, t_max: float | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """The droplet fit of xi(t) on records t_min <= t <= t_max (None when fewer than 3) and
+    the numbers the paper quotes about growth: psi +- error, xi at the first and last record
+    and at its smallest (after t = 0; growth can only start there), |m| at the end."""
     from core.observables import fit_droplet
 
     try:
-        fit = fit_droplet(traj.times, traj.xi)
+        fit = fit_droplet(traj.times, traj.xi, t_min, t_max)
     except ValueError:
         fit = None
     n = int(traj.attrs["n"])
+    smallest = 1 + int(np.argmin(traj.xi[1:]))
     return fit, {
+        "xi_min": float(traj.xi[smallest]),
+        "xi_min_t": float(traj.times[smallest]),
         "psi": None if fit is None else fit.psi,
         "psi_err": None if fit is None else fit.psi_err,
         "fit_range": None if fit is None else (fit.t_min, fit.t_max),

@@ -328,3 +328,21 @@ def test_summary_quotes_the_papers_quantities_of_a_run(tmp_path, capsys):
     assert fig.stat().st_size > 10_000
     code, _, err = run(capsys, "summary", path, "--plot", fig)
     assert code == 2 and "refusing to overwrite" in error_line(err)
+
+
+def test_summary_fits_psi_on_a_chosen_window(tmp_path, capsys):
+    from core.observables import fit_droplet
+
+    path = tmp_path / "q.h5"
+    quench = ["quench", "-n", 16, "--configs", 1, "--replicas", 2, "--t-max", 4, "--records", 60]
+    assert run(capsys, *quench, "-o", path)[0] == 0
+    traj = read_trajectory(path)
+    code, out, _ = run(capsys, "summary", path, "--json", "--fit-from", 2, "--fit-to", 3.5)
+    values = json.loads(out)
+    expected = fit_droplet(traj.times, traj.xi, t_min=2, t_max=3.5)
+    assert code == 0 and values["psi"] == pytest.approx(expected.psi)
+    assert 2 <= values["fit_range"][0] < values["fit_range"][1] <= 3.5
+    smallest = 1 + int(np.argmin(traj.xi[1:]))
+    assert values["xi_min"] == traj.xi[smallest] and values["xi_min_t"] == traj.times[smallest]
+    code, out, _ = run(capsys, "summary", path, "--fit-from", 3.9)
+    assert code == 0 and "droplet fit: fewer than 3 records with t > 1 in t = 3.9..end" in out
