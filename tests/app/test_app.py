@@ -278,10 +278,21 @@ def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
 def test_fit_psi_button(app_viewer, qtbot):
     _, session = app_viewer
     session.panels["Dynamics"].steps_per_frame.value = 10
+    session.panels["Dynamics"].dt.value = 0.1  # t = 10: records from t = 1.5 on to fit
     session.panels["Dynamics"].start(max_steps=100)
     wait_stopped(qtbot, session)
     session.plots.fit_button.click()
     assert "psi" in session.plots.fit_label.text()
+    fit = session.plots.fit
+    assert fit is not None and fit.t_min >= 1.5
+    later = float(session.plots.snapshot.record_times[-4])  # the last 4 records
+    session.plots.fit_from.setValue(later - 0.05)
+    session.plots.fit_button.click()
+    assert session.plots.fit.n_points == 4 and session.plots.fit.t_min >= later - 0.05
+    assert f"t in [{session.plots.fit.t_min:.3g}" in session.plots.fit_label.text()
+    session.plots.fit_from.setValue(1e5)  # after the run: no records to fit
+    session.plots.fit_button.click()
+    assert session.plots.fit is None and "at least 3 points" in session.plots.fit_label.text()
 
 
 def test_screenshot_cli_produces_nonblank_png(tmp_path):
