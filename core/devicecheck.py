@@ -18,6 +18,7 @@ agrees exactly, except purification against diagonalization: ~1e-13).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable
@@ -93,7 +94,8 @@ def field_checks(
             ),
         ]
     h_cpu, e_cpu = MLFieldProvider(model, system, "cpu").fields(spins)
-    h, e = MLFieldProvider(model, system, device).fields(spins.to(device))
+    # a copy: MLFieldProvider moves the model it is given to its device
+    h, e = MLFieldProvider(copy.deepcopy(model), system, device).fields(spins.to(device))
     checks.append(Check("ML fields H (float32)", _largest(h, h_cpu), ML_TOLERANCE, "t0"))
     checks.append(Check("ML energy / N", _largest(e / n, e_cpu / n), ML_TOLERANCE, "t0"))
     return checks
@@ -102,7 +104,7 @@ def field_checks(
 def _advanced(engine: str, device: str, model: EnergyModel, n: int, steps: int, replicas: int):
     sim = Simulation(
         SystemConfig(n=n), llg=LLGConfig(temperature=0.0), engine=engine,
-        replicas=replicas, device=device, model=model,
+        replicas=replicas, device=device, model=copy.deepcopy(model),
     )  # fmt: skip
     sim.advance(1)  # warm-up (CUDA kernels load on first use); the clock restarts below
     sim.reset_spins()
