@@ -308,12 +308,14 @@ def cmd_summary(args: argparse.Namespace) -> None:
         print(
             f"  xi: {values['xi_first']:.3f} -> {values['xi_last']:.3f} ell, smallest "
             f"{values['xi_min']:.3f} at t = {values['xi_min_t']:.3g}"
-            + (
-                f" (it grows after: --fit-from {values['xi_min_t']:.3g} fits the growth alone)"
-                if values["xi_min_t"] < values["t_max"]
-                else ""
-            )
         )
+        if values["growth_psi"] is not None:
+            lo, hi = values["growth_fit_range"]
+            print(
+                f"  droplet fit of the growth alone (from the smallest xi, t = {lo:.3g}..{hi:.3g}):"
+                f" psi = {values['growth_psi']:.3f} +- {values['growth_psi_err']:.3f} "
+                f"({psi_verdict(values['growth_psi'], values['growth_psi_err'])} against 1.02)"
+            )
         if values["psi"] is None:
             window = (
                 f"t = {args.fit_from:g}..{'end' if args.fit_to is None else f'{args.fit_to:g}'}"

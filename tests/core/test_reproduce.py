@@ -332,3 +332,24 @@ def test_ed_configurations_share_one_batch_on_a_gpu_only():
     assert ed_pack(10, "cuda:1", None) == 10
     assert ed_pack(10, "cpu", None) == 1
     assert ed_pack(10, "cuda", SimpleNamespace(workers=4)) == 1  # a task per configuration
+
+
+def test_growth_row_fits_from_the_smallest_xi_or_says_why_not():
+    from core.reproduce import growth_fit, growth_rows
+
+    base = {"psi": -2.8, "psi_err": 0.2, "fit_range": (1.5, 1000.0), "t_max": 1000.0,
+            "magnetisation_last": 0.02, "random_magnetisation": 0.045}  # fmt: skip
+    grows = {**base, "xi_min": 0.85, "xi_min_t": 150.0, "growth_psi": 1.1,
+             "growth_psi_err": 0.05, "growth_fit_range": (150.0, 1000.0)}  # fmt: skip
+    measured, verdict = growth_fit(grows)
+    assert measured == "1.10 +- 0.05 (t in 150..1e+03; xi smallest (0.850) at t = 150)"
+    assert verdict == "agrees"
+    falls = {**grows, "xi_min_t": 1000.0, "growth_psi": None, "growth_psi_err": None,
+             "growth_fit_range": None}  # fmt: skip
+    assert growth_fit(falls) == (
+        "xi smallest (0.850) at t = 1e+03: fewer than 3 records after it, no growth to fit",
+        "no fit",
+    )
+    assert growth_fit(base)[1] == "n/a"  # report.json of an older version
+    rows = growth_rows(grows, 500)
+    assert [r[0] for r in rows][-1].startswith("droplet exponent psi ~ 1.02, growth alone")
