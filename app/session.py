@@ -43,7 +43,7 @@ class _CloseFilter(QObject):
 
     def eventFilter(self, obj, event):
         if event.type() == QEvent.Close:
-            self.session.stop(wait=True)
+            self.session.shut_down()
         return False
 
 
@@ -195,19 +195,41 @@ class AppSession:
             self._set_state("running")
 
     def stop(self, wait: bool = False) -> None:
-        """Ask the worker to quit; with wait, block until its thread has ended."""
-        worker = self.worker
+        """Ask the worker to quit; with wait, block until its thread has ended and its last
+        state is shown."""
+        worker = self._ask_to_quit()
+        if worker is None or not wait:
+            return
+        # the worker's finished signal arrives through the main event loop
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while self.worker is worker and time.monotonic() < deadline:
+            QApplication.processEvents()
+            time.sleep(0.002)
+        self._on_finished(worker)
+
+    def shut_down(self) -> None:
+        """The window is closing: stop the worker and wait for its thread, without turning the
+        event loop (that would delete the widgets napari is closing while it still uses
+        them) and without drawing."""
+        worker = self._ask_to_quit()
         if worker is None:
             return
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while worker.is_running and time.monotonic() < deadline:
+            time.sleep(0.002)
+        self.worker, self._pending = None, None
+        self._set_state("stopped")
+
+    def _ask_to_quit(self):
+        """Tell the running worker (if any) to quit after its current chunk; returns it."""
+        worker = self.worker
+        if worker is None:
+            return None
         if self.state == "paused":
             worker.resume()
         worker.quit()
-        if wait:  # the worker's finished signal arrives through the main event loop
-            deadline = time.monotonic() + STOP_TIMEOUT_S
-            while self.worker is worker and time.monotonic() < deadline:
-                QApplication.processEvents()
-                time.sleep(0.002)
-            self._on_finished(worker)
+        self._shown.set()  # a worker waiting for its snapshot to be drawn goes on to quit
+        return worker
 
     def _set_state(self, state: str) -> None:
         self.state = state

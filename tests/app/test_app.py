@@ -414,3 +414,69 @@ def test_trajectory_recorded_while_running(app_viewer, qtbot, tmp_path):
     np.testing.assert_allclose(traj.snapshots[-1, 0], snap.spins, atol=1e-6)
     assert traj.n_times == len(snap.record_times)
     assert "wrote rec.traj.h5" in export.message.value
+
+
+def test_closing_the_window_mid_run_stops_the_dynamics_without_a_traceback(
+    make_napari_viewer, qtbot, capfd
+):
+    from app.launcher import launch, session_of
+
+    viewer = launch(viewer=make_napari_viewer(), return_viewer=True, n=30)
+    session = session_of(viewer)
+    session.panels["Dynamics"].start()  # no step limit: runs until stopped
+    qtbot.waitUntil(lambda: session.sim.step_count >= 2, timeout=TIMEOUT)
+    worker = session.worker
+    viewer.close()  # File > Close Window; the window's close button sends the same event
+    assert session.worker is None and session.state == "stopped"
+    qtbot.waitUntil(lambda: not worker.is_running, timeout=TIMEOUT)
+    steps = session.sim.step_count
+    qtbot.wait(300)
+    assert session.sim.step_count == steps  # nothing steps on behind the closed window
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(app_viewer, tmp_path):
+    from core.modelfile import load_model, save_model
+
+    _, session = app_viewer
+    model, card = load_model(DEFAULT_MODEL)
+    card.physical["J"] = 1.0
+    other = save_model(tmp_path / "j1.safetensors", model, card)
+    notification_manager.records.clear()
+    assert session.panels["Model"].load(other)
+    expected = "model was trained for J = 1 but is used with J = 6"
+    assert session.warnings == [expected]
+    assert f"⚠ {expected}" in session.panels["Model"].card.value
+    assert any(expected in str(r.message) for r in notification_manager.records)
+    # a system with the model's J: the warning goes
+    session.panels["System"].preset.value = "Weak coupling (J = 1)"
+    assert session.panels["System"].generate()
+    assert session.warnings == [] and "⚠" not in session.panels["Model"].card.value
+
+
+def test_correlation_plot_shades_r_below_r_min_and_colours_curves_by_time(app_viewer, qtbot):
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Rectangle
+
+    from app.plots import curve_colour
+
+    _, session = app_viewer
+    session.panels["Dynamics"].start(max_steps=12)
+    wait_stopped(qtbot, session)
+    plots = session.plots
+    plots.flush(force_full=True)
+    ax = plots.corr.ax
+    shaded = [p for p in ax.patches if isinstance(p, Rectangle)]
+    assert len(shaded) == 1  # axvspan: x from 0 to r_min, the whole height
+    (x0, _), (x1, _) = shaded[0].get_bbox().get_points()
+    assert (x0, x1) == pytest.approx((0.0, session.sim.system_config.r_min))
+    lines = [line for line in plots._corr_lines if line.get_visible()]
+    times = [float(t.get_text().removeprefix("t = ")) for t in plots._legend.get_texts()
+             if t.get_visible()]  # fmt: skip
+    assert len(lines) >= 3 and times == sorted(times) and len(set(times)) == len(times)
+    # early to late along the colour map, the latest brightest
+    colours = [to_rgba(line.get_color()) for line in lines]
+    assert len(set(colours)) == len(lines)
+    count = len(plots._corr_lines)
+    expected = [curve_colour(plots.colours, r, count) for r in range(count - len(lines), count)]
+    np.testing.assert_allclose(colours, expected)

@@ -1,0 +1,86 @@
+"""The 3D scene (app/layers.py) driven through the Fields panel: colours, legend, arrows."""
+
+import numpy as np
+import pytest
+from matplotlib import colormaps
+
+from app.layers import MAX_ARROWS, SceneLayers, colours
+
+
+def atom_colours(viewer) -> np.ndarray:
+    return np.asarray(viewer.layers["Atoms"].face_color)
+
+
+@pytest.mark.parametrize(
+    ("axis", "n"),
+    [("x", [1.0, 0.0, 0.0]), ("y", [0.0, 1.0, 0.0]), ("(1,1,1)", np.ones(3) / np.sqrt(3))],
+)
+def test_atoms_show_the_spin_along_the_chosen_axis(app_viewer, axis, n):
+    viewer, session = app_viewer
+    fields = session.panels["Fields"]
+    fields.colour_by.value = "S.n"
+    fields.axis.value = axis
+    s_n = session.sim.snapshot().spins[0] @ np.asarray(n)
+    expected = colormaps["coolwarm"]((s_n + 1) / 2)  # S.n in [-1, 1] spans the whole map
+    np.testing.assert_allclose(atom_colours(viewer), expected, atol=1e-6)
+    # the arrows carry the colours of their atoms
+    np.testing.assert_allclose(viewer.layers["Spins"].edge_color, expected, atol=1e-6)
+    assert viewer.canvas.overlays.text.text == "Colour: S.n from -1 to 1 (coolwarm)"
+
+
+def test_local_energy_colours_and_legend_state_the_range(app_viewer, tiny_model_file):
+    viewer, session = app_viewer
+    assert session.panels["Model"].load(tiny_model_file)
+    session.panels["Fields"].colour_by.value = "local energy (ML)"
+    eps = session.sim.local_energies()[0]
+    np.testing.assert_allclose(session.scene.local_energy, eps)
+    lo, hi = eps.min(), eps.max()
+    assert hi > lo
+    np.testing.assert_allclose(
+        atom_colours(viewer), colormaps["viridis"]((eps - lo) / (hi - lo)), atol=1e-6
+    )
+    legend = viewer.canvas.overlays.text.text
+    assert legend == f"Colour: local energy (ML) from {lo:.3g} to {hi:.3g} (viridis)"
+
+
+def test_a_quantity_not_computed_yet_says_so(app_viewer):
+    viewer, session = app_viewer
+    session.panels["Fields"].colour_by.value = "ML-ED field error"  # before any comparison
+    assert "(not computed yet)" in viewer.canvas.overlays.text.text
+
+
+def test_arrow_length_and_width_follow_the_panel(app_viewer):
+    viewer, session = app_viewer
+    fields = session.panels["Fields"]
+    fields.arrow_length.value = 0.8
+    fields.arrow_width.value = 0.2
+    arrows = viewer.layers["Spins"].data
+    np.testing.assert_allclose(np.linalg.norm(arrows[:, 1], axis=1), 0.8)
+    # each arrow is centred on its atom and points along its spin
+    np.testing.assert_allclose(arrows[:, 0] + 0.5 * arrows[:, 1], session.sim.system.positions)
+    np.testing.assert_allclose(arrows[:, 1] / 0.8, session.sim.snapshot().spins[0], atol=1e-12)
+    assert viewer.layers["Spins"].edge_width == pytest.approx(0.2)
+
+
+def test_large_systems_draw_a_subsample_of_arrows_and_colour_every_atom(make_napari_viewer):
+    viewer = make_napari_viewer()
+    scene = SceneLayers(viewer)
+    rng = np.random.default_rng(0)
+    n = MAX_ARROWS + 500
+    positions = rng.uniform(0, 12, (n, 3))
+    spins = rng.normal(size=(n, 3))
+    spins /= np.linalg.norm(spins, axis=1, keepdims=True)
+    scene.set_system(positions, 12.0, spins)
+    rgba, _ = colours(spins[:, 2], "S_z")
+    np.testing.assert_allclose(atom_colours(viewer), rgba, atol=1e-6)  # every spin shows
+    arrows = viewer.layers["Spins"].data
+    assert arrows.shape == (MAX_ARROWS, 2, 3)
+    centres = arrows[:, 0] + 0.5 * arrows[:, 1]
+    # the subsample spreads over the whole list of atoms (Morton order: over the whole box)
+    idx = np.flatnonzero((np.abs(positions[:, None] - centres[None]).sum(-1) < 1e-9).any(1))
+    assert len(idx) == MAX_ARROWS and idx[0] == 0 and idx[-1] == n - 1
+    np.testing.assert_allclose(viewer.layers["Spins"].edge_color, rgba[idx], atol=1e-6)
+    # the field arrows use the same subsample
+    scene.field_layer.visible = True
+    scene.update_spins(spins, fields=rng.normal(size=(n, 3)))
+    np.testing.assert_allclose(viewer.layers[scene.field_layer.name].data[:, 0], positions[idx])
