@@ -88,7 +88,8 @@ class DynamicsPanel(Container):
         )
         self.stop_button = PushButton(text="Stop", tooltip="Stop the dynamics (state is kept).")
         self.reset_button = PushButton(
-            text="Reset spins", tooltip="New random spins on the same atoms; clock back to t = 0."
+            text="Reset spins",
+            tooltip="New random spins on the same atoms (the next spin seed); clock back to t = 0.",
         )
         self.readout = Label(value="")
         fix_size(self.readout.native, READOUT_SAMPLE)
@@ -202,7 +203,8 @@ class DynamicsPanel(Container):
         self.session.stop()
 
     def reset(self) -> None:
-        self.session.reset_spins()
+        """A new quench on the same atoms: spins from the next seed (each press, other spins)."""
+        self.session.reset_spins(seed=self.session.sim.spin_seed + 1)
 
     def _state_changed(self, state: str) -> None:
         self.start_button.enabled = state == "stopped"

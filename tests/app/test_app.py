@@ -480,3 +480,86 @@ def test_correlation_plot_shades_r_below_r_min_and_colours_curves_by_time(app_vi
     count = len(plots._corr_lines)
     expected = [curve_colour(plots.colours, r, count) for r in range(count - len(lines), count)]
     np.testing.assert_allclose(colours, expected)
+
+
+def test_damping_step_and_integrator_changes_mid_run_reach_the_stepper(app_viewer, qtbot):
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    seen = []
+    stepper = session.sim.stepper
+    original = stepper.step
+
+    def spy(spins):
+        c = stepper.config
+        seen.append((c.alpha, c.dt, c.integrator))
+        return original(spins)
+
+    stepper.step = spy
+    dyn.start()
+    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=TIMEOUT)
+    dyn.alpha.value, dyn.dt.value, dyn.integrator.value = 0.3, 0.01, "heun"
+    n = len(seen)
+    qtbot.waitUntil(lambda: len(seen) >= n + 2, timeout=TIMEOUT)
+    session.stop(wait=True)
+    assert seen[0] == (pytest.approx(0.05), pytest.approx(0.02), "sib")
+    assert seen[-1] == (pytest.approx(0.3), pytest.approx(0.01), "heun")
+    # the clock adds each step's own dt
+    dts = np.array([dt for _, dt, _ in seen])
+    assert session.sim.time == pytest.approx(dts.sum())
+    spins = session.sim.snapshot().spins
+    np.testing.assert_allclose(np.linalg.norm(spins, axis=-1), 1.0, atol=1e-10)
+
+
+def test_replicas_give_the_ensemble_averaged_correlation(app_viewer, qtbot):
+    from core.observables import bin_edges
+
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    dyn.replicas.value = 3
+    s = session.sim.snapshot().spins
+    assert s.shape == (3, 30, 3)
+    dyn.start(max_steps=2)
+    wait_stopped(qtbot, session)
+    snap = session.sim.snapshot()
+    assert snap.record_times[0] == 0.0
+    # PHYSICS.md Eq. 20 over the 3 replicas, by hand: <S_i.S_j> - <S_i>.<S_j>, times B/(B-1)
+    system = session.sim.system
+    delta = system.positions[:, None] - system.positions[None]
+    delta -= system.box * np.round(delta / system.box)
+    r = np.linalg.norm(delta, axis=-1)
+    i, j = np.triu_indices(30, 1)
+    m = s.mean(0)
+    c = ((s[:, i] * s[:, j]).sum(-1).mean(0) - (m[i] * m[j]).sum(-1)) * 3 / 2
+    edges = snap.r_edges
+    np.testing.assert_allclose(edges, bin_edges(session.sim.system_config.r_min, edges[-1]))
+    which = np.digitize(r[i, j], edges) - 1
+    inside = (which >= 0) & (which < len(edges) - 1)
+    sums = np.bincount(which[inside], c[inside], len(edges) - 1)
+    counts = np.bincount(which[inside], minlength=len(edges) - 1)
+    expected = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    np.testing.assert_allclose(snap.corr[0], expected, atol=1e-12)
+    # the live plot draws these ensemble averages
+    session.plots.flush(force_full=True)
+    lines = [line for line in session.plots._corr_lines if line.get_visible()]
+    assert lines
+    for line in lines:
+        np.testing.assert_allclose(line.get_ydata(), snap.corr[line.k])
+
+
+def test_reset_spins_starts_a_new_quench_on_the_same_atoms(app_viewer, qtbot):
+    viewer, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    initial = session.sim.snapshot().spins
+    positions = session.sim.system.positions.copy()
+    dyn.start(max_steps=3)
+    wait_stopped(qtbot, session)
+    dyn.reset_button.clicked.emit()
+    snap = session.sim.snapshot()
+    assert (snap.step, snap.time, len(snap.record_times)) == (0, 0.0, 0)
+    np.testing.assert_allclose(session.sim.system.positions, positions)
+    assert not np.allclose(snap.spins, initial)  # other random spins than the first quench's
+    np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(viewer.layers["Spins"].data[:, 1] / session.scene.arrow_length,
+                               snap.spins[0])  # fmt: skip
+    assert len(session.plots.energy_line.get_xdata()) == 0
+    assert "step 0" in dyn.readout.value
