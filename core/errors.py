@@ -27,3 +27,7 @@ class StateError(SdglassError, ValueError):
 
 class ClusterError(SdglassError, ConnectionError):
     """A Dask scheduler that cannot be reached."""
+
+
+class DeviceError(SdglassError, RuntimeError):
+    """A device that torch reports but cannot compute on (e.g. a CUDA driver that fails)."""

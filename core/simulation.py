@@ -21,6 +21,7 @@ import torch
 
 from core.config import ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.electrons import EDSolver
+from core.errors import DeviceError, SdglassError
 from core.fields import FieldProvider
 from core.llg import LLG
 from core.model import (
@@ -206,20 +207,26 @@ class Simulation:
     def set_device(self, device: str) -> None:
         """Move provider, pair bins and spins to `device` ("cpu" or "cuda"); the state is kept.
 
-        ConfigError (and nothing changes) when the device is not available."""
+        ConfigError when the device is not available, DeviceError when torch cannot compute
+        there (a CUDA build or driver that does not run here); nothing changes then."""
         if str(device).startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but no CUDA device is available")
         with self._lock:
             previous, self.device = self.device, str(device)
             try:
                 provider = self._make_provider(self.engine)
-            except Exception:
+                bins = pair_bins(self.system, self.edges, self.device)
+                spins = self.spins.to(self.device)
+            except SdglassError:
                 self.device = previous
                 raise
-            self.provider = provider
-            self.bins = pair_bins(self.system, self.edges, self.device)
+            except Exception as err:
+                self.device = previous
+                raise DeviceError(
+                    f"cannot compute on {device!r}: {type(err).__name__}: {err}"
+                ) from err
+            self.provider, self.bins, self.spins = provider, bins, spins
             self.stepper = LLG(provider, self.stepper.config, device=self.device)
-            self.spins = self.spins.to(self.device)
 
     def set_replicas(self, replicas: int) -> None:
         """Number of spin replicas B; resets the spins."""

@@ -161,7 +161,10 @@ class DynamicsPanel(Container):
             self.start()
 
     def _device_changed(self, device: str) -> None:
-        """Move the simulation (provider, pair bins, spins) to the chosen device; state kept."""
+        """Move the simulation (provider, pair bins, spins) to the chosen device; state kept.
+        A device that fails is reported here and the menu goes back to the one in use."""
+        if str(device) == self.session.sim.device:  # also the menu's own way back
+            return
         self.session.stop(wait=True)
         try:
             self.session.sim.set_device(str(device))

@@ -563,3 +563,31 @@ def test_reset_spins_starts_a_new_quench_on_the_same_atoms(app_viewer, qtbot):
                                snap.spins[0])  # fmt: skip
     assert len(session.plots.energy_line.get_xdata()) == 0
     assert "step 0" in dyn.readout.value
+
+
+def test_the_device_menu_offers_cuda_when_torch_sees_it_and_reports_a_failing_one(
+    make_napari_viewer, qtbot, monkeypatch
+):
+    import torch
+
+    from app.launcher import launch, session_of
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    viewer = launch(viewer=make_napari_viewer(), return_viewer=True, n=30)
+    session = session_of(viewer)
+    dyn = session.panels["Dynamics"]
+    assert list(dyn.device.choices) == ["cpu", "cuda"]
+    original = session.sim._make_provider
+
+    def broken(engine):  # what a CUDA build with a failing driver raises
+        if session.sim.device == "cuda":
+            raise RuntimeError("CUDA error: no kernel image is available for execution")
+        return original(engine)
+
+    monkeypatch.setattr(session.sim, "_make_provider", broken)
+    dyn.device.value = "cuda"
+    assert "cannot compute on 'cuda'" in dyn.message.value
+    assert dyn.device.value == "cpu" and session.sim.device == "cpu"
+    dyn.start(max_steps=2)  # the run goes on on the CPU
+    wait_stopped(qtbot, session)
+    assert session.sim.step_count == 2

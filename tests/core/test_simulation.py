@@ -8,7 +8,7 @@ import torch
 
 from core.config import ConfigError, LLGConfig, SystemConfig
 from core.electrons import EDSolver
-from core.errors import PackingError
+from core.errors import DeviceError, PackingError
 from core.modelfile import load_model
 from core.simulation import Simulation
 
@@ -163,6 +163,22 @@ def test_set_device_keeps_the_state_and_refuses_a_missing_device(sim, monkeypatc
     with pytest.raises(ConfigError, match="no CUDA device"):
         sim.set_device("cuda")
     assert sim.device == "cpu"
+
+
+def test_a_device_torch_cannot_compute_on_is_refused_and_changes_nothing(sim, monkeypatch):
+    def broken(engine):
+        if sim.device == "cuda":  # what a CUDA build with a failing driver raises
+            raise RuntimeError("CUDA error: no kernel image is available for execution")
+        return original(engine)
+
+    original = sim._make_provider
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sim, "_make_provider", broken)
+    provider, spins = sim.provider, sim.spins
+    with pytest.raises(DeviceError, match="cannot compute on 'cuda': RuntimeError: CUDA error"):
+        sim.set_device("cuda")
+    assert sim.device == "cpu" and sim.provider is provider and sim.spins is spins
+    sim.advance(1)
 
 
 def test_failed_engine_switch_changes_nothing(sim, monkeypatch):
