@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -728,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as the CLI prints it: one line, without the source location, above any
+    progress bar."""
+    tqdm.write(f"sdglass: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sdglass` console script."""
     keep_freed_memory()  # large tensors reused, not page-faulted in again every step
@@ -736,7 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:  # plain `sdglass` opens the app
         args = parser.parse_args(["app"])
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return int(args.func(args) or 0)
     except SdglassError as err:
         print(f"sdglass: error: {err}", file=sys.stderr)
         return 2

@@ -351,3 +351,14 @@ def test_summary_fits_psi_on_a_chosen_window(tmp_path, capsys):
     assert values["growth_psi"] == (None if growth is None else pytest.approx(growth.psi))
     code, out, _ = run(capsys, "summary", path, "--fit-from", 3.9)
     assert code == 0 and "droplet fit: fewer than 3 records with t > 1 in t = 3.9..end" in out
+
+
+def test_a_model_for_other_physics_is_one_warning_line(tmp_path, capsys, tiny_model_file):
+    code, _, err = run(
+        capsys, "quench", "--engine", "ml", "--model", tiny_model_file, "-n", 20, "--J", 1,
+        "--configs", 1, "--replicas", 1, "--t-max", 0.04, "-o", tmp_path / "ml.h5",
+    )  # fmt: skip
+    assert code == 0
+    warning = "sdglass: warning: model was trained for J = 6 but is used with J = 1\n"
+    assert err.count(warning) == 1
+    assert "UserWarning" not in err and "check_physical_parameters" not in err  # no source line
