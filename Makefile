@@ -24,7 +24,7 @@ run: $(STAMP)
 
 # the README's screenshot, taken by the app's own headless capture
 screenshot: $(STAMP)
-	$(XVFB) $(BIN)/sdglass app --steps 400 --screenshot assets/screenshots/app.png
+	$(XVFB) $(BIN)/sdglass app --steps 400 --screenshot assets/screenshots/app.png --force
 
 test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest

@@ -13,7 +13,7 @@ from qtpy.QtCore import QMargins, Qt, QTimer
 from qtpy.QtWidgets import QApplication, QFrame, QScrollArea
 
 from app.panels.dynamics import DynamicsPanel
-from app.panels.export import ExportPanel
+from app.panels.export import ExportPanel, save_window
 from app.panels.fields import FieldsPanel
 from app.panels.model import ModelPanel
 from app.panels.system import SystemPanel
@@ -232,7 +232,7 @@ def launch(
             session.plots.flush(force_full=True)
             _dismiss_notifications(viewer)
             QApplication.processEvents()
-            viewer.window.screenshot(str(path), canvas_only=False, flash=False)
+            save_window(viewer, path, force)
             if session.errors:
                 outcome["status"] = 1
             if not return_viewer:

@@ -337,14 +337,18 @@ def cmd_summary(args: argparse.Namespace) -> None:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """The napari explorer (imported lazily: the rest of the CLI never loads Qt)."""
-    from app.launcher import launch
+    from core.io import check_output
 
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {args.steps}")
     if args.measure is not None:
-        from core.io import check_output
-
         if not args.steps:
             raise ConfigError("--measure needs --steps K (it measures while K steps run)")
         check_output(args.measure, args.force)
+    if args.screenshot is not None:
+        check_output(args.screenshot, args.force)
+    from app.launcher import launch
+
     status = launch(
         steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n,
         engine=args.engine, measure=args.measure, force=args.force, orbit=args.orbit,
@@ -648,7 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--orbit", action="store_true",
         help="with --measure: turn the camera 20 times per second meanwhile, as a user would",
     )  # fmt: skip
-    p.add_argument("--force", action="store_true", help="overwrite an existing --measure file")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite an existing --screenshot or --measure file"
+    )
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser(

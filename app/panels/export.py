@@ -213,7 +213,13 @@ class ExportPanel(Container):
 
     def save_screenshot(self) -> list[Path]:
         path = self._base().with_suffix(".screenshot.png")
-        image = self.session.viewer.window.screenshot(canvas_only=False, flash=False)
-        with atomic_output(path, self.overwrite.value) as tmp:
-            imsave_png(tmp, image)
-        return [path]
+        return [save_window(self.session.viewer, path, self.overwrite.value)]
+
+
+def save_window(viewer, path: str | Path, force: bool = False) -> Path:
+    """The whole window (canvas and docks) as a PNG, written atomically (existing: only with
+    force)."""
+    image = viewer.window.screenshot(canvas_only=False, flash=False)
+    with atomic_output(path, force) as tmp:
+        imsave_png(tmp, image)
+    return Path(path)

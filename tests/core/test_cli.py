@@ -362,3 +362,15 @@ def test_a_model_for_other_physics_is_one_warning_line(tmp_path, capsys, tiny_mo
     warning = "sdglass: warning: model was trained for J = 6 but is used with J = 1\n"
     assert err.count(warning) == 1
     assert "UserWarning" not in err and "check_physical_parameters" not in err  # no source line
+
+
+def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_path, capsys):
+    code, _, err = run(capsys, "app", "--steps", 0)
+    assert code == 2 and "--steps must be >= 1, got 0" in error_line(err)
+    shot = tmp_path / "shot.png"
+    shot.write_bytes(b"a picture the user keeps")
+    code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", shot)
+    assert code == 2 and "refusing to overwrite" in error_line(err)
+    assert shot.read_bytes() == b"a picture the user keeps"
+    code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", tmp_path / "no" / "s.png")
+    assert code == 2 and "no such directory" in error_line(err)
