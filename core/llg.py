@@ -32,11 +32,13 @@ NORM_TOL = 1e-3
 
 @dataclass(frozen=True)
 class StepResult:
-    """One LLG step: new spins (B, N, 3); energy (B,) and fields (B, N, 3) of the old spins."""
+    """One LLG step: new spins (B, N, 3); energy (B,) and fields (B, N, 3) of the old spins;
+    the time step it took (the config may change between steps, from another thread)."""
 
     spins: torch.Tensor
     energy: torch.Tensor
     fields: torch.Tensor
+    dt: float
 
 
 # Component-wise products: on CPU several times faster than torch.linalg.cross and
@@ -102,7 +104,7 @@ def sib_step(
     mid = 0.5 * (spins + predicted)
     h_mid, _ = provider.fields(mid)
     new = _cayley(half * _omega(mid, h_mid, eta, gamma, alpha), spins)
-    return StepResult(new, energy, h)
+    return StepResult(new, energy, h, dt)
 
 
 def depondt_step(
@@ -121,7 +123,7 @@ def depondt_step(
     h_pred, _ = provider.fields(predicted)
     omega_pred = _omega(predicted, h_pred, eta, gamma, alpha)
     new = _rotate(0.5 * dt * (omega + omega_pred), spins)
-    return StepResult(new, energy, h)
+    return StepResult(new, energy, h, dt)
 
 
 def heun_step(
@@ -140,7 +142,7 @@ def heun_step(
     h_pred, _ = provider.fields(predicted)
     rate_pred = _cross(_omega(predicted, h_pred, eta, gamma, alpha), predicted)
     new = _unit(spins + 0.5 * dt * (rate + rate_pred))
-    return StepResult(new, energy, h)
+    return StepResult(new, energy, h, dt)
 
 
 _STEPS = {"sib": sib_step, "depondt": depondt_step, "heun": heun_step}

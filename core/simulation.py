@@ -276,7 +276,7 @@ class Simulation:
                 result = self.stepper.step(self.spins)
                 self.spins = result.spins
                 self.step_count += 1
-                self.time += self.stepper.config.dt
+                self.time += result.dt  # the step's own dt, even if changed meanwhile
             assert result is not None
             n = self.system.n
             self.last_energy = float(result.energy.mean()) / n

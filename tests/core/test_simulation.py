@@ -189,3 +189,17 @@ def test_failed_engine_switch_changes_nothing(sim, monkeypatch):
     with pytest.raises(ConfigError, match="use the ML engine"):
         sim.set_engine("ed")
     assert sim.provider is provider and sim.engine == "ed"
+
+
+def test_the_clock_adds_the_dt_a_step_took_when_dt_changes_during_it(sim):
+    fields = sim.provider.fields
+
+    def fields_while_the_user_changes_dt(spins):  # as the app's main thread may, mid-step
+        sim.set_llg(sim.llg_config.replace(dt=0.01))
+        return fields(spins)
+
+    sim.provider.fields = fields_while_the_user_changes_dt
+    sim.advance(1)  # integrated with dt = 0.05 (read when the step began)
+    assert sim.time == pytest.approx(0.05)
+    sim.advance(1)
+    assert sim.time == pytest.approx(0.06)
