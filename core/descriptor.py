@@ -436,9 +436,11 @@ def build_geometry(
     spec = DescriptorSpec() if spec is None else spec
     box = float(system.box)
     if spec.rc > box / 2:
+        n_min = math.ceil(system.n * (2 * spec.rc / box) ** 3 * (1 - 1e-12))
         raise ConfigError(
             f"descriptor cutoff rc = {spec.rc} exceeds half the box side L/2 = {box / 2:.6g} "
-            f"(L = {box:.6g}): the minimum image is ambiguous; need rc <= L/2"
+            f"(L = {box:.6g}): the minimum image is ambiguous; need rc <= L/2, i.e. "
+            f"L >= {2 * spec.rc:g} (N >= {n_min} at this density)"
         )
     order = spatial_order(np.asarray(system.positions, dtype=np.float64), box)
     pos = np.asarray(system.positions, dtype=np.float64)[order]  # internal atom k = order[k]

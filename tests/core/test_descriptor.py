@@ -184,9 +184,13 @@ def test_from_dict_refuses_other_conventions_and_unknown_keys():
 
 
 def test_cutoff_beyond_half_box_is_refused(small):
-    with pytest.raises(ConfigError, match=r"rc = 2.5 exceeds half the box side L/2 = 1.84"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rc = 2.5 exceeds half the box side L/2 = 1.84.* L >= 5 \(N >= 100 at this density\)",
+    ):
         build_geometry(small, DescriptorSpec())
     build_geometry(small, SMALL.replace(rc=small.box / 2))  # exactly L/2 is fine
+    build_geometry(system(n=100), DescriptorSpec())  # the N the message names is enough
 
 
 # ---------------------------------------------------------------- definition
