@@ -131,27 +131,37 @@ def test_pause_resume_stop(app_viewer, qtbot):
     assert session.state == "stopped" and dyn.start_button.enabled
 
 
-def test_temperature_change_mid_run_reaches_stepper(app_viewer, qtbot):
-    _, session = app_viewer
+def configs_of_each_step(session, qtbot, change) -> list:
+    """The LLG config each step of a run used; change(dyn) turns the panel's knobs mid-run."""
     dyn = session.panels["Dynamics"]
     seen = []
     stepper = session.sim.stepper
     original = stepper.step
 
     def spy(spins):
-        seen.append(stepper.config.temperature)
+        seen.append(stepper.config)
         return original(spins)
 
     stepper.step = spy
     dyn.steps_per_frame.value = 1
     dyn.start()
     qtbot.waitUntil(lambda: len(seen) >= 2, timeout=TIMEOUT)
-    dyn.temperature.value = 0.25
+    change(dyn)
     n = len(seen)
     qtbot.waitUntil(lambda: len(seen) >= n + 2, timeout=TIMEOUT)
     session.stop(wait=True)
-    assert seen[0] == pytest.approx(0.001)
-    assert seen[-1] == pytest.approx(0.25)
+    return seen
+
+
+def test_temperature_change_mid_run_reaches_stepper(app_viewer, qtbot):
+    _, session = app_viewer
+
+    def warm(dyn):
+        dyn.temperature.value = 0.25
+
+    seen = configs_of_each_step(session, qtbot, warm)
+    assert seen[0].temperature == pytest.approx(0.001)
+    assert seen[-1].temperature == pytest.approx(0.25)
 
 
 def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):
@@ -484,23 +494,11 @@ def test_correlation_plot_shades_r_below_r_min_and_colours_curves_by_time(app_vi
 
 def test_damping_step_and_integrator_changes_mid_run_reach_the_stepper(app_viewer, qtbot):
     _, session = app_viewer
-    dyn = session.panels["Dynamics"]
-    seen = []
-    stepper = session.sim.stepper
-    original = stepper.step
 
-    def spy(spins):
-        c = stepper.config
-        seen.append((c.alpha, c.dt, c.integrator))
-        return original(spins)
+    def retune(dyn):
+        dyn.alpha.value, dyn.dt.value, dyn.integrator.value = 0.3, 0.01, "heun"
 
-    stepper.step = spy
-    dyn.start()
-    qtbot.waitUntil(lambda: len(seen) >= 2, timeout=TIMEOUT)
-    dyn.alpha.value, dyn.dt.value, dyn.integrator.value = 0.3, 0.01, "heun"
-    n = len(seen)
-    qtbot.waitUntil(lambda: len(seen) >= n + 2, timeout=TIMEOUT)
-    session.stop(wait=True)
+    seen = [(c.alpha, c.dt, c.integrator) for c in configs_of_each_step(session, qtbot, retune)]
     assert seen[0] == (pytest.approx(0.05), pytest.approx(0.02), "sib")
     assert seen[-1] == (pytest.approx(0.3), pytest.approx(0.01), "heun")
     # the clock adds each step's own dt
