@@ -54,6 +54,7 @@ class AppSession:
     system_changed = Signal()
     model_changed = Signal()
     run_state_changed = Signal(str)  # "running", "paused", "stopped"
+    closing = Signal()  # the window closes: panels drop their background jobs
 
     def __init__(
         self, viewer, model_path: str | Path | None = None, n: int = 100, engine: str = "ed"
@@ -208,9 +209,11 @@ class AppSession:
         self._on_finished(worker)
 
     def shut_down(self) -> None:
-        """The window is closing: stop the worker and wait for its thread, without turning the
-        event loop (that would delete the widgets napari is closing while it still uses
-        them) and without drawing."""
+        """The window is closing: panels drop their background jobs (`closing`), and the
+        dynamics worker stops; its thread is waited for without turning the event loop (that
+        would delete the widgets napari is closing while it still uses them) and without
+        drawing."""
+        self.closing.emit()
         worker = self._ask_to_quit()
         if worker is None:
             return

@@ -91,6 +91,7 @@ class FieldsPanel(Container):
         self.ml_button.clicked.connect(lambda: self.compute("ml"))
         self.compare_button.clicked.connect(self.compare)
         session.model_changed.connect(self._model_changed)
+        session.closing.connect(self._abandon)
         self._model_changed()
 
     def _model_changed(self) -> None:
@@ -129,6 +130,13 @@ class FieldsPanel(Container):
         worker.finished.connect(self._finished)
         self.worker = worker
         worker.start()
+
+    def _abandon(self) -> None:
+        """The window is closing: a computation still running ends unseen (its widgets go)."""
+        worker, self.worker = self.worker, None
+        if worker is not None:
+            for signal in (worker.returned, worker.errored, worker.finished):
+                signal.disconnect()
 
     def _finished(self) -> None:
         self.worker = None

@@ -589,3 +589,29 @@ def test_the_device_menu_offers_cuda_when_torch_sees_it_and_reports_a_failing_on
     dyn.start(max_steps=2)  # the run goes on on the CPU
     wait_stopped(qtbot, session)
     assert session.sim.step_count == 2
+
+
+def test_closing_the_window_during_a_field_computation_leaves_no_traceback(
+    make_napari_viewer, qtbot, capfd
+):
+    import time
+
+    from app.launcher import launch, session_of
+
+    viewer = launch(viewer=make_napari_viewer(), return_viewer=True, n=30)
+    session = session_of(viewer)
+    compute = session.sim.compute_fields
+    done = []
+
+    def slow(engine=None):  # a large ED diagonalization
+        time.sleep(0.5)
+        done.append(engine)
+        return compute(engine)
+
+    session.sim.compute_fields = slow
+    session.panels["Fields"].compute("ed")
+    qtbot.wait(50)
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT)
+    qtbot.wait(300)  # the worker's signals would now reach the deleted widgets
+    assert "Traceback" not in capfd.readouterr().err
