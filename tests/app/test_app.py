@@ -615,3 +615,23 @@ def test_closing_the_window_during_a_field_computation_leaves_no_traceback(
     qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT)
     qtbot.wait(300)  # the worker's signals would now reach the deleted widgets
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_closing_the_window_while_recording_keeps_the_recording(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from app.launcher import launch, session_of
+    from core.io import read_trajectory
+
+    viewer = launch(viewer=make_napari_viewer(), return_viewer=True, n=30)
+    session = session_of(viewer)
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "rec"
+    export.record.value = True
+    session.panels["Dynamics"].start()
+    qtbot.waitUntil(lambda: session.sim.step_count >= 4, timeout=TIMEOUT)
+    viewer.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["rec.traj.h5"]  # no hidden leftovers
+    traj = read_trajectory(tmp_path / "rec.traj.h5")
+    assert traj.snapshots.shape[0] >= 2
+    np.testing.assert_allclose(traj.snapshots[-1, 0], session.sim.snapshot().spins, atol=1e-6)
