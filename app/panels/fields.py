@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error
 
 from app.layers import QUANTITIES
 from app.plots import recolour, style_axes, theme_colours
+from core.errors import SdglassError
 
 
 class FieldsPanel(Container):
@@ -113,7 +114,11 @@ class FieldsPanel(Container):
         if scene.field_layer is not None:
             scene.field_layer.visible = bool(self.show_fields.value)
         if scene.quantity == "local energy (ML)" and self.session.model is not None:
-            eps = self.session.sim.local_energies()
+            try:
+                eps = self.session.sim.local_energies()
+            except SdglassError as err:  # e.g. a system too small for the model's cutoff
+                eps = None
+                self.result.value = f"⚠ local energies: {err}"
             scene.local_energy = None if eps is None else eps[0]
         scene.refresh()
 
@@ -124,12 +129,21 @@ class FieldsPanel(Container):
         self.progress.visible = True
         for b in (self.ed_button, self.ml_button, self.compare_button):
             b.enabled = False
-        worker = thread_worker(job, start_thread=False)()
-        worker.returned.connect(done)
-        worker.errored.connect(lambda err: show_error(f"Field computation failed: {err}"))
+        worker = thread_worker(_returning_user_errors(job), start_thread=False)()
+        # an unexpected exception reaches napari's error notification (with its traceback)
+        worker.returned.connect(
+            lambda result: (
+                self._fail(result.error) if isinstance(result, _UserError) else done(result)
+            )
+        )
         worker.finished.connect(self._finished)
         self.worker = worker
         worker.start()
+
+    def _fail(self, err: SdglassError) -> None:
+        """A computation that cannot run here (a user error, not a bug): said in one line."""
+        self.result.value = f"⚠ {err}"
+        show_error(f"Field computation: {err}")
 
     def _abandon(self) -> None:
         """The window is closing: a computation still running ends unseen (its widgets go)."""
@@ -178,6 +192,25 @@ class FieldsPanel(Container):
             scene.refresh()
 
         self._run(self.session.compare, done)
+
+
+class _UserError:
+    """An SdglassError a job returns instead of raising (superqt raises returned exceptions)."""
+
+    def __init__(self, error: SdglassError) -> None:
+        self.error = error
+
+
+def _returning_user_errors(job):
+    """job, but an SdglassError comes back as a _UserError: the panel says it in one line."""
+
+    def guarded():
+        try:
+            return job()
+        except SdglassError as err:
+            return _UserError(err)
+
+    return guarded
 
 
 class ParityPlot:

@@ -635,3 +635,20 @@ def test_closing_the_window_while_recording_keeps_the_recording(
     traj = read_trajectory(tmp_path / "rec.traj.h5")
     assert traj.snapshots.shape[0] >= 2
     np.testing.assert_allclose(traj.snapshots[-1, 0], session.sim.snapshot().spins, atol=1e-6)
+
+
+def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
+    app_viewer, qtbot, capfd
+):
+    _, session = app_viewer  # N = 30: a box too small for the shipped model's cutoff
+    fields = session.panels["Fields"]
+    notification_manager.records.clear()
+    fields.compute("ml")
+    qtbot.waitUntil(lambda: fields.worker is None, timeout=TIMEOUT)
+    assert fields.result.value.startswith("⚠ descriptor cutoff rc = 2.5")
+    assert "N >= 100" in fields.result.value
+    assert [str(r.message) for r in notification_manager.records] == [
+        f"Field computation: {fields.result.value.removeprefix('⚠ ')}"
+    ]
+    assert "Traceback" not in capfd.readouterr().err
+    assert fields.ed_button.enabled and fields.ml_button.enabled  # ready for the next try

@@ -84,3 +84,12 @@ def test_large_systems_draw_a_subsample_of_arrows_and_colour_every_atom(make_nap
     scene.field_layer.visible = True
     scene.update_spins(spins, fields=rng.normal(size=(n, 3)))
     np.testing.assert_allclose(viewer.layers[scene.field_layer.name].data[:, 0], positions[idx])
+
+
+def test_local_energies_a_model_cannot_give_here_are_said_not_raised(app_viewer):
+    viewer, session = app_viewer  # N = 30: a box too small for the shipped model's cutoff
+    fields = session.panels["Fields"]
+    fields.colour_by.value = "local energy (ML)"
+    assert fields.result.value.startswith("⚠ local energies: descriptor cutoff rc = 2.5")
+    assert "N >= 100" in fields.result.value
+    assert "(not computed yet)" in viewer.canvas.overlays.text.text
