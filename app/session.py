@@ -18,6 +18,7 @@ from qtpy.QtCore import QEvent, QObject, QTimer
 from qtpy.QtWidgets import QApplication
 
 from core.config import ElectronConfig, LLGConfig, SystemConfig
+from core.errors import SdglassError
 from core.modelfile import ModelCard, load_model
 from core.paths import DEFAULT_MODEL
 from core.simulation import Simulation
@@ -65,6 +66,7 @@ class AppSession:
         self.card: ModelCard | None = None
         self.model_path: Path | None = None
         self.model_message = ""
+        self.model_note = ""  # what loading the model changed (e.g. a switch to ED)
         self.warnings: list[str] = []
         self.sim: Simulation | None = None
         self.try_load_model(model_path)
@@ -109,16 +111,39 @@ class AppSession:
             show_error(self.model_message)
             self.model_changed.emit()
             return False
-        self.model, self.card, self.model_path = model, card, path
-        self.model_message = f"Loaded {path.name}"
+        note = ""
         if self.sim is not None:  # None while the session is being built
-            if self.sim.engine == "ml":  # the running provider must use the new model
-                self.sim.set_engine("ml", model)
-            else:
-                self.sim.model = model
+            try:
+                note = self._give_model(model, path.name)
+            except SdglassError as err:
+                self.model_message = f"Could not use {path.name} here: {err}"
+                show_error(self.model_message)
+                self.model_changed.emit()
+                return False
+        self.model, self.card, self.model_path = model, card, path
+        self.model_message, self.model_note = f"Loaded {path.name}", note
+        if self.sim is not None:
             self.check_model()
         self.model_changed.emit()
         return True
+
+    def _give_model(self, model, name: str) -> str:
+        """Hand a newly loaded model to the simulation; with the ML engine the provider is
+        rebuilt. A model that cannot run on this system (a cutoff beyond L/2) switches the
+        simulation to ED, and the returned note says so; SdglassError, with nothing
+        changed, when ED cannot run either."""
+        if self.sim.engine != "ml":
+            self.sim.model = model
+            return ""
+        try:
+            self.sim.set_engine("ml", model)
+            return ""
+        except SdglassError as err:
+            self.sim.set_engine("ed")
+            self.sim.model = model
+            note = f"The ML engine cannot use {name} on this system ({err}): switched to ED."
+            show_warning(note)
+            return note
 
     def check_model(self) -> list[str]:
         """Warnings where the model's training parameters differ from the current system's."""
@@ -140,6 +165,7 @@ class AppSession:
         """New configuration (stops the run first); raises ConfigError/PackingError unchanged."""
         self.stop(wait=True)
         self.sim.generate(system, electrons)
+        self.model_note = ""  # it described the previous system
         self._show_system()
         self.check_model()
         self.system_changed.emit()

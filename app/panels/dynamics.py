@@ -145,7 +145,11 @@ class DynamicsPanel(Container):
         self.session.steps_per_frame = int(value)
 
     def _engine_changed(self, label: str) -> None:
+        """Switch ED / ML; an engine that cannot run here is reported and the menu goes back
+        to the engine in use."""
         engine = ENGINE_LABELS[label]
+        if engine == self.session.sim.engine:  # also the menu's own way back
+            return
         if engine == "ml" and self.session.model is None:
             self._say("⚠ No ML model loaded: the ML engine is disabled.")
             self.engine.value = "ED (exact diagonalization)"
@@ -157,6 +161,7 @@ class DynamicsPanel(Container):
             self._say("")
         except SdglassError as err:
             self._say(f"⚠ {err}")
+            self.engine.value = ENGINE_NAMES[self.session.sim.engine]
         if was_running:
             self.start()
 
@@ -179,6 +184,7 @@ class DynamicsPanel(Container):
         self.session.reset_spins()
 
     def _model_changed(self) -> None:
+        self.engine.value = ENGINE_NAMES[self.session.sim.engine]  # a new model may switch it
         has = self.session.model is not None
         self.engine.native.model().item(1).setEnabled(has)
         tip = "" if has else " (disabled: no ML model available)"

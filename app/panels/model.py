@@ -33,8 +33,9 @@ def card_text(session) -> str:
         lines.append("Held-out: " + ", ".join(f"{k} = {v:.3g}" for k, v in metrics.items()))
     if session.model_message.startswith("Could not"):
         lines.insert(0, f"<span style='color:#ff6b6b'>⚠ {session.model_message}</span>")
-    for w in session.warnings:
-        lines.append(f"<span style='color:#ffb74d'>⚠ {w}</span>")
+    for w in [*session.warnings, session.model_note]:
+        if w:
+            lines.append(f"<span style='color:#ffb74d'>⚠ {w}</span>")
     return "<br>".join(lines)
 
 

@@ -652,3 +652,25 @@ def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
     ]
     assert "Traceback" not in capfd.readouterr().err
     assert fields.ed_button.enabled and fields.ml_button.enabled  # ready for the next try
+
+
+def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(app_viewer, tiny_model_file):
+    _, session = app_viewer  # N = 30: the shipped model's cutoff does not fit, the tiny one's does
+    model_panel, dyn = session.panels["Model"], session.panels["Dynamics"]
+    assert model_panel.load(tiny_model_file)
+    dyn.engine.value = "ML (machine-learned)"
+    assert session.sim.engine == "ml"
+    assert model_panel.load(DEFAULT_MODEL)  # loaded, but it cannot run on N = 30
+    assert session.sim.engine == "ed" and dyn.engine.value.startswith("ED")
+    assert session.model is session.sim.model and session.model.spec.rc == 2.5
+    assert "switched to ED" in model_panel.card.value and "N >= 100" in model_panel.card.value
+    # choosing ML again says why not, and the menu stays on the engine in use
+    dyn.engine.value = "ML (machine-learned)"
+    assert session.sim.engine == "ed" and dyn.engine.value.startswith("ED")
+    assert "N >= 100" in dyn.message.value
+    # a system large enough: ML works
+    session.panels["System"].n.value = 100
+    assert session.panels["System"].generate()
+    assert "switched to ED" not in model_panel.card.value
+    dyn.engine.value = "ML (machine-learned)"
+    assert session.sim.engine == "ml" and dyn.message.value == ""
