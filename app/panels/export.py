@@ -124,7 +124,7 @@ class ExportPanel(Container):
         self.message.native.setWordWrap(True)
 
     def _base(self) -> Path:
-        p = Path(self.path.value)
+        p = Path(self.path.value).expanduser()
         return p.with_suffix("") if p.suffix else p
 
     def _do(self, action) -> None:

@@ -283,6 +283,9 @@ def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
     assert "exists" in export.message.value and paths[0].read_bytes() == before
     export.overwrite.value = True
     assert export.save_plots() == paths
+    # a path typed with ~ means the home folder
+    export.path.value = "~/run"
+    assert export._base() == Path.home() / "run"
 
 
 def test_fit_psi_button(app_viewer, qtbot):
