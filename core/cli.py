@@ -367,6 +367,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
         speedups,
     )
 
+    for name, values, least in (
+        ("--sizes", args.sizes or [], 2), ("--batch", args.batch, 1), ("--repeats", [args.repeats], 1)
+    ):  # fmt: skip
+        small = [v for v in values if v < least]
+        if small:
+            raise ConfigError(f"{name} must be >= {least}, got {small[0]}")
+    if not args.min_time >= 0:
+        raise ConfigError(f"--min-time must be >= 0 s, got {args.min_time}")
     device = _device(args.device)
     if args.target == "ed":
         sizes = args.sizes or [100, 250, 500, 1000]

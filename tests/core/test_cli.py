@@ -374,3 +374,17 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
     assert shot.read_bytes() == b"a picture the user keeps"
     code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", tmp_path / "no" / "s.png")
     assert code == 2 and "no such directory" in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--batch", 1, 0], "--batch must be >= 1, got 0"),
+        (["--sizes", 1], "--sizes must be >= 2, got 1"),
+        (["--repeats", 0], "--repeats must be >= 1, got 0"),
+        (["--min-time", "nan"], "--min-time must be >= 0 s, got nan"),
+    ],
+)
+def test_bench_refuses_impossible_sizes_and_counts(capsys, option, message):
+    code, _, err = run(capsys, "bench", "ed", *option)
+    assert code == 2 and message in error_line(err)
