@@ -75,12 +75,20 @@ def cmd_generate(args: argparse.Namespace) -> None:
     )
 
 
+def _at_least(option: str, values: Sequence[int], least: int) -> None:
+    """ConfigError naming the option when a count or size is below its least value."""
+    small = [v for v in values if v < least]
+    if small:
+        raise ConfigError(f"{option} must be >= {least}, got {small[0]}")
+
+
 def cmd_label(args: argparse.Namespace) -> None:
     """ED fields and energies for every frame of a frames file."""
     from core.electrons import EDSolver
     from core.io import Frames, check_output, electron_attrs, read_frames, write_frames
     from core.system import AtomicSystem
 
+    _at_least("--batch", [args.batch], 1)
     check_output(args.output, args.force)
     frames = read_frames(args.input)
     config = frames.electron_config(PAPER).replace(**_electron_overrides(args))
@@ -187,6 +195,8 @@ def cmd_dos(args: argparse.Namespace) -> None:
     from core.plots import dos_figure, save_figure
     from core.system import generate_positions
 
+    _at_least("--configs", [args.configs], 1)
+    _at_least("--bins", [args.bins], 1)
     check_output(args.output, args.force)
     base = SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed)
     config = PAPER.replace(
@@ -367,12 +377,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
         speedups,
     )
 
-    for name, values, least in (
-        ("--sizes", args.sizes or [], 2), ("--batch", args.batch, 1), ("--repeats", [args.repeats], 1)
-    ):  # fmt: skip
-        small = [v for v in values if v < least]
-        if small:
-            raise ConfigError(f"{name} must be >= {least}, got {small[0]}")
+    _at_least("--sizes", args.sizes or [], 2)
+    _at_least("--batch", args.batch, 1)
+    _at_least("--repeats", [args.repeats], 1)
     if not args.min_time >= 0:
         raise ConfigError(f"--min-time must be >= 0 s, got {args.min_time}")
     device = _device(args.device)

@@ -388,3 +388,16 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
 def test_bench_refuses_impossible_sizes_and_counts(capsys, option, message):
     code, _, err = run(capsys, "bench", "ed", *option)
     assert code == 2 and message in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["dos", "--configs", 0], "--configs must be >= 1, got 0"),
+        (["dos", "--bins", 0], "--bins must be >= 1, got 0"),
+        (["label", "in.h5", "--batch", 0], "--batch must be >= 1, got 0"),
+    ],
+)
+def test_dos_and_label_refuse_empty_counts(capsys, tmp_path, argv, message):
+    code, _, err = run(capsys, *argv, "-o", tmp_path / "out.h5")
+    assert code == 2 and message in error_line(err)
