@@ -236,6 +236,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from core.io import check_output, read_trajectory
     from core.plots import comparison_figure, save_figure
 
+    if len(args.runs) < 2:
+        raise ConfigError(f"compare needs two or more runs, got {len(args.runs)}")
     if args.plot:
         check_output(args.plot, args.force)
     trajs = [read_trajectory(p) for p in args.runs]
@@ -275,6 +277,11 @@ def cmd_summary(args: argparse.Namespace) -> None:
         psi_verdict,
     )
 
+    lo, hi = args.fit_from, args.fit_to
+    if not (lo is None or np.isfinite(lo)) or not (hi is None or np.isfinite(hi)):
+        raise ConfigError(f"--fit-from and --fit-to must be finite times, got {lo} and {hi}")
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError(f"--fit-from ({lo:g}) must be below --fit-to ({hi:g})")
     if args.plot:
         check_output(args.plot, args.force)
     traj = read_trajectory(args.run)

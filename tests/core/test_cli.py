@@ -401,3 +401,19 @@ def test_bench_refuses_impossible_sizes_and_counts(capsys, option, message):
 def test_dos_and_label_refuse_empty_counts(capsys, tmp_path, argv, message):
     code, _, err = run(capsys, *argv, "-o", tmp_path / "out.h5")
     assert code == 2 and message in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "a.h5"], "compare needs two or more runs, got 1"),
+        (
+            ["summary", "a.h5", "--fit-from", 5, "--fit-to", 1],
+            "--fit-from (5) must be below --fit-to (1)",
+        ),
+        (["summary", "a.h5", "--fit-from", "nan"], "--fit-from and --fit-to must be finite times"),
+    ],
+)
+def test_compare_and_summary_refuse_what_cannot_be_done(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in error_line(err)
