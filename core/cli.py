@@ -53,11 +53,19 @@ def _electron_overrides(args: argparse.Namespace) -> dict:
 # --------------------------------------------------------------------------- sub-commands
 
 
+def _at_least(option: str, values: Sequence[int], least: int) -> None:
+    """ConfigError naming the option when a count or size is below its least value."""
+    small = [v for v in values if v < least]
+    if small:
+        raise ConfigError(f"{option} must be >= {least}, got {small[0]}")
+
+
 def cmd_generate(args: argparse.Namespace) -> None:
     """One random-spin frame on a new amorphous configuration."""
     from core.io import Frames, check_output, write_frames
     from core.system import generate_positions, random_spins
 
+    _at_least("--frames", [args.frames], 1)
     check_output(args.output, args.force)
     cfg = SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed)
     system = generate_positions(cfg)
@@ -73,13 +81,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
         f"wrote {args.output}: {args.frames} frame(s), N = {cfg.n}, L = {system.box:.4g}, "
         f"density {system.density:.3g}"
     )
-
-
-def _at_least(option: str, values: Sequence[int], least: int) -> None:
-    """ConfigError naming the option when a count or size is below its least value."""
-    small = [v for v in values if v < least]
-    if small:
-        raise ConfigError(f"{option} must be >= {least}, got {small[0]}")
 
 
 def cmd_label(args: argparse.Namespace) -> None:
@@ -754,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     from core.cli_ml import add_ml_commands  # dataset, train, eval
 
     add_ml_commands(sub)
+    # no abbreviated options: `--kT 0.01` would silently set the electron temperature --kT-e
+    for command in [parser, *sub.choices.values()]:
+        command.allow_abbrev = False
     return parser
 
 

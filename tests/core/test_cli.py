@@ -396,9 +396,10 @@ def test_bench_refuses_impossible_sizes_and_counts(capsys, option, message):
         (["dos", "--configs", 0], "--configs must be >= 1, got 0"),
         (["dos", "--bins", 0], "--bins must be >= 1, got 0"),
         (["label", "in.h5", "--batch", 0], "--batch must be >= 1, got 0"),
+        (["generate", "--frames", 0], "--frames must be >= 1, got 0"),
     ],
 )
-def test_dos_and_label_refuse_empty_counts(capsys, tmp_path, argv, message):
+def test_dos_label_and_generate_refuse_empty_counts(capsys, tmp_path, argv, message):
     code, _, err = run(capsys, *argv, "-o", tmp_path / "out.h5")
     assert code == 2 and message in error_line(err)
 
@@ -417,3 +418,11 @@ def test_dos_and_label_refuse_empty_counts(capsys, tmp_path, argv, message):
 def test_compare_and_summary_refuse_what_cannot_be_done(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in error_line(err)
+
+
+def test_options_are_not_abbreviated(capsys):
+    # `--kT` for the bath temperature must not silently set the electron temperature --kT-e
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["quench", "--kT", "0.01", "-o", "q.h5"])
+    assert exc.value.code == 2
+    assert "unrecognized arguments: --kT 0.01" in capsys.readouterr().err
