@@ -227,9 +227,10 @@ class SceneLayers:
         values = self.quantity_values()
         _, (lo, hi) = self._colours()
         cmap = QUANTITIES.get(self.quantity, ("viridis", False))[0]
-        missing = self.quantity not in ("S_z", "S.n") and not np.any(values)
-        note = " (not computed yet)" if missing else ""
-        self.legend = f"Colour: {self.quantity}{note} from {lo:.3g} to {hi:.3g} ({cmap})"
+        if self.quantity not in ("S_z", "S.n") and not np.any(values):
+            self.legend = f"Colour: {self.quantity} (not computed yet)"  # no range to state
+        else:
+            self.legend = f"Colour: {self.quantity} from {lo:.3g} to {hi:.3g} ({cmap})"
         overlay = self.viewer.canvas.overlays.text
         overlay.text = self.legend
         overlay.visible = True

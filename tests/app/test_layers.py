@@ -46,7 +46,7 @@ def test_local_energy_colours_and_legend_state_the_range(app_viewer, tiny_model_
 def test_a_quantity_not_computed_yet_says_so(app_viewer):
     viewer, session = app_viewer
     session.panels["Fields"].colour_by.value = "ML-ED field error"  # before any comparison
-    assert "(not computed yet)" in viewer.canvas.overlays.text.text
+    assert viewer.canvas.overlays.text.text == "Colour: ML-ED field error (not computed yet)"
 
 
 def test_arrow_length_and_width_follow_the_panel(app_viewer):
