@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -26,7 +27,7 @@ from core import __version__
 from core.checkpoint import DEFAULT_EVERY
 from core.config import INTEGRATORS, ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.electrons import ED_METHODS
-from core.errors import SdglassError
+from core.errors import DisplayError, SdglassError
 from core.memory import keep_freed_memory
 from core.paths import DEFAULT_MODEL
 
@@ -353,9 +354,22 @@ def cmd_summary(args: argparse.Namespace) -> None:
         print(f"wrote {args.plot}")
 
 
+def _require_display(environ, platform: str) -> None:
+    """Refuse to open the app where Qt would abort the process: Linux with neither X nor Wayland."""
+    if not platform.startswith("linux") or environ.get("QT_QPA_PLATFORM"):
+        return
+    if not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY")):
+        raise DisplayError(
+            "the app needs a display and neither DISPLAY nor WAYLAND_DISPLAY is set: run it "
+            "on a desktop, or headless under a virtual X server, e.g. "
+            "xvfb-run -a sdglass app --steps 100 --screenshot shot.png"
+        )
+
+
 def cmd_app(args: argparse.Namespace) -> int:
     """The napari explorer (imported lazily: the rest of the CLI never loads Qt)."""
     from core.io import check_output
+    from core.modelfile import load_model
 
     if args.steps is not None and args.steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {args.steps}")
@@ -365,6 +379,9 @@ def cmd_app(args: argparse.Namespace) -> int:
         check_output(args.measure, args.force)
     if args.screenshot is not None:
         check_output(args.screenshot, args.force)
+    if args.model is not None:
+        load_model(args.model)  # refused here, not as a notification in an open window
+    _require_display(os.environ, sys.platform)
     from app.launcher import launch
 
     status = launch(

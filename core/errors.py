@@ -31,3 +31,7 @@ class ClusterError(SdglassError, ConnectionError):
 
 class DeviceError(SdglassError, RuntimeError):
     """A device that torch reports but cannot compute on (e.g. a CUDA driver that fails)."""
+
+
+class DisplayError(SdglassError, RuntimeError):
+    """No display for the app to open its window on (Qt would abort the process)."""

@@ -1,4 +1,5 @@
 import json
+import sys
 
 import h5py
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from core import cli
 from core.config import ElectronConfig
 from core.electrons import EDSolver
+from core.errors import DisplayError
 from core.io import read_frames, read_trajectory
 from core.system import AtomicSystem
 from tests.core.cli_helpers import error_line, run
@@ -374,6 +376,43 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
     assert shot.read_bytes() == b"a picture the user keeps"
     code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", tmp_path / "no" / "s.png")
     assert code == 2 and "no such directory" in error_line(err)
+
+
+def test_app_refuses_an_unreadable_model_before_opening(tmp_path, capsys):
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model")
+    code, _, err = run(capsys, "app", "--model", broken)
+    assert code == 2 and "broken.safetensors is not a readable safetensors model" in error_line(err)
+    code, _, err = run(capsys, "app", "--model", tmp_path / "missing.safetensors")
+    assert code == 2 and "no such model file" in error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("environ", "platform", "refused"),
+    [
+        ({}, "linux", True),
+        ({"DISPLAY": ""}, "linux", True),
+        ({"DISPLAY": ":99"}, "linux", False),
+        ({"WAYLAND_DISPLAY": "wayland-0"}, "linux", False),
+        ({"QT_QPA_PLATFORM": "offscreen"}, "linux", False),
+        ({}, "darwin", False),
+        ({}, "win32", False),
+    ],
+)
+def test_app_without_a_display_is_one_error_line_not_a_qt_abort(environ, platform, refused):
+    if refused:
+        with pytest.raises(DisplayError, match="xvfb-run -a sdglass app"):
+            cli._require_display(environ, platform)
+    else:
+        cli._require_display(environ, platform)
+
+
+def test_app_command_checks_the_display(monkeypatch, capsys):
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    code, _, err = run(capsys, "app", "--steps", 1)
+    assert code == 2 and "neither DISPLAY nor WAYLAND_DISPLAY is set" in error_line(err)
 
 
 @pytest.mark.parametrize(
