@@ -21,7 +21,7 @@ from core.config import ElectronConfig, LLGConfig, SystemConfig
 from core.errors import SdglassError
 from core.modelfile import ModelCard, load_model
 from core.paths import DEFAULT_MODEL
-from core.simulation import Simulation
+from core.simulation import Prepared, Simulation
 
 from .layers import SceneLayers
 from .plots import LivePlots
@@ -161,10 +161,11 @@ class AppSession:
 
     # -------------------------------------------------------------- system
 
-    def generate(self, system: SystemConfig, electrons: ElectronConfig) -> None:
-        """New configuration (stops the run first); raises ConfigError/PackingError unchanged."""
+    def install(self, prepared: Prepared) -> None:
+        """A configuration from `sim.prepare` becomes current (stops the run first); raises
+        ConfigError unchanged (e.g. ED was chosen meanwhile for an N too large for it)."""
         self.stop(wait=True)
-        self.sim.generate(system, electrons)
+        self.sim.install(prepared)
         self.model_note = ""  # it described the previous system
         self._show_system()
         self.check_model()

@@ -79,6 +79,22 @@ class Snapshot:
     r_min: float
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A configuration built by `Simulation.prepare` (off the lock), for `Simulation.install`:
+    the configs, the atoms, and the provider and pair bins made for engine, model and device."""
+
+    system_config: SystemConfig
+    electrons: ElectronConfig
+    atoms: AtomicSystem
+    engine: str
+    model: EnergyModel | None
+    device: str
+    provider: FieldProvider
+    edges: np.ndarray
+    bins: PairBins
+
+
 @dataclass
 class _History:
     energy_times: list[float] = field(default_factory=list)
@@ -142,8 +158,12 @@ class Simulation:
         engine: str,
         system: AtomicSystem | None = None,
         electrons: ElectronConfig | None = None,
+        device: str | None = None,
+        model: EnergyModel | None = None,
     ) -> FieldProvider:
         system, electrons = system or self.system, electrons or self.electrons
+        device = device or self.device
+        model = model if model is not None else self.model
         if engine == "ed":
             if system.n > ED_MAX_N:
                 gib = (2 * system.n) ** 2 * 16 / 2**30
@@ -152,24 +172,46 @@ class Simulation:
                     f"matrix ({gib:.1f} GiB) twice per step; the app allows ED up to "
                     f"N = {ED_MAX_N}: use the ML engine"
                 )
-            return EDSolver(system, electrons, self.device)
-        assert self.model is not None
-        return MLFieldProvider(self.model, system, self.device)
+            return EDSolver(system, electrons, device)
+        assert model is not None
+        return MLFieldProvider(model, system, device)
 
     def generate(
         self, system: SystemConfig | None = None, electrons: ElectronConfig | None = None
     ) -> None:
         """New atomic configuration (PHYSICS.md "Amorphous system"), fresh random spins, t = 0."""
+        self.install(self.prepare(system, electrons))
+
+    def prepare(
+        self, system: SystemConfig | None = None, electrons: ElectronConfig | None = None
+    ) -> Prepared:
+        """The costly part of `generate`: positions, field provider (the ML descriptor's
+        geometry) and pair bins. Changes nothing, so it may run in another thread while
+        the dynamics goes on; PackingError or ConfigError leave the simulation as it was."""
         system = system or self.system_config
         electrons = electrons or self.electrons
-        atoms = generate_positions(system)  # raises PackingError before any state changes
-        provider = self._make_provider(self.engine, atoms, electrons)  # ConfigError, likewise
         with self._lock:
-            self.system_config, self.electrons, self.system = system, electrons, atoms
-            self.edges = bin_edges(system.r_min, min(atoms.box / 2, CORR_R_MAX), self.bin_width)
-            self.bins = pair_bins(atoms, self.edges, self.device)
-            self.provider = provider
-            self.stepper = LLG(self.provider, self._llg_config, device=self.device)
+            engine, model, device = self.engine, self.model, self.device
+        atoms = generate_positions(system)
+        provider = self._make_provider(engine, atoms, electrons, device, model)
+        edges = bin_edges(system.r_min, min(atoms.box / 2, CORR_R_MAX), self.bin_width)
+        bins = pair_bins(atoms, edges, device)
+        return Prepared(system, electrons, atoms, engine, model, device, provider, edges, bins)
+
+    def install(self, prepared: Prepared) -> None:
+        """Make a prepared configuration current, with fresh random spins at t = 0. Parts made
+        for an engine, model or device that changed meanwhile are made again for the current."""
+        p = prepared
+        with self._lock:
+            provider, bins = p.provider, p.bins
+            ml_changed = self.engine == "ml" and p.model is not self.model
+            if (p.engine, p.device) != (self.engine, self.device) or ml_changed:
+                provider = self._make_provider(self.engine, p.atoms, p.electrons)
+            if p.device != self.device:
+                bins = pair_bins(p.atoms, p.edges, self.device)
+            self.system_config, self.electrons, self.system = p.system_config, p.electrons, p.atoms
+            self.edges, self.bins, self.provider = p.edges, bins, provider
+            self.stepper = LLG(provider, self._llg_config, device=self.device)
             self.reset_spins(self.spin_seed)
 
     def reset_spins(self, seed: int | None = None) -> None:

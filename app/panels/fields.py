@@ -9,14 +9,13 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     Label,
-    ProgressBar,
     PushButton,
 )
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from napari.qt.threading import thread_worker
 from napari.utils.notifications import show_error
 
+from app.jobs import Job
 from app.layers import QUANTITIES
 from app.plots import recolour, style_axes, theme_colours
 from core.errors import SdglassError
@@ -63,17 +62,13 @@ class FieldsPanel(Container):
             "paper's error width is ~1e-3. Colours atoms by the per-atom error.",
         )
         self.result = Label(value="")
-        self.progress = ProgressBar(
-            min=0, max=0, label="Working", visible=False,
-            tooltip="Fields are being computed in the background (ED: one diagonalization).",
-        )  # fmt: skip
-        self.worker = None
+        self.job: Job | None = None
         self.last_comparison: dict | None = None
         super().__init__(
             widgets=[
                 self.colour_by, self.axis, self.arrow_length, self.arrow_width,
                 self.show_fields, self.ed_button, self.ml_button, self.compare_button,
-                self.progress, self.result,
+                self.result,
             ],
             label="Fields",
         )  # fmt: skip
@@ -122,23 +117,12 @@ class FieldsPanel(Container):
             scene.local_energy = None if eps is None else eps[0]
         scene.refresh()
 
-    def _run(self, job, done) -> None:
-        if self.worker is not None:
+    def _run(self, job, done, text: str) -> None:
+        if self.job is not None:
             return
-        self.result.value = "computing..."
-        self.progress.visible = True
         for b in (self.ed_button, self.ml_button, self.compare_button):
             b.enabled = False
-        worker = thread_worker(_returning_user_errors(job), start_thread=False)()
-        # an unexpected exception reaches napari's error notification (with its traceback)
-        worker.returned.connect(
-            lambda result: (
-                self._fail(result.error) if isinstance(result, _UserError) else done(result)
-            )
-        )
-        worker.finished.connect(self._finished)
-        self.worker = worker
-        worker.start()
+        self.job = Job(job, done, self._fail, self._finished, self.result, text)
 
     def _fail(self, err: SdglassError) -> None:
         """A computation that cannot run here (a user error, not a bug): said in one line."""
@@ -146,15 +130,12 @@ class FieldsPanel(Container):
         show_error(f"Field computation: {err}")
 
     def _abandon(self) -> None:
-        """The window is closing: a computation still running ends unseen (its widgets go)."""
-        worker, self.worker = self.worker, None
-        if worker is not None:
-            for signal in (worker.returned, worker.errored, worker.finished):
-                signal.disconnect()
+        if self.job is not None:
+            self.job.abandon()
+            self.job = None
 
     def _finished(self) -> None:
-        self.worker = None
-        self.progress.visible = False
+        self.job = None
         self.ed_button.enabled = True
         self._model_changed()
 
@@ -174,7 +155,10 @@ class FieldsPanel(Container):
             self.show_fields.value = True
             scene.refresh()
 
-        self._run(lambda: self.session.sim.compute_fields(engine), done)
+        self._run(
+            lambda: self.session.sim.compute_fields(engine), done,
+            f"Computing {engine.upper()} fields",
+        )  # fmt: skip
 
     def compare(self) -> None:
         """RMSE / MAE of ML vs ED transverse fields; atoms coloured by the per-atom error."""
@@ -191,26 +175,7 @@ class FieldsPanel(Container):
             self.parity.show(stats)
             scene.refresh()
 
-        self._run(self.session.compare, done)
-
-
-class _UserError:
-    """An SdglassError a job returns instead of raising (superqt raises returned exceptions)."""
-
-    def __init__(self, error: SdglassError) -> None:
-        self.error = error
-
-
-def _returning_user_errors(job):
-    """job, but an SdglassError comes back as a _UserError: the panel says it in one line."""
-
-    def guarded():
-        try:
-            return job()
-        except SdglassError as err:
-            return _UserError(err)
-
-    return guarded
+        self._run(self.session.compare, done, "Computing ML and ED fields")
 
 
 class ParityPlot:

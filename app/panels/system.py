@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -12,6 +14,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from app.jobs import Job
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
 
@@ -74,8 +77,11 @@ class SystemPanel(Container):
             "(the paper's choice).",
         )  # fmt: skip
         self.generate_button = PushButton(
-            text="Generate", tooltip="New random atomic configuration and random spins."
+            text="Generate",
+            tooltip="New random atomic configuration and random spins, built in the background "
+            "(N = 10000 with the ML engine takes several seconds; the window stays usable).",
         )
+        self.job: Job | None = None
         self.message = Label(value="")
         self.summary = Label(value="")
         super().__init__(
@@ -94,6 +100,7 @@ class SystemPanel(Container):
         self.keep_density.changed.connect(self._sync_box)
         self.n.changed.connect(self._sync_box)
         self.generate_button.clicked.connect(self.generate)
+        session.closing.connect(self._abandon)
         self._sync_box()
         self._summarise()
 
@@ -143,18 +150,51 @@ class SystemPanel(Container):
         return system, electrons
 
     def generate(self) -> bool:
-        """Build the configuration; validation errors appear inline in red."""
+        """Validate the widgets, then build the configuration in a worker thread (the dynamics
+        goes on meanwhile; the new system replaces it when ready). Errors appear inline in
+        red. Returns whether the build started."""
+        if self.job is not None:
+            return False
         try:
             system, electrons = self.configs()
-            self.session.generate(system, electrons)
         except (SdglassError, ValueError) as err:
-            self.message.value = f"⚠ {err}"
-            self.message.native.setStyleSheet("color: #ff6b6b;")
-            self.message.native.setWordWrap(True)
+            self._fail(err)
             return False
-        self.message.value = ""
-        self._summarise()
+        self._say("")
+        self.generate_button.enabled = False
+        started = time.perf_counter()
+        self.job = Job(
+            lambda: self.session.sim.prepare(system, electrons),
+            lambda prepared: self._install(prepared, time.perf_counter() - started),
+            self._fail, self._finished, self.message, f"Generating {system.n} atoms",
+        )  # fmt: skip
         return True
+
+    def _install(self, prepared, seconds: float) -> None:
+        try:
+            self.session.install(prepared)
+        except SdglassError as err:
+            self._fail(err)
+            return
+        self._say(f"Generated in {seconds:.1f} s" if seconds >= 1 else "")
+        self._summarise()
+
+    def _say(self, text: str, colour: str = "") -> None:
+        self.message.value = text
+        self.message.native.setStyleSheet(f"color: {colour};" if colour else "")
+        self.message.native.setWordWrap(True)
+
+    def _fail(self, err: Exception) -> None:
+        self._say(f"⚠ {err}", "#ff6b6b")
+
+    def _finished(self) -> None:
+        self.job = None
+        self.generate_button.enabled = True
+
+    def _abandon(self) -> None:
+        if self.job is not None:
+            self.job.abandon()
+            self.job = None
 
     def _summarise(self) -> None:
         s = self.session.sim

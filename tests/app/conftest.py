@@ -12,3 +12,16 @@ def app_viewer(make_napari_viewer):
     session = session_of(viewer)
     yield viewer, session
     session.stop(wait=True)
+
+
+@pytest.fixture
+def generate(qtbot):
+    """generate(panel): press Generate in a System panel and wait for the background build;
+    True when the new system is in place, False when an error shows inline."""
+
+    def press(panel) -> bool:
+        started = panel.generate()
+        qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+        return started and not panel.message.value.startswith("⚠")
+
+    return press

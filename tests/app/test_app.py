@@ -34,13 +34,13 @@ def test_launch_builds_layers_and_panels(app_viewer):
                 assert widget.tooltip, f"{widget.label} has no tooltip"
 
 
-def test_generate_from_system_panel(app_viewer):
+def test_generate_from_system_panel(app_viewer, generate):
     viewer, session = app_viewer
     panel = session.panels["System"]
     layers = list(viewer.layers)
     panel.n.value = 40
     panel.seed.value = 3
-    assert panel.generate()
+    assert generate(panel)
     assert viewer.layers["Atoms"].data.shape == (40, 3)
     assert viewer.layers["Spins"].data.shape == (40, 2, 3)
     assert len(viewer.layers["Spins"].edge_color) == 40
@@ -69,13 +69,13 @@ def test_preset_names_the_values_the_system_panel_holds(app_viewer):
     assert (panel.r_min.value, panel.J.value, panel.n.value) == (0.5, 6.0, 100)
 
 
-def test_invalid_system_shows_inline_message(app_viewer):
+def test_invalid_system_shows_inline_message(app_viewer, generate):
     viewer, session = app_viewer
     panel = session.panels["System"]
     panel.keep_density.value = False
     panel.n.value = 2000
     panel.box.value = 5.0
-    assert not panel.generate()
+    assert not generate(panel)
     assert "cannot pack" in panel.message.value
     assert viewer.layers["Atoms"].data.shape == (30, 3)
 
@@ -179,7 +179,7 @@ def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):
     assert any("boom" in str(r.message) for r in notification_manager.records)
 
 
-def test_model_panel_draws_the_pairwise_baselines_exchange(app_viewer, tmp_path):
+def test_model_panel_draws_the_pairwise_baselines_exchange(app_viewer, tmp_path, generate):
     from core.modelfile import load_model, save_model
     from core.paths import PAIRWISE_MODEL
 
@@ -194,7 +194,7 @@ def test_model_panel_draws_the_pairwise_baselines_exchange(app_viewer, tmp_path)
     assert str(panel.path.value).endswith("default.safetensors")
     # a system the baseline was not trained for: the note says what differs
     session.panels["System"].preset.value = "Weak coupling (J = 1)"
-    assert session.panels["System"].generate()
+    assert generate(session.panels["System"])
     assert "J = 6 but is used with J = 1" in panel.exchange_label.value
     # a loaded pairwise model draws its own J(R)
     baseline.net[-1].weight.data *= 2
@@ -254,9 +254,11 @@ def test_fields_panel_computes_ed_fields(app_viewer, qtbot):
     _, session = app_viewer
     fields = session.panels["Fields"]
     fields.compute("ed")
-    assert not fields.progress.native.isHidden()  # busy indicator while the worker runs
+    assert fields.result.value == "Computing ED fields..."  # while the worker runs
+    assert not fields.ed_button.enabled
     qtbot.waitUntil(lambda: session.scene.fields is not None, timeout=TIMEOUT)
-    qtbot.waitUntil(fields.progress.native.isHidden, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
+    assert fields.result.value.startswith("ED: E/N = ") and fields.ed_button.enabled
     assert session.scene.fields.shape == (30, 3)
     fields.colour_by.value = "|H_perp|"
     assert np.all(session.scene.quantity_values() > 0)
@@ -448,7 +450,9 @@ def test_closing_the_window_mid_run_stops_the_dynamics_without_a_traceback(
     assert "Traceback" not in capfd.readouterr().err
 
 
-def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(app_viewer, tmp_path):
+def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(
+    app_viewer, tmp_path, generate
+):
     from core.modelfile import load_model, save_model
 
     _, session = app_viewer
@@ -463,7 +467,7 @@ def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(app_viewer,
     assert any(expected in str(r.message) for r in notification_manager.records)
     # a system with the model's J: the warning goes
     session.panels["System"].preset.value = "Weak coupling (J = 1)"
-    assert session.panels["System"].generate()
+    assert generate(session.panels["System"])
     assert session.warnings == [] and "⚠" not in session.panels["Model"].card.value
 
 
@@ -594,8 +598,9 @@ def test_the_device_menu_offers_cuda_when_torch_sees_it_and_reports_a_failing_on
     assert session.sim.step_count == 2
 
 
-def test_closing_the_window_during_a_field_computation_leaves_no_traceback(
-    make_napari_viewer, qtbot, capfd
+@pytest.mark.parametrize("job", ["fields", "generate"])
+def test_closing_the_window_during_a_background_job_leaves_no_traceback(
+    make_napari_viewer, qtbot, capfd, job
 ):
     import time
 
@@ -603,21 +608,56 @@ def test_closing_the_window_during_a_field_computation_leaves_no_traceback(
 
     viewer = launch(viewer=make_napari_viewer(), return_viewer=True, n=30)
     session = session_of(viewer)
-    compute = session.sim.compute_fields
+    name, press = {
+        "fields": ("compute_fields", lambda: session.panels["Fields"].compute("ed")),
+        "generate": ("prepare", session.panels["System"].generate),
+    }[job]
+    original = getattr(session.sim, name)
     done = []
 
-    def slow(engine=None):  # a large ED diagonalization
+    def slow(*args):  # a large ED diagonalization, or the descriptor of a large system
         time.sleep(0.5)
-        done.append(engine)
-        return compute(engine)
+        done.append(name)
+        return original(*args)
 
-    session.sim.compute_fields = slow
-    session.panels["Fields"].compute("ed")
+    setattr(session.sim, name, slow)
+    press()
     qtbot.wait(50)
     viewer.close()
     qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT)
     qtbot.wait(300)  # the worker's signals would now reach the deleted widgets
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_generate_builds_in_the_background_while_the_dynamics_runs(app_viewer, qtbot, monkeypatch):
+    import threading
+
+    viewer, session = app_viewer
+    panel = session.panels["System"]
+    prepare, release = session.sim.prepare, threading.Event()
+
+    def held(*args):  # a build that takes until the test releases it
+        release.wait(timeout=30)
+        return prepare(*args)
+
+    session.sim.prepare = held
+    monkeypatch.setattr("app.jobs.TICK_MS", 100)  # the label counts seconds every 0.1 s
+    session.panels["Dynamics"].start()
+    panel.n.value = 40
+    assert panel.generate()
+    assert not panel.generate()  # one build at a time
+    assert panel.message.value == "Generating 40 atoms..." and not panel.generate_button.enabled
+    steps = session.sim.step_count
+    qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)
+    assert viewer.layers["Atoms"].data.shape == (30, 3)  # the old system, running
+    qtbot.waitUntil(lambda: panel.message.value == "Generating 40 atoms... 1 s", timeout=TIMEOUT)
+    release.set()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=TIMEOUT)
+    assert viewer.layers["Atoms"].data.shape == (40, 3) and not session.running
+    assert session.sim.step_count == 0 and panel.generate_button.enabled
+    assert panel.message.value.startswith("Generated in ")  # it took over 1 s
+    qtbot.wait(300)
+    assert panel.message.value.startswith("Generated in ")  # the count has stopped
 
 
 def test_closing_the_window_while_recording_keeps_the_recording(
@@ -647,7 +687,7 @@ def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
     fields = session.panels["Fields"]
     notification_manager.records.clear()
     fields.compute("ml")
-    qtbot.waitUntil(lambda: fields.worker is None, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
     assert fields.result.value.startswith("⚠ descriptor cutoff rc = 2.5")
     assert "N >= 100" in fields.result.value
     assert [str(r.message) for r in notification_manager.records] == [
@@ -657,7 +697,9 @@ def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
     assert fields.ed_button.enabled and fields.ml_button.enabled  # ready for the next try
 
 
-def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(app_viewer, tiny_model_file):
+def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(
+    app_viewer, tiny_model_file, generate
+):
     _, session = app_viewer  # N = 30: the shipped model's cutoff does not fit, the tiny one's does
     model_panel, dyn = session.panels["Model"], session.panels["Dynamics"]
     assert model_panel.load(tiny_model_file)
@@ -673,7 +715,7 @@ def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(app_viewer, tiny_m
     assert "N >= 100" in dyn.message.value
     # a system large enough: ML works
     session.panels["System"].n.value = 100
-    assert session.panels["System"].generate()
+    assert generate(session.panels["System"])
     assert "switched to ED" not in model_panel.card.value
     dyn.engine.value = "ML (machine-learned)"
     assert session.sim.engine == "ml" and dyn.message.value == ""

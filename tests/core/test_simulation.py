@@ -9,6 +9,7 @@ import torch
 from core.config import ConfigError, LLGConfig, SystemConfig
 from core.electrons import EDSolver
 from core.errors import DeviceError, PackingError
+from core.model import MLFieldProvider
 from core.modelfile import load_model
 from core.simulation import Simulation
 
@@ -112,6 +113,35 @@ def test_failed_generate_keeps_previous_system(sim):
     with pytest.raises(PackingError):
         sim.generate(SystemConfig(n=2000, box=5.0))
     assert sim.system.box == box and sim.system.n == 30
+
+
+def test_prepare_changes_nothing_until_install(sim):
+    sim.advance(2)
+    before = sim.snapshot()
+    prepared = sim.prepare(SystemConfig(n=40, seed=7))
+    sim.advance(1)  # the dynamics goes on while a configuration is prepared
+    assert sim.system.n == 30 and sim.snapshot().step == before.step + 1
+    sim.install(prepared)
+    snap = sim.snapshot()
+    assert sim.system is prepared.atoms and sim.provider is prepared.provider
+    assert sim.bins is prepared.bins and sim.system_config == SystemConfig(n=40, seed=7)
+    assert snap.spins.shape == (2, 40, 3) and snap.step == 0 and snap.time == 0.0
+    twin = Simulation(SystemConfig(n=40, seed=7), llg=LLGConfig(dt=0.05), replicas=2)
+    np.testing.assert_array_equal(sim.system.positions, twin.system.positions)
+    np.testing.assert_array_equal(snap.spins, twin.snapshot().spins)
+
+
+def test_install_rebuilds_a_provider_made_for_an_engine_switched_meanwhile(tiny_model_file):
+    model, _ = load_model(tiny_model_file)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), model=model)
+    prepared = sim.prepare(SystemConfig(n=35, seed=2))
+    assert isinstance(prepared.provider, EDSolver)
+    sim.set_engine("ml")
+    sim.install(prepared)
+    assert isinstance(sim.provider, MLFieldProvider) and sim.provider is not prepared.provider
+    assert sim.bins is prepared.bins  # same device: the pair bins are kept
+    sim.advance(1)
+    assert sim.snapshot().spins.shape == (1, 35, 3)
 
 
 def test_ml_engine_with_tiny_model(tiny_model_file):
