@@ -13,6 +13,7 @@ import torch
 
 from core.config import ConfigError, ElectronConfig
 from core.errors import StateError
+from core.memory import require_memory
 from core.purification import canonical_purification
 from core.system import AtomicSystem, distance_matrix
 
@@ -92,6 +93,13 @@ def resolve_method(method: str, kT_e: float, device: torch.device) -> str:
     return "purification" if method == "purification" or auto else "eigh"
 
 
+#: Peak memory of one ED field evaluation per N^2 (bytes), its leading terms: the
+#: distance and hopping matrices (16), the 2N x 2N complex Hamiltonian and eigenvectors
+#: (128), eigh's complex and real workspaces (~128). Measured (peak RSS on the CPU, one
+#: state): 277 at N = 2000; 329 at N = 1000, where fixed overheads add.
+ED_BYTES_PER_N2 = 280
+
+
 class EDSolver:
     """Exact-diagonalization field provider for one atomic configuration.
 
@@ -113,6 +121,11 @@ class EDSolver:
         self.device = torch.device(device)
         self.method = resolve_method(method, self.config.kT_e, self.device)
         self.purification_steps = 0
+        require_memory(
+            ED_BYTES_PER_N2 * system.n**2, self.device,
+            f"ED at N = {system.n} (a {2 * system.n} x {2 * system.n} complex diagonalization)",
+            "use the ML engine, or a smaller N",
+        )  # fmt: skip
         self.hopping = hopping_matrix(system, self.config, self.device)
         self.n_electrons = self.config.n_electrons(system.n)
         if not 0 < self.n_electrons < 2 * system.n:

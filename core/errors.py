@@ -35,3 +35,7 @@ class DeviceError(SdglassError, RuntimeError):
 
 class DisplayError(SdglassError, RuntimeError):
     """No display for the app to open its window on (Qt would abort the process)."""
+
+
+class MemoryLimitError(SdglassError, MemoryError):
+    """A computation that cannot fit in the memory the device has available."""

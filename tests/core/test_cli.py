@@ -378,6 +378,16 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
     assert code == 2 and "no such directory" in error_line(err)
 
 
+def test_ed_beyond_the_available_memory_is_one_error_line(tmp_path, capsys, monkeypatch):
+    from core import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**19)
+    code, _, err = run(capsys, "quench", "-n", 60, "--t-max", 0.04, "-o", tmp_path / "q.h5")
+    assert code == 2 and "ED at N = 60 (a 120 x 120 complex diagonalization)" in error_line(err)
+    assert "use the ML engine, or a smaller N" in error_line(err)
+    assert not (tmp_path / "q.h5").exists()
+
+
 def test_app_refuses_an_unreadable_model_before_opening(tmp_path, capsys):
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a model")

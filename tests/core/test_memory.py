@@ -45,3 +45,55 @@ def test_the_users_own_malloc_settings_are_left_alone(monkeypatch):
 
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
     assert keep_freed_memory() is False
+
+
+#: Peak RSS growth of one ED field evaluation at N atoms, per N^2 (bytes).
+ED_PEAK = """
+import sys, torch
+from core.config import SystemConfig
+from core.electrons import EDSolver
+from core.system import generate_positions, random_spins
+def peak():  # this process's high-water RSS (ru_maxrss would include the parent's, pytest)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+n = int(sys.argv[1])
+atoms, spins = generate_positions(SystemConfig(n=n)), random_spins(1, n, torch.Generator())
+base = peak()
+EDSolver(atoms).fields(spins)
+print((peak() - base) * 1024 / n**2)
+"""
+
+
+def test_ed_memory_estimate_matches_the_measured_peak():
+    from core.electrons import ED_BYTES_PER_N2
+
+    out = subprocess.run(
+        [sys.executable, "-c", ED_PEAK, "1000"], capture_output=True, text=True, check=True
+    )
+    assert 0.7 * ED_BYTES_PER_N2 < float(out.stdout) < 1.3 * ED_BYTES_PER_N2
+
+
+def test_available_memory_is_known_on_linux():
+    from core.memory import available_bytes
+
+    free = available_bytes("cpu")
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    assert 0 < free <= total
+
+
+def test_a_computation_larger_than_the_memory_is_refused_in_one_line(monkeypatch):
+    from core import memory
+    from core.config import SystemConfig
+    from core.electrons import EDSolver
+    from core.errors import MemoryLimitError
+    from core.system import generate_positions
+
+    atoms = generate_positions(SystemConfig(n=40))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**18)  # 0.25 MiB
+    with pytest.raises(MemoryLimitError) as err:
+        EDSolver(atoms)
+    assert str(err.value) == (
+        "ED at N = 40 (a 80 x 80 complex diagonalization) needs about 0.000417 GiB of memory "
+        "and 0.000244 GiB are available on cpu: use the ML engine, or a smaller N"
+    )
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: no refusal
+    EDSolver(atoms)
