@@ -574,8 +574,18 @@ def _cluster(args: argparse.Namespace):
     return ClusterSpec(scheduler=args.scheduler, workers=args.workers)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default in its help, unless the help states its own or there is none
+    (no "(default: None)" after "(default: the paper's density ...)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if "(default" in (action.help or "") or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
     parser = argparse.ArgumentParser(
         prog="sdglass",
         description=(

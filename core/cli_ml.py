@@ -232,7 +232,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 
 def _add_dataset(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = base.HelpFormatter
     p = sub.add_parser(
         "dataset",
         help="ED-labelled frames: random spins and states along ED-LLG relaxations",
@@ -266,7 +266,7 @@ def _add_dataset(sub) -> None:
 
 
 def _add_reproduce(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = base.HelpFormatter
     p = sub.add_parser(
         "reproduce",
         help="the paper's Figs. 2-5 and quantitative statements, with a report",
@@ -296,7 +296,7 @@ def _add_reproduce(sub) -> None:
 
 
 def _add_train(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = base.HelpFormatter
     p = sub.add_parser(
         "train",
         help="train an ML field model (paper Eq. 19) with cross-validation by configuration",
@@ -363,7 +363,7 @@ def _add_eval(sub) -> None:
     p = sub.add_parser(
         "eval",
         help="H_perp and energy errors of a model against ED labels",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=base.HelpFormatter,
     )
     p.add_argument("model", help="model file (.safetensors)")
     p.add_argument("data", help="ED-labelled frames file (.h5)")

@@ -1,3 +1,4 @@
+import argparse
 import json
 import sys
 
@@ -475,3 +476,18 @@ def test_options_are_not_abbreviated(capsys):
         cli.main(["quench", "--kT", "0.01", "-o", "q.h5"])
     assert exc.value.code == 2
     assert "unrecognized arguments: --kT 0.01" in capsys.readouterr().err
+
+
+def test_help_states_each_default_once_and_never_none(monkeypatch):
+    import re
+
+    monkeypatch.setenv("COLUMNS", "2000")  # one line per option
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        text = parser.format_help()
+        assert "(default: None)" not in text and "(default: False)" not in text, name
+        for line in text.splitlines():
+            assert len(re.findall(r"\(default", line)) <= 1, line
+    quench = sub.choices["quench"].format_help()
+    assert "cube side L in ell (default: the paper's density 0.8, L = 5 (N/100)^(1/3))" in quench
+    assert "seed of the atomic configuration(s) (default: 0)" in quench
