@@ -168,11 +168,19 @@ class SceneLayers:
     def _colours(self):
         return colours(self.quantity_values(), self.quantity)
 
-    def update_spins(self, spins: np.ndarray, fields: np.ndarray | None = None) -> None:
-        """New spin state (replica 0) and optionally the fields of the last evaluation."""
+    def update_spins(
+        self,
+        spins: np.ndarray,
+        fields: np.ndarray | None = None,
+        local_energy: np.ndarray | None = None,
+    ) -> None:
+        """New spin state (replica 0), optionally with the fields of the last evaluation and
+        the local energies of these spins."""
         self.spins = np.asarray(spins, float)
         if fields is not None:
             self.fields = np.asarray(fields, float)
+        if local_energy is not None:
+            self.local_energy = np.asarray(local_energy, float)
         self.refresh()
 
     def refresh(self) -> None:

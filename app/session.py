@@ -295,7 +295,8 @@ class AppSession:
     def _show_scene(self, snap) -> None:
         if snap is self.last_snapshot:  # not overtaken by a newer one
             fields = None if snap.fields is None else snap.fields[0]
-            self.scene.update_spins(snap.spins[0], fields)
+            eps = None if snap.local_energies is None else snap.local_energies[0]
+            self.scene.update_spins(snap.spins[0], fields, eps)
         # the worker steps on once the window has repainted: a timer fires after the repaint
         # (a posted event of low priority)
         QTimer.singleShot(SHOWN_AFTER_MS, self._shown.set)

@@ -60,7 +60,8 @@ RECORD_RATIO = 10 ** (1 / 10)
 @dataclass(frozen=True)
 class Snapshot:
     """CPU copies of the live state: spins (B, N, 3), fields of the last evaluation
-    (B, N, 3) or None, energy/|m| histories, and C(r, t), xi(t) at the record times."""
+    (B, N, 3) or None, energy/|m| histories, C(r, t), xi(t) at the record times, and the
+    ML local energies eps_i (B, N) of the spins when tracked (else None)."""
 
     step: int
     time: float
@@ -77,6 +78,7 @@ class Snapshot:
     xi: np.ndarray
     r_edges: np.ndarray
     r_min: float
+    local_energies: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,9 @@ class Simulation:
             raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
         self.replicas = replicas
         self.spin_seed = spin_seed
+        #: snapshots carry the ML local energies of their spins (the app colours atoms by them)
+        self.track_local_energies = False
+        self._ml_under_ed: MLFieldProvider | None = None  # built on demand, once per system
         self.system: AtomicSystem
         self.provider: FieldProvider
         self.stepper: LLG
@@ -211,6 +216,7 @@ class Simulation:
                 bins = pair_bins(p.atoms, p.edges, self.device)
             self.system_config, self.electrons, self.system = p.system_config, p.electrons, p.atoms
             self.edges, self.bins, self.provider = p.edges, bins, provider
+            self._ml_under_ed = None
             self.stepper = LLG(provider, self._llg_config, device=self.device)
             self.reset_spins(self.spin_seed)
 
@@ -243,7 +249,7 @@ class Simulation:
             except Exception:
                 self.model = previous
                 raise
-            self.engine, self.provider = engine, provider
+            self.engine, self.provider, self._ml_under_ed = engine, provider, None
             self.stepper = LLG(provider, self.stepper.config, device=self.device)
 
     def set_device(self, device: str) -> None:
@@ -268,6 +274,7 @@ class Simulation:
                     f"cannot compute on {device!r}: {type(err).__name__}: {err}"
                 ) from err
             self.provider, self.bins, self.spins = provider, bins, spins
+            self._ml_under_ed = None
             self.stepper = LLG(provider, self.stepper.config, device=self.device)
 
     def set_replicas(self, replicas: int) -> None:
@@ -335,18 +342,31 @@ class Simulation:
         engine = engine or self.engine
         self._check_engine(engine, self.model)
         with self._lock:
-            provider = self.provider if engine == self.engine else self._make_provider(engine)
+            if engine == self.engine:
+                provider = self.provider
+            else:
+                provider = self._ml() if engine == "ml" else self._make_provider(engine)
             spins = self.spins.clone()
         h, e = provider.fields(spins)
         return h.detach().cpu().numpy(), e.detach().cpu().numpy()
+
+    def _ml(self) -> MLFieldProvider:
+        """The ML provider of this system: the engine's, or (under ED) one kept until the
+        system, model or device changes (its descriptor set-up takes seconds at large N)."""
+        with self._lock:
+            if self.engine == "ml":
+                return self.provider
+            kept = self._ml_under_ed
+            if kept is None or kept.model is not self.model:
+                self._ml_under_ed = self._make_provider("ml")
+            return self._ml_under_ed
 
     def local_energies(self) -> np.ndarray | None:
         """Per-atom ML energies eps_i (B, N) of the current spins, or None without ML."""
         if self.model is None:
             return None
         with self._lock:
-            provider = self.provider if self.engine == "ml" else self._make_provider("ml")
-            spins = self.spins.clone()
+            provider, spins = self._ml(), self.spins.clone()
         return provider.local_energies(spins).cpu().numpy()
 
     # ------------------------------------------------------------------ observables
@@ -388,4 +408,14 @@ class Simulation:
                 xi=xi,
                 r_edges=self.edges.copy(),
                 r_min=self.system_config.r_min,
+                local_energies=self._tracked_local_energies(),
             )
+
+    def _tracked_local_energies(self) -> np.ndarray | None:
+        """eps_i of the spins for a snapshot, when tracked and the model can run here."""
+        if not self.track_local_energies:
+            return None
+        try:
+            return self.local_energies()
+        except SdglassError:  # e.g. a box too small for the model's cutoff: not shown
+            return None

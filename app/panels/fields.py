@@ -31,7 +31,8 @@ class FieldsPanel(Container):
             label="Colour atoms by", choices=list(QUANTITIES), value=scene.quantity,
             tooltip="S_z; S.n along the axis n; |H_perp| = |S x H| in t0 (the field that drives "
             "the dynamics, ~0.013 per component for the paper's system); local energy eps_i "
-            "(ML); ML-ED error |dH_perp| (after Compare).",
+            "in t0 (ML, recomputed for each frame while the dynamics runs); ML-ED error "
+            "|dH_perp| (after Compare).",
         )  # fmt: skip
         self.axis = ComboBox(
             label="Axis n", choices=["x", "y", "z", "(1,1,1)"], value="z",
@@ -108,6 +109,8 @@ class FieldsPanel(Container):
         scene.arrow_width = float(self.arrow_width.value)
         if scene.field_layer is not None:
             scene.field_layer.visible = bool(self.show_fields.value)
+        # while the dynamics runs, each snapshot brings the local energies of its spins
+        self.session.sim.track_local_energies = scene.quantity == "local energy (ML)"
         if scene.quantity == "local energy (ML)" and self.session.model is not None:
             try:
                 eps = self.session.sim.local_energies()

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from matplotlib import colormaps
 
 from app.layers import MAX_ARROWS, SceneLayers, colours
@@ -41,6 +42,31 @@ def test_local_energy_colours_and_legend_state_the_range(app_viewer, tiny_model_
     )
     legend = viewer.canvas.overlays.text.text
     assert legend == f"Colour: local energy (ML) from {lo:.3g} to {hi:.3g} (viridis)"
+
+
+def test_local_energy_colours_follow_the_spins_while_the_dynamics_runs(
+    app_viewer, tiny_model_file, qtbot
+):
+    from core.model import MLFieldProvider
+
+    viewer, session = app_viewer  # the ED engine: the energies come from the ML model
+    assert session.panels["Model"].load(tiny_model_file)
+    session.panels["Fields"].colour_by.value = "local energy (ML)"
+    before = session.scene.local_energy.copy()
+    session.start(max_steps=6)
+    qtbot.waitUntil(lambda: not session.running, timeout=60_000)
+    assert session.sim.step_count == 6
+    shown = session.scene.spins  # replica 0 as drawn
+    ml = MLFieldProvider(session.model, session.sim.system)
+    eps = ml.local_energies(torch.from_numpy(shown[None])).numpy()[0]
+    np.testing.assert_allclose(session.scene.local_energy, eps, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(session.scene.local_energy, before)
+    lo, hi = eps.min(), eps.max()
+    np.testing.assert_allclose(
+        atom_colours(viewer), colormaps["viridis"]((eps - lo) / (hi - lo)), atol=1e-5
+    )
+    session.panels["Fields"].colour_by.value = "S_z"  # no longer shown: no longer computed
+    assert session.sim.snapshot().local_energies is None
 
 
 def test_a_quantity_not_computed_yet_says_so(app_viewer):

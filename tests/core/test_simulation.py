@@ -233,3 +233,49 @@ def test_the_clock_adds_the_dt_a_step_took_when_dt_changes_during_it(sim):
     assert sim.time == pytest.approx(0.05)
     sim.advance(1)
     assert sim.time == pytest.approx(0.06)
+
+
+def test_snapshots_carry_the_local_energies_of_their_spins_when_tracked(tiny_model_file):
+    model, _ = load_model(tiny_model_file)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), replicas=2, model=model)  # ED engine
+    assert sim.snapshot().local_energies is None  # not tracked: nothing computed
+    sim.track_local_energies = True
+    first = sim.snapshot()
+    sim.advance(3)
+    later = sim.snapshot()
+    ml = MLFieldProvider(model, sim.system)
+    for snap in (first, later):
+        expected = ml.local_energies(torch.from_numpy(snap.spins)).numpy()
+        np.testing.assert_allclose(snap.local_energies, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(first.local_energies, later.local_energies)  # they follow the spins
+
+
+def test_the_ml_provider_under_ed_is_built_once_per_system_and_model(tiny_model_file, monkeypatch):
+    model, _ = load_model(tiny_model_file)
+    other, _ = load_model(tiny_model_file)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), model=model)
+    built = []
+    make = sim._make_provider
+    monkeypatch.setattr(
+        sim, "_make_provider", lambda engine, *a: built.append(engine) or make(engine, *a)
+    )
+    sim.local_energies()
+    sim.compute_fields("ml")
+    sim.local_energies()
+    assert built == ["ml"]
+    sim.model = other  # a model loaded while ED runs
+    sim.local_energies()
+    assert built == ["ml", "ml"]
+    sim.generate(SystemConfig(n=30, seed=2))
+    sim.local_energies()
+    assert built[2:] == ["ed", "ml"]  # the new system's ED solver, then its ML provider
+
+
+def test_tracked_local_energies_a_model_cannot_give_here_are_none(tiny_model_file):
+    model, _ = load_model(tiny_model_file)
+    sim = Simulation(SystemConfig(n=4, seed=1), model=model)  # L/2 below the model's cutoff
+    sim.track_local_energies = True
+    with pytest.raises(ConfigError, match="exceeds half the box side"):
+        sim.local_energies()
+    sim.advance(1)
+    assert sim.snapshot().local_energies is None
