@@ -84,6 +84,7 @@ class SceneLayers:
         self.atom_size = 0.32
         self.error: np.ndarray | None = None  # per-atom ML-ED |dH_perp|
         self.local_energy: np.ndarray | None = None
+        self.error_step = 0  # the step of the spins the ML-ED error was computed for
         self.positions = np.zeros((0, 3))
         self.spins = np.zeros((0, 3))
         self.fields: np.ndarray | None = None
@@ -238,7 +239,9 @@ class SceneLayers:
         if self.quantity not in ("S_z", "S.n") and not np.any(values):
             self.legend = f"Colour: {self.quantity} (not computed yet)"  # no range to state
         else:
-            self.legend = f"Colour: {self.quantity} from {lo:.3g} to {hi:.3g} ({cmap})"
+            # the error belongs to the compared spins, not to those shown later
+            when = f" at step {self.error_step}" if self.quantity == "ML-ED field error" else ""
+            self.legend = f"Colour: {self.quantity}{when} from {lo:.3g} to {hi:.3g} ({cmap})"
         overlay = self.viewer.canvas.overlays.text
         overlay.text = self.legend
         overlay.visible = True

@@ -319,12 +319,14 @@ class AppSession:
 
     # -------------------------------------------------------------- fields
 
-    def compare(self) -> dict[str, float]:
+    def compare(self) -> dict:
         """ML vs ED transverse fields H_perp on the current spins: RMSE, MAE (t0), per-atom error,
-        and both H_perp arrays (B, N, 3) for the parity plot."""
-        h_ed, e_ed = self.sim.compute_fields("ed")
-        h_ml, e_ml = self.sim.compute_fields("ml")
-        s = self.sim.snapshot().spins
+        both H_perp arrays (B, N, 3) for the parity plot, and the step of the spins (one state
+        for both, while the dynamics may step on)."""
+        snap = self.sim.snapshot()
+        s = snap.spins
+        h_ed, e_ed = self.sim.compute_fields("ed", s)
+        h_ml, e_ml = self.sim.compute_fields("ml", s)
         hp_ed, hp_ml = np.cross(s, h_ed), np.cross(s, h_ml)
         diff = hp_ml - hp_ed
         n = s.shape[1]
@@ -335,4 +337,5 @@ class AppSession:
             "per_atom": np.linalg.norm(diff[0], axis=-1),
             "hperp_ed": hp_ed,
             "hperp_ml": hp_ml,
+            "step": snap.step,
         }

@@ -337,8 +337,11 @@ class Simulation:
             elapsed = time.perf_counter() - start
             self._rate = n_steps / elapsed if elapsed > 0 else math.inf
 
-    def compute_fields(self, engine: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Local fields H (B, N, 3) and energies E (B,) of the current spins from ED or ML."""
+    def compute_fields(
+        self, engine: str | None = None, spins: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Local fields H (B, N, 3) and energies E (B,) from ED or ML, of `spins` (B, N, 3;
+        e.g. a snapshot's, while the dynamics steps on) or else of the current spins."""
         engine = engine or self.engine
         self._check_engine(engine, self.model)
         with self._lock:
@@ -346,8 +349,8 @@ class Simulation:
                 provider = self.provider
             else:
                 provider = self._ml() if engine == "ml" else self._make_provider(engine)
-            spins = self.spins.clone()
-        h, e = provider.fields(spins)
+            state = self.spins.clone() if spins is None else torch.from_numpy(spins)
+        h, e = provider.fields(state.to(self.device))
         return h.detach().cpu().numpy(), e.detach().cpu().numpy()
 
     def _ml(self) -> MLFieldProvider:

@@ -169,9 +169,9 @@ class FieldsPanel(Container):
         def done(stats) -> None:
             self.last_comparison = stats
             scene = self.session.scene
-            scene.error = stats["per_atom"]
+            scene.error, scene.error_step = stats["per_atom"], stats["step"]
             self.result.value = (
-                f"ML vs ED, H_perp: RMSE {stats['rmse_hperp']:.3e} t0, "
+                f"ML vs ED at step {stats['step']}, H_perp: RMSE {stats['rmse_hperp']:.3e} t0, "
                 f"MAE {stats['mae_hperp']:.3e} t0\n|dE|/N {stats['energy_error_per_spin']:.3e} t0"
             )
             self.colour_by.value = "ML-ED field error"

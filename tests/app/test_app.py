@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from napari.utils.notifications import notification_manager
 
 from core.config import SystemConfig
@@ -389,6 +390,38 @@ def test_compare_rmse_equals_sdglass_eval_on_the_same_frame(
     assert report["n_frames"] == 1 and report["n_atoms"] == 30
     assert app["rmse_hperp"] == pytest.approx(report["rmse_hperp"], rel=1e-5)
     assert app["mae_hperp"] == pytest.approx(report["mae_hperp"], rel=1e-5)
+
+
+def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, tiny_model_file):
+    from core.electrons import EDSolver
+    from core.model import MLFieldProvider
+
+    viewer, session = app_viewer
+    assert session.panels["Model"].load(tiny_model_file)
+    compute, given = session.sim.compute_fields, []
+
+    def recording(engine=None, spins=None):
+        given.append(spins)
+        return compute(engine, spins)
+
+    session.sim.compute_fields = recording
+    session.panels["Dynamics"].start()
+    qtbot.waitUntil(lambda: session.sim.step_count >= 3, timeout=TIMEOUT)
+    fields = session.panels["Fields"]
+    fields.compare()
+    qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
+    session.stop(wait=True)
+    stats = fields.last_comparison
+    s = given[0]
+    assert len(given) == 2 and given[1] is s and stats["step"] >= 3
+    spins = torch.from_numpy(s)
+    h_ed = EDSolver(session.sim.system, session.sim.electrons).fields(spins)[0].numpy()
+    h_ml = MLFieldProvider(session.model, session.sim.system).fields(spins)[0].numpy()
+    error = np.linalg.norm(np.cross(s, h_ml) - np.cross(s, h_ed), axis=-1)[0]
+    np.testing.assert_allclose(stats["per_atom"], error, rtol=1e-4, atol=1e-9)
+    assert fields.result.value.startswith(f"ML vs ED at step {stats['step']}, H_perp: RMSE")
+    legend = viewer.canvas.overlays.text.text
+    assert legend.startswith(f"Colour: ML-ED field error at step {stats['step']} from ")
 
 
 def test_plugins_menu_entry_docks_the_explorer(make_napari_viewer):
