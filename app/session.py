@@ -320,13 +320,12 @@ class AppSession:
     # -------------------------------------------------------------- fields
 
     def compare(self) -> dict:
-        """ML vs ED transverse fields H_perp on the current spins: RMSE, MAE (t0), per-atom error,
-        both H_perp arrays (B, N, 3) for the parity plot, and the step of the spins (one state
-        for both, while the dynamics may step on)."""
-        snap = self.sim.snapshot()
-        s = snap.spins
-        h_ed, e_ed = self.sim.compute_fields("ed", s)
-        h_ml, e_ml = self.sim.compute_fields("ml", s)
+        """ML vs ED transverse fields H_perp of one state of the spins (the dynamics may step
+        on): RMSE, MAE (t0), per-atom error, both H_perp arrays (B, N, 3) for the parity plot,
+        the spins (B, N, 3), their step and their system."""
+        state = self.sim.compute_fields("ed", "ml")
+        (h_ed, e_ed), (h_ml, e_ml) = state.fields["ed"], state.fields["ml"]
+        s = state.snapshot.spins
         hp_ed, hp_ml = np.cross(s, h_ed), np.cross(s, h_ml)
         diff = hp_ml - hp_ed
         n = s.shape[1]
@@ -337,5 +336,7 @@ class AppSession:
             "per_atom": np.linalg.norm(diff[0], axis=-1),
             "hperp_ed": hp_ed,
             "hperp_ml": hp_ml,
-            "step": snap.step,
+            "spins": s,
+            "step": state.snapshot.step,
+            "system": state.system,
         }

@@ -97,6 +97,16 @@ class Prepared:
     bins: PairBins
 
 
+@dataclass(frozen=True)
+class StateFields:
+    """Simulation.compute_fields: the snapshot whose spins were evaluated, their system,
+    and (H (B, N, 3), E (B,)) per engine."""
+
+    snapshot: Snapshot
+    system: AtomicSystem
+    fields: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
 @dataclass
 class _History:
     energy_times: list[float] = field(default_factory=list)
@@ -337,21 +347,28 @@ class Simulation:
             elapsed = time.perf_counter() - start
             self._rate = n_steps / elapsed if elapsed > 0 else math.inf
 
-    def compute_fields(
-        self, engine: str | None = None, spins: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Local fields H (B, N, 3) and energies E (B,) from ED or ML, of `spins` (B, N, 3;
-        e.g. a snapshot's, while the dynamics steps on) or else of the current spins."""
-        engine = engine or self.engine
-        self._check_engine(engine, self.model)
+    def compute_fields(self, *engines: str) -> StateFields:
+        """Local fields H (B, N, 3) and energies E (B,) of one state of the current spins,
+        from each engine ("ed", "ml"; default: the current). The state, its system and the
+        providers are taken together, so the dynamics may step on, and a new system be
+        installed, while the fields are computed."""
+        engines = engines or (self.engine,)
+        for engine in engines:
+            self._check_engine(engine, self.model)
         with self._lock:
-            if engine == self.engine:
-                provider = self.provider
-            else:
-                provider = self._ml() if engine == "ml" else self._make_provider(engine)
-            state = self.spins.clone() if spins is None else torch.from_numpy(spins)
-        h, e = provider.fields(state.to(self.device))
-        return h.detach().cpu().numpy(), e.detach().cpu().numpy()
+            snap, system, device = self.snapshot(), self.system, self.device
+            providers = {engine: self._provider_of(engine) for engine in engines}
+        spins = torch.from_numpy(snap.spins).to(device)
+        fields = {}
+        for engine, provider in providers.items():
+            h, e = provider.fields(spins)
+            fields[engine] = (h.detach().cpu().numpy(), e.detach().cpu().numpy())
+        return StateFields(snap, system, fields)
+
+    def _provider_of(self, engine: str) -> FieldProvider:
+        if engine == self.engine:
+            return self.provider
+        return self._ml() if engine == "ml" else self._make_provider(engine)
 
     def _ml(self) -> MLFieldProvider:
         """The ML provider of this system: the engine's, or (under ED) one kept until the

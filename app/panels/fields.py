@@ -145,14 +145,16 @@ class FieldsPanel(Container):
     def compute(self, engine: str) -> None:
         """Fields of the current spins from ED or ML, shown as the Fields layer."""
 
-        def done(result) -> None:
-            h, e = result
-            n = self.session.sim.system.n
+        def done(state) -> None:
+            if not self._current(state.system):
+                return
+            (h, e), spins = state.fields[engine], state.snapshot.spins[0]
             scene = self.session.scene
             scene.fields = h[0]
-            hp = np.cross(scene.spins, h[0])
+            hp = np.cross(spins, h[0])
             self.result.value = (
-                f"{engine.upper()}: E/N = {e[0] / n:.5f} t0, |H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0,"
+                f"{engine.upper()} at step {state.snapshot.step}: E/N = {e[0] / len(spins):.5f} "
+                f"t0, |H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0,"
                 f"\nH_perp std {hp.std():.4f} t0"
             )
             self.show_fields.value = True
@@ -167,6 +169,8 @@ class FieldsPanel(Container):
         """RMSE / MAE of ML vs ED transverse fields; atoms coloured by the per-atom error."""
 
         def done(stats) -> None:
+            if not self._current(stats["system"]):
+                return
             self.last_comparison = stats
             scene = self.session.scene
             scene.error, scene.error_step = stats["per_atom"], stats["step"]
@@ -179,6 +183,13 @@ class FieldsPanel(Container):
             scene.refresh()
 
         self._run(self.session.compare, done, "Computing ML and ED fields")
+
+    def _current(self, system) -> bool:
+        """Whether a result belongs to the system shown; if not, it is dropped and said so."""
+        if system is self.session.sim.system:
+            return True
+        self.result.value = "⚠ result dropped: a new system was generated meanwhile"
+        return False
 
 
 class ParityPlot:

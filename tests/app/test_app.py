@@ -238,9 +238,10 @@ def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file):
     fields.compare()
     qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
     stats = fields.last_comparison
-    h_ed, _ = session.sim.compute_fields("ed")
-    h_ml, _ = session.sim.compute_fields("ml")
+    state = session.sim.compute_fields("ed", "ml")
+    (h_ed, _), (h_ml, _) = state.fields["ed"], state.fields["ml"]
     s = snap.spins
+    np.testing.assert_array_equal(state.snapshot.spins, s)
     expected = np.sqrt(np.mean((np.cross(s, h_ml) - np.cross(s, h_ed)) ** 2))
     assert stats["rmse_hperp"] == pytest.approx(expected, rel=1e-6)
     assert "RMSE" in fields.result.value
@@ -259,7 +260,7 @@ def test_fields_panel_computes_ed_fields(app_viewer, qtbot):
     assert not fields.ed_button.enabled
     qtbot.waitUntil(lambda: session.scene.fields is not None, timeout=TIMEOUT)
     qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
-    assert fields.result.value.startswith("ED: E/N = ") and fields.ed_button.enabled
+    assert fields.result.value.startswith("ED at step 0: E/N = ") and fields.ed_button.enabled
     assert session.scene.fields.shape == (30, 3)
     fields.colour_by.value = "|H_perp|"
     assert np.all(session.scene.quantity_values() > 0)
@@ -398,13 +399,6 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, 
 
     viewer, session = app_viewer
     assert session.panels["Model"].load(tiny_model_file)
-    compute, given = session.sim.compute_fields, []
-
-    def recording(engine=None, spins=None):
-        given.append(spins)
-        return compute(engine, spins)
-
-    session.sim.compute_fields = recording
     session.panels["Dynamics"].start()
     qtbot.waitUntil(lambda: session.sim.step_count >= 3, timeout=TIMEOUT)
     fields = session.panels["Fields"]
@@ -412,8 +406,8 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, 
     qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
     session.stop(wait=True)
     stats = fields.last_comparison
-    s = given[0]
-    assert len(given) == 2 and given[1] is s and stats["step"] >= 3
+    assert 3 <= stats["step"] <= session.sim.step_count
+    s = stats["spins"]
     spins = torch.from_numpy(s)
     h_ed = EDSolver(session.sim.system, session.sim.electrons).fields(spins)[0].numpy()
     h_ml = MLFieldProvider(session.model, session.sim.system).fields(spins)[0].numpy()
@@ -422,6 +416,28 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, 
     assert fields.result.value.startswith(f"ML vs ED at step {stats['step']}, H_perp: RMSE")
     legend = viewer.canvas.overlays.text.text
     assert legend.startswith(f"Colour: ML-ED field error at step {stats['step']} from ")
+
+
+def test_fields_of_a_system_replaced_meanwhile_are_dropped(app_viewer, qtbot, generate):
+    import threading
+
+    viewer, session = app_viewer
+    compute, release = session.sim.compute_fields, threading.Event()
+
+    def held(*engines):  # takes its state at once, returns when the test lets it
+        state = compute(*engines)
+        release.wait(timeout=30)
+        return state
+
+    session.sim.compute_fields = held
+    fields, system = session.panels["Fields"], session.panels["System"]
+    fields.compute("ed")
+    system.n.value = 40
+    assert generate(system)
+    release.set()
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
+    assert fields.result.value == "⚠ result dropped: a new system was generated meanwhile"
+    assert session.scene.fields is None and viewer.layers["Atoms"].data.shape == (40, 3)
 
 
 def test_plugins_menu_entry_docks_the_explorer(make_napari_viewer):

@@ -150,9 +150,11 @@ def test_ml_engine_with_tiny_model(tiny_model_file):
     sim.advance(3)
     snap = sim.snapshot()
     np.testing.assert_allclose(np.linalg.norm(snap.spins, axis=-1), 1.0, atol=1e-5)
-    h_ml, _e_ml = sim.compute_fields("ml")
-    h_ed, _e_ed = sim.compute_fields("ed")
+    state = sim.compute_fields("ml", "ed")
+    (h_ml, _e_ml), (h_ed, _e_ed) = state.fields["ml"], state.fields["ed"]
     assert h_ml.shape == h_ed.shape == (1, 30, 3)
+    assert state.system is sim.system and state.snapshot.step == 3
+    assert set(sim.compute_fields().fields) == {"ml"}  # the current engine
     assert sim.local_energies().shape == (1, 30)
     assert sim.model_warnings(card.physical) == []
     sim.set_engine("ed")
