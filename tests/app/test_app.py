@@ -729,6 +729,25 @@ def test_closing_the_window_while_recording_keeps_the_recording(
     np.testing.assert_allclose(traj.snapshots[-1, 0], session.sim.snapshot().spins, atol=1e-6)
 
 
+def test_a_new_system_during_a_recorded_run_ends_the_recording_of_the_old(
+    app_viewer, qtbot, tmp_path, generate
+):
+    from core.io import read_trajectory
+
+    _, session = app_viewer
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "rec"
+    export.record.value = True
+    session.panels["Dynamics"].start()
+    qtbot.waitUntil(lambda: session.sim.step_count >= 4, timeout=TIMEOUT)
+    system = session.panels["System"]
+    system.n.value = 40
+    assert generate(system)
+    assert export.recorder is None and [p.name for p in tmp_path.iterdir()] == ["rec.traj.h5"]
+    traj = read_trajectory(tmp_path / "rec.traj.h5")
+    assert traj.snapshots.shape[0] >= 2 and traj.snapshots.shape[-2:] == (30, 3)  # the old run
+
+
 def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
     app_viewer, qtbot, capfd
 ):
