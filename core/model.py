@@ -9,6 +9,7 @@ Both are field providers for every LLG integrator via `MLFieldProvider`.
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Sequence
@@ -162,18 +163,37 @@ class MLFieldProvider:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        # the network runs in dtype; standardisation buffers and energies stay float64
-        self.model = model.to(device=device)
-        self.model.net.to(dtype)
-        spec = model.spec
-        if model.arch.kind == "pairwise":  # G2m only: no triplets to build
-            spec = spec.replace(include_g3m=False, include_chi=False)
-        systems = [system] if isinstance(system, AtomicSystem) else list(system)
-        parts = [build_geometry(one, spec, device, dtype) for one in systems]
+        self.model = self._placed(model, device, dtype)
+        self.spec = self._spec_of(model)
+        self.systems = [system] if isinstance(system, AtomicSystem) else list(system)
+        self.device, self.dtype = torch.device(device), dtype
+        parts = [build_geometry(one, self.spec, device, dtype) for one in self.systems]
         self.geometry: DescriptorGeometry = (
             parts[0] if len(parts) == 1 else concat_geometries(parts)
         )
-        self.dtype = dtype
+
+    @staticmethod
+    def _placed(model: EnergyModel, device, dtype: torch.dtype) -> EnergyModel:
+        # the network runs in dtype; standardisation buffers and energies stay float64
+        model = model.to(device=device)
+        model.net.to(dtype)
+        return model
+
+    @staticmethod
+    def _spec_of(model: EnergyModel):
+        if model.arch.kind == "pairwise":  # G2m only: no triplets to build
+            return model.spec.replace(include_g3m=False, include_chi=False)
+        return model.spec
+
+    def for_model(self, model: EnergyModel) -> MLFieldProvider:
+        """A provider of `model` on the same atoms: it shares this one's descriptor geometry
+        when their descriptors agree (a retrained model: no set-up, which takes seconds at
+        large N), else builds its own."""
+        if self._spec_of(model) != self.spec:
+            return MLFieldProvider(model, self.systems, self.device, self.dtype)
+        twin = copy.copy(self)
+        twin.model = self._placed(model, self.device, self.dtype)
+        return twin
 
     def energy(self, spins: torch.Tensor) -> torch.Tensor:
         return self.model.energy(features(self.geometry, spins.to(self.dtype)))

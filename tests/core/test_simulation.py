@@ -281,3 +281,23 @@ def test_tracked_local_energies_a_model_cannot_give_here_are_none(tiny_model_fil
         sim.local_energies()
     sim.advance(1)
     assert sim.snapshot().local_energies is None
+
+
+def test_a_model_with_the_same_descriptor_reuses_the_geometry(tiny_model_file):
+    model, _ = load_model(tiny_model_file)
+    retrained, _ = load_model(tiny_model_file)
+    with torch.no_grad():
+        for p in retrained.net.parameters():
+            p.mul_(1.5)  # other weights, the same descriptor
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), engine="ml", model=model)
+    geometry = sim.provider.geometry
+    sim.set_engine("ml", retrained)
+    assert sim.provider.geometry is geometry and sim.provider.model is retrained
+    fresh = MLFieldProvider(retrained, sim.system)
+    spins = sim.spins.clone()
+    np.testing.assert_allclose(
+        sim.provider.fields(spins)[0].numpy(), fresh.fields(spins)[0].numpy(), rtol=1e-6
+    )
+    other = load_model(tiny_model_file)[0]
+    other.spec = other.spec.replace(include_chi=not other.spec.include_chi)
+    assert sim.provider.for_model(other).geometry is not geometry  # another descriptor
