@@ -153,9 +153,9 @@ class FieldsPanel(Container):
             scene.fields = h[0]
             hp = np.cross(spins, h[0])
             self.result.value = (
-                f"{engine.upper()} at step {state.snapshot.step}: E/N = {e[0] / len(spins):.5f} "
-                f"t0, |H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0,"
-                f"\nH_perp std {hp.std():.4f} t0"
+                f"{engine.upper()} at step {state.snapshot.step}: E/N = {e[0] / len(spins):.5f} t0"
+                f"\n|H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0, "
+                f"H_perp std {hp.std():.4f} t0"
             )
             self.show_fields.value = True
             scene.refresh()
@@ -175,7 +175,7 @@ class FieldsPanel(Container):
             scene = self.session.scene
             scene.error, scene.error_step = stats["per_atom"], stats["step"]
             self.result.value = (
-                f"ML vs ED at step {stats['step']}, H_perp: RMSE {stats['rmse_hperp']:.3e} t0, "
+                f"ML vs ED at step {stats['step']}\nH_perp RMSE {stats['rmse_hperp']:.3e} t0, "
                 f"MAE {stats['mae_hperp']:.3e} t0\n|dE|/N {stats['energy_error_per_spin']:.3e} t0"
             )
             self.colour_by.value = "ML-ED field error"

@@ -413,7 +413,7 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, 
     h_ml = MLFieldProvider(session.model, session.sim.system).fields(spins)[0].numpy()
     error = np.linalg.norm(np.cross(s, h_ml) - np.cross(s, h_ed), axis=-1)[0]
     np.testing.assert_allclose(stats["per_atom"], error, rtol=1e-4, atol=1e-9)
-    assert fields.result.value.startswith(f"ML vs ED at step {stats['step']}, H_perp: RMSE")
+    assert fields.result.value.startswith(f"ML vs ED at step {stats['step']}\nH_perp RMSE")
     legend = viewer.canvas.overlays.text.text
     assert legend.startswith(f"Colour: ML-ED field error at step {stats['step']} from ")
 
