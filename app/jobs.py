@@ -1,5 +1,5 @@
 """Background jobs of the panels: one napari thread_worker per computation, a label that
-counts its seconds, and user errors in one line.
+counts its seconds, and user errors in one line (`say`, red for an error).
 
 A job that raises an SdglassError (a system the model cannot run on, an impossible
 density) is a user's mistake, not a bug: it comes back to the panel's `fail`, which
@@ -34,7 +34,9 @@ class _UserError:
 
 class Job:
     """job() in a worker thread, started at once. Meanwhile `busy` (a magicgui Label) reads
-    "<text>... 3 s"; then done(result) or fail(error), then finished(), in the main thread."""
+    "<text>... 3 s"; then done(result) or fail(error), then finished(), in the main thread.
+    When `closing` (the session's signal) fires first, the job ends unseen: its panel's
+    widgets are going."""
 
     def __init__(
         self,
@@ -44,7 +46,9 @@ class Job:
         finished: Callable[[], None],
         busy,
         text: str,
+        closing,
     ) -> None:
+        self._ended = False
         started = time.perf_counter()
         busy.value = f"{text}..."
         self._timer = QTimer()
@@ -64,16 +68,26 @@ class Job:
             fail(result.error) if isinstance(result, _UserError) else done(result)
 
         def ended() -> None:
+            self._ended = True
             self._timer.stop()
             finished()
 
         self._worker = thread_worker(guarded, start_thread=False)()
         self._worker.returned.connect(returned)
         self._worker.finished.connect(ended)
+        closing.connect(self._abandon)  # held weakly: goes with the job
         self._worker.start()
 
-    def abandon(self) -> None:
-        """The window is closing: the job ends unseen (its panel's widgets go)."""
+    def _abandon(self) -> None:
+        if self._ended:
+            return
         self._timer.stop()
         for signal in (self._worker.returned, self._worker.errored, self._worker.finished):
             signal.disconnect()
+
+
+def say(label, text: str, error: bool = False) -> None:
+    """A panel's message line: `text` in a word-wrapped magicgui Label, red for an error."""
+    label.value = text
+    label.native.setStyleSheet("color: #ff6b6b;" if error else "")
+    label.native.setWordWrap(True)

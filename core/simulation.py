@@ -98,6 +98,18 @@ class Prepared:
 
 
 @dataclass(frozen=True)
+class EngineChoice:
+    """A provider built by `Simulation.prepare_engine` for engine and model on a system and
+    device, for `Simulation.use_engine`."""
+
+    engine: str
+    model: EnergyModel | None
+    system: AtomicSystem
+    device: str
+    provider: FieldProvider
+
+
+@dataclass(frozen=True)
 class StateFields:
     """Simulation.compute_fields: the snapshot whose spins were evaluated, their system,
     and (H (B, N, 3), E (B,)) per engine."""
@@ -255,17 +267,31 @@ class Simulation:
         """Switch ED / ML, optionally with a new model (same system, spins and clock).
 
         On an error (ConfigError) nothing changes."""
+        self.use_engine(self.prepare_engine(engine, model))
+
+    def prepare_engine(self, engine: str, model: EnergyModel | None = None) -> EngineChoice:
+        """The costly part of `set_engine`, the provider (the ML descriptor's set-up takes
+        seconds at large N): changes nothing, so it may run in another thread while the
+        dynamics goes on."""
         model = model if model is not None else self.model
         self._check_engine(engine, model)
         with self._lock:
-            previous, self.model = self.model, model
-            try:
-                provider = self._make_provider(engine)
-            except Exception:
-                self.model = previous
-                raise
-            self.engine, self.provider, self._ml_under_ed = engine, provider, None
-            self.stepper = LLG(provider, self.stepper.config, device=self.device)
+            system, electrons, device = self.system, self.electrons, self.device
+        provider = self._make_provider(engine, system, electrons, device, model)
+        return EngineChoice(engine, model, system, device, provider)
+
+    def use_engine(self, choice: EngineChoice) -> None:
+        """Switch to a prepared engine at the next step; the thermal noise goes on where it
+        was. A provider made for a system or device replaced meanwhile is made again for
+        the current ones (ConfigError: nothing changes)."""
+        c = choice
+        with self._lock:
+            provider = c.provider
+            if c.system is not self.system or c.device != self.device:
+                provider = self._make_provider(c.engine, model=c.model)
+            self.engine, self.model, self.provider = c.engine, c.model, provider
+            self._ml_under_ed = None
+            self.stepper.provider = provider  # the same stepper: its noise streams go on
 
     def set_device(self, device: str) -> None:
         """Move provider, pair bins and spins to `device` ("cpu" or "cuda"); the state is kept.

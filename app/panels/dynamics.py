@@ -6,6 +6,7 @@ import torch
 from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from qtpy.QtWidgets import QLabel
 
+from app.jobs import Job, say
 from core.config import INTEGRATORS, LLGConfig
 from core.errors import SdglassError
 
@@ -94,6 +95,7 @@ class DynamicsPanel(Container):
         self.readout = Label(value="")
         fix_size(self.readout.native, READOUT_SAMPLE)
         self.message = Label(value="")
+        self.job: Job | None = None  # an engine being prepared
         buttons = Container(
             widgets=[self.start_button, self.pause_button, self.stop_button, self.reset_button],
             layout="horizontal", labels=False,
@@ -137,33 +139,46 @@ class DynamicsPanel(Container):
         """Thread-safe update: the running stepper uses the new values at its next step."""
         try:
             self.session.sim.set_llg(self.llg_config())
-            self._say("")
+            say(self.message, "")
         except SdglassError as err:
-            self._say(f"⚠ {err}")
+            say(self.message, f"⚠ {err}", error=True)
 
     def _steps_changed(self, value: int) -> None:
         self.session.steps_per_frame = int(value)
 
     def _engine_changed(self, label: str) -> None:
-        """Switch ED / ML; an engine that cannot run here is reported and the menu goes back
-        to the engine in use."""
+        """Switch ED / ML, prepared in the background (the ML descriptor's set-up takes
+        seconds at large N); a run goes on and switches at its next step. An engine that
+        cannot run here is reported and the menu goes back to the engine in use."""
         engine = ENGINE_LABELS[label]
-        if engine == self.session.sim.engine:  # also the menu's own way back
+        if engine == self.session.sim.engine or self.job is not None:  # also the way back
             return
         if engine == "ml" and self.session.model is None:
-            self._say("⚠ No ML model loaded: the ML engine is disabled.")
-            self.engine.value = "ED (exact diagonalization)"
+            self._engine_failed("No ML model loaded: the ML engine is disabled.")
             return
-        was_running = self.session.running
-        self.session.stop(wait=True)
+        self.engine.enabled = False
+        say(self.message, "")
+        self.job = Job(
+            lambda: self.session.sim.prepare_engine(engine), self._use_engine,
+            self._engine_failed, self._engine_ready, self.message, f"Preparing {label}",
+            self.session.closing,
+        )  # fmt: skip
+
+    def _use_engine(self, choice) -> None:
         try:
-            self.session.sim.set_engine(engine)
-            self._say("")
+            self.session.sim.use_engine(choice)
         except SdglassError as err:
-            self._say(f"⚠ {err}")
-            self.engine.value = ENGINE_NAMES[self.session.sim.engine]
-        if was_running:
-            self.start()
+            self._engine_failed(err)
+            return
+        say(self.message, "")
+
+    def _engine_failed(self, err) -> None:
+        say(self.message, f"⚠ {err}", error=True)
+        self.engine.value = ENGINE_NAMES[self.session.sim.engine]
+
+    def _engine_ready(self) -> None:
+        self.job = None
+        self.engine.enabled = True
 
     def _device_changed(self, device: str) -> None:
         """Move the simulation (provider, pair bins, spins) to the chosen device; state kept.
@@ -173,9 +188,9 @@ class DynamicsPanel(Container):
         self.session.stop(wait=True)
         try:
             self.session.sim.set_device(str(device))
-            self._say("")
+            say(self.message, "")
         except SdglassError as err:
-            self._say(f"⚠ {err}")
+            say(self.message, f"⚠ {err}", error=True)
             self.device.value = self.session.sim.device
 
     def _replicas_changed(self, value: int) -> None:
@@ -189,11 +204,6 @@ class DynamicsPanel(Container):
         self.engine.native.model().item(1).setEnabled(has)
         tip = "" if has else " (disabled: no ML model available)"
         self.engine.native.setItemData(1, f"Machine-learned force field{tip}", 3)
-
-    def _say(self, text: str) -> None:
-        self.message.value = text
-        self.message.native.setStyleSheet("color: #ff6b6b;")
-        self.message.native.setWordWrap(True)
 
     # -------------------------------------------------------------- run control
 

@@ -88,7 +88,6 @@ class FieldsPanel(Container):
         self.ml_button.clicked.connect(lambda: self.compute("ml"))
         self.compare_button.clicked.connect(self.compare)
         session.model_changed.connect(self._model_changed)
-        session.closing.connect(self._abandon)
         self._model_changed()
 
     def _model_changed(self) -> None:
@@ -125,17 +124,14 @@ class FieldsPanel(Container):
             return
         for b in (self.ed_button, self.ml_button, self.compare_button):
             b.enabled = False
-        self.job = Job(job, done, self._fail, self._finished, self.result, text)
+        self.job = Job(
+            job, done, self._fail, self._finished, self.result, text, self.session.closing
+        )
 
     def _fail(self, err: SdglassError) -> None:
         """A computation that cannot run here (a user error, not a bug): said in one line."""
         self.result.value = f"⚠ {err}"
         show_error(f"Field computation: {err}")
-
-    def _abandon(self) -> None:
-        if self.job is not None:
-            self.job.abandon()
-            self.job = None
 
     def _finished(self) -> None:
         self.job = None

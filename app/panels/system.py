@@ -14,7 +14,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from app.jobs import Job
+from app.jobs import Job, say
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
 
@@ -100,7 +100,6 @@ class SystemPanel(Container):
         self.keep_density.changed.connect(self._sync_box)
         self.n.changed.connect(self._sync_box)
         self.generate_button.clicked.connect(self.generate)
-        session.closing.connect(self._abandon)
         self._sync_box()
         self._summarise()
 
@@ -160,13 +159,14 @@ class SystemPanel(Container):
         except (SdglassError, ValueError) as err:
             self._fail(err)
             return False
-        self._say("")
+        say(self.message, "")
         self.generate_button.enabled = False
         started = time.perf_counter()
         self.job = Job(
             lambda: self.session.sim.prepare(system, electrons),
             lambda prepared: self._install(prepared, time.perf_counter() - started),
             self._fail, self._finished, self.message, f"Generating {system.n} atoms",
+            self.session.closing,
         )  # fmt: skip
         return True
 
@@ -176,25 +176,15 @@ class SystemPanel(Container):
         except SdglassError as err:
             self._fail(err)
             return
-        self._say(f"Generated in {seconds:.1f} s" if seconds >= 1 else "")
+        say(self.message, f"Generated in {seconds:.1f} s" if seconds >= 1 else "")
         self._summarise()
 
-    def _say(self, text: str, colour: str = "") -> None:
-        self.message.value = text
-        self.message.native.setStyleSheet(f"color: {colour};" if colour else "")
-        self.message.native.setWordWrap(True)
-
     def _fail(self, err: Exception) -> None:
-        self._say(f"⚠ {err}", "#ff6b6b")
+        say(self.message, f"⚠ {err}", error=True)
 
     def _finished(self) -> None:
         self.job = None
         self.generate_button.enabled = True
-
-    def _abandon(self) -> None:
-        if self.job is not None:
-            self.job.abandon()
-            self.job = None
 
     def _summarise(self) -> None:
         s = self.session.sim

@@ -25,3 +25,14 @@ def generate(qtbot):
         return started and not panel.message.value.startswith("⚠")
 
     return press
+
+
+@pytest.fixture
+def choose_engine(qtbot):
+    """choose_engine(panel, label): pick an engine in a Dynamics panel, wait for the switch."""
+
+    def choose(panel, label: str) -> None:
+        panel.engine.value = label
+        qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+
+    return choose

@@ -81,7 +81,7 @@ def test_invalid_system_shows_inline_message(app_viewer, generate):
     assert viewer.layers["Atoms"].data.shape == (30, 3)
 
 
-def test_no_model_disables_ml(make_napari_viewer, monkeypatch, tmp_path):
+def test_no_model_disables_ml(make_napari_viewer, monkeypatch, tmp_path, choose_engine):
     import app.session
     from app.launcher import launch, session_of
 
@@ -90,7 +90,7 @@ def test_no_model_disables_ml(make_napari_viewer, monkeypatch, tmp_path):
     assert session.model is None
     assert "No ML model available" in session.panels["Model"].card.value
     dyn = session.panels["Dynamics"]
-    dyn.engine.value = "ML (machine-learned)"
+    choose_engine(dyn, "ML (machine-learned)")
     assert dyn.engine.value.startswith("ED")
     assert not session.panels["Fields"].ml_button.enabled
 
@@ -219,12 +219,12 @@ def test_corrupted_model_file_notifies(app_viewer, tmp_path):
     assert "Could not load model" in session.panels["Model"].card.value
 
 
-def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file):
+def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file, choose_engine):
     _, session = app_viewer
     assert session.panels["Model"].load(tiny_model_file)
     assert "MLP 8" in session.panels["Model"].card.value
     dyn = session.panels["Dynamics"]
-    dyn.engine.value = "ML (machine-learned)"
+    choose_engine(dyn, "ML (machine-learned)")
     assert session.sim.engine == "ml"
     dyn.steps_per_frame.value = 2
     dyn.start(max_steps=6)
@@ -416,6 +416,38 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, 
     assert fields.result.value.startswith(f"ML vs ED at step {stats['step']}\nH_perp RMSE")
     legend = viewer.canvas.overlays.text.text
     assert legend.startswith(f"Colour: ML-ED field error at step {stats['step']} from ")
+
+
+def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
+    app_viewer, qtbot, tiny_model_file
+):
+    import threading
+
+    from core.model import MLFieldProvider
+
+    _, session = app_viewer
+    assert session.panels["Model"].load(tiny_model_file)
+    prepare, release = session.sim.prepare_engine, threading.Event()
+
+    def held(engine):  # a descriptor set-up that takes until the test releases it
+        release.wait(timeout=30)
+        return prepare(engine)
+
+    session.sim.prepare_engine = held
+    dyn = session.panels["Dynamics"]
+    dyn.start()
+    dyn.engine.value = "ML (machine-learned)"
+    assert dyn.message.value == "Preparing ML (machine-learned)..." and not dyn.engine.enabled
+    steps = session.sim.step_count
+    qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)
+    assert session.sim.engine == "ed" and session.running  # ED steps on meanwhile
+    release.set()
+    qtbot.waitUntil(lambda: dyn.job is None, timeout=TIMEOUT)
+    assert session.sim.engine == "ml" and isinstance(session.sim.provider, MLFieldProvider)
+    assert session.running and dyn.engine.enabled and dyn.message.value == ""
+    steps = session.sim.step_count
+    qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)  # ML steps
+    session.stop(wait=True)
 
 
 def test_fields_of_a_system_replaced_meanwhile_are_dropped(app_viewer, qtbot, generate):
@@ -766,24 +798,27 @@ def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
 
 
 def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(
-    app_viewer, tiny_model_file, generate
+    app_viewer,
+    tiny_model_file,
+    generate,
+    choose_engine,
 ):
     _, session = app_viewer  # N = 30: the shipped model's cutoff does not fit, the tiny one's does
     model_panel, dyn = session.panels["Model"], session.panels["Dynamics"]
     assert model_panel.load(tiny_model_file)
-    dyn.engine.value = "ML (machine-learned)"
+    choose_engine(dyn, "ML (machine-learned)")
     assert session.sim.engine == "ml"
     assert model_panel.load(DEFAULT_MODEL)  # loaded, but it cannot run on N = 30
     assert session.sim.engine == "ed" and dyn.engine.value.startswith("ED")
     assert session.model is session.sim.model and session.model.spec.rc == 2.5
     assert "switched to ED" in model_panel.card.value and "N >= 100" in model_panel.card.value
     # choosing ML again says why not, and the menu stays on the engine in use
-    dyn.engine.value = "ML (machine-learned)"
+    choose_engine(dyn, "ML (machine-learned)")
     assert session.sim.engine == "ed" and dyn.engine.value.startswith("ED")
     assert "N >= 100" in dyn.message.value
     # a system large enough: ML works
     session.panels["System"].n.value = 100
     assert generate(session.panels["System"])
     assert "switched to ED" not in model_panel.card.value
-    dyn.engine.value = "ML (machine-learned)"
+    choose_engine(dyn, "ML (machine-learned)")
     assert session.sim.engine == "ml" and dyn.message.value == ""

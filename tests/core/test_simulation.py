@@ -301,3 +301,16 @@ def test_a_model_with_the_same_descriptor_reuses_the_geometry(tiny_model_file):
     other = load_model(tiny_model_file)[0]
     other.spec = other.spec.replace(include_chi=not other.spec.include_chi)
     assert sim.provider.for_model(other).geometry is not geometry  # another descriptor
+
+
+def test_an_engine_switch_keeps_the_noise_streams_going(tiny_model_file):
+    model, _ = load_model(tiny_model_file)
+    config = LLGConfig(dt=0.05, temperature=0.1)
+    switched = Simulation(SMALL, llg=config, replicas=2, model=model)
+    straight = Simulation(SMALL, llg=config, replicas=2, model=model)
+    switched.advance(2)
+    switched.set_engine("ml")
+    switched.set_engine("ed")  # back: a new ED solver, the same stepper
+    switched.advance(2)
+    straight.advance(4)
+    np.testing.assert_allclose(switched.snapshot().spins, straight.snapshot().spins, atol=1e-12)
