@@ -240,6 +240,22 @@ class LLG:
         for generator, state in zip(generators, states, strict=True):
             generator.set_state(torch.as_tensor(state, dtype=torch.uint8).cpu())
 
+    def continued_on(self, provider: FieldProvider, device: torch.device | str) -> LLG:
+        """This stepper for `provider` on `device`, its noise streams going on: the generators'
+        states where the kind of device stays, else seeds drawn from them (the state of a CPU
+        generator does not fit a CUDA one). A new stepper would start them over from the seed."""
+        new = LLG(provider, self.config, device=device, blocks=self.blocks)
+        _, old = self._snapshot(self.device or torch.device("cpu"))
+        _, fresh = new._snapshot(new.device or torch.device("cpu"))
+        for g_new, g_old in zip(fresh, old, strict=True):
+            if g_new.device.type == g_old.device.type:
+                g_new.set_state(g_old.get_state())
+            else:
+                g_new.manual_seed(
+                    int(torch.randint(2**62, (1,), generator=g_old, device=g_old.device))
+                )
+        return new
+
     def _noise(self, spins: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """Standard normal (B, N, 3), block k from generator k."""
         batch, n, _ = spins.shape

@@ -316,7 +316,7 @@ class Simulation:
                 ) from err
             self.provider, self.bins, self.spins = provider, bins, spins
             self._ml_under_ed = None
-            self.stepper = LLG(provider, self.stepper.config, device=self.device)
+            self.stepper = self.stepper.continued_on(provider, self.device)
 
     def set_replicas(self, replicas: int) -> None:
         """Number of spin replicas B; resets the spins."""

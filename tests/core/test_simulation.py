@@ -314,3 +314,14 @@ def test_an_engine_switch_keeps_the_noise_streams_going(tiny_model_file):
     switched.advance(2)
     straight.advance(4)
     np.testing.assert_allclose(switched.snapshot().spins, straight.snapshot().spins, atol=1e-12)
+
+
+def test_a_device_switch_keeps_the_noise_streams_going():
+    config = LLGConfig(dt=0.05, temperature=0.1)
+    switched = Simulation(SMALL, llg=config, replicas=2)
+    straight = Simulation(SMALL, llg=config, replicas=2)
+    switched.advance(2)
+    switched.set_device("cpu")  # a new provider and stepper: the noise goes on, not over
+    switched.advance(2)
+    straight.advance(4)
+    np.testing.assert_allclose(switched.snapshot().spins, straight.snapshot().spins, atol=1e-12)
