@@ -965,6 +965,7 @@ def reproduce(
     _require(not unknown, f"unknown reproduction steps {unknown}; the steps are {list(TASKS)}")
     _require(bool(chosen), "choose at least one reproduction step")
     out = Path(out)
+    _require(not out.exists() or out.is_dir(), f"output folder {out} exists and is not a directory")
     progress = out / CHECKPOINTS
     existing = [out / name for name in OUTPUTS if (out / name).exists()]
     if force and not resume:

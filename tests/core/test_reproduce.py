@@ -353,3 +353,16 @@ def test_growth_row_fits_from_the_smallest_xi_or_says_why_not():
     assert growth_fit(base)[1] == "n/a"  # report.json of an older version
     rows = growth_rows(grows, 500)
     assert [r[0] for r in rows][-1].startswith("droplet exponent psi ~ 1.02, growth alone")
+
+
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, tiny_model_file):
+    from core.config import ConfigError
+
+    report = tmp_path / "report.h5"
+    report.write_bytes(b"a file the user keeps")
+    for resume in (False, True):
+        with pytest.raises(
+            ConfigError, match=r"output folder .*report\.h5 exists and is not a dir"
+        ):
+            reproduce(TINY, report, tiny_model_file, resume=resume, log=lambda line: None)
+    assert report.read_bytes() == b"a file the user keeps"
