@@ -133,12 +133,12 @@ def cmd_label(args: argparse.Namespace) -> None:
 def cmd_quench(args: argparse.Namespace) -> None:
     """Ensemble thermal quench from random spins; trajectory file and optional figure."""
     from core.io import check_output, write_trajectory
-    from core.plots import quench_figure, save_figure
+    from core.plots import check_figure_output, quench_figure, save_figure
     from core.quench import QuenchConfig, run_quench, to_trajectory
 
     check_output(args.output, args.force)
     if args.plot:
-        check_output(args.plot, args.force)
+        check_figure_output(args.plot, args.force)
     qc = QuenchConfig(
         system=SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed),
         electrons=PAPER.replace(**_electron_overrides(args)),
@@ -193,13 +193,12 @@ def cmd_quench(args: argparse.Namespace) -> None:
 def cmd_dos(args: argparse.Namespace) -> None:
     """Configuration-averaged J = 0 density of states (paper Fig. 2)."""
     from core.electrons import BULK_SHARE, density_of_states
-    from core.io import check_output
-    from core.plots import dos_figure, save_figure
+    from core.plots import check_figure_output, dos_figure, save_figure
     from core.system import generate_positions
 
     _at_least("--configs", [args.configs], 1)
     _at_least("--bins", [args.bins], 1)
-    check_output(args.output, args.force)
+    check_figure_output(args.output, args.force)
     base = SystemConfig(n=args.n, box=args.box, r_min=args.r_min, seed=args.seed)
     config = PAPER.replace(
         J=0.0, **{k: v for k, v in _electron_overrides(args).items() if k != "J"}
@@ -235,13 +234,13 @@ def corr_at_times(traj, times: np.ndarray, path: str) -> np.ndarray:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """C(r, t) of two or more quench runs: largest difference per time, and one figure."""
-    from core.io import check_output, read_trajectory
-    from core.plots import comparison_figure, save_figure
+    from core.io import read_trajectory
+    from core.plots import check_figure_output, comparison_figure, save_figure
 
     if len(args.runs) < 2:
         raise ConfigError(f"compare needs two or more runs, got {len(args.runs)}")
     if args.plot:
-        check_output(args.plot, args.force)
+        check_figure_output(args.plot, args.force)
     trajs = [read_trajectory(p) for p in args.runs]
     ref = trajs[0]
     keep = ref.times <= args.t_max
@@ -267,8 +266,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     """What the paper quotes about one quench run: C(r_min), zero crossing, late peak, psi."""
-    from core.io import check_output, read_trajectory
-    from core.plots import quench_figure, save_figure
+    from core.io import read_trajectory
+    from core.plots import check_figure_output, quench_figure, save_figure
     from core.reproduce import (
         PAPER_C_FIRST_BIN,
         PEAK_FROM,
@@ -285,7 +284,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError(f"--fit-from ({lo:g}) must be below --fit-to ({hi:g})")
     if args.plot:
-        check_output(args.plot, args.force)
+        check_figure_output(args.plot, args.force)
     traj = read_trajectory(args.run)
     fit, growth = droplet_values(traj, args.fit_from, args.fit_to)
     values = {**correlation_features(traj), "history": correlation_history(traj), **growth}

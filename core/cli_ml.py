@@ -202,12 +202,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     """H_perp and energy errors of a model on an ED-labelled frames file."""
     from core.config import ElectronConfig
     from core.evaluation import METRIC_KEYS, evaluate, frames_physical
-    from core.io import check_output, read_frames
+    from core.io import read_frames
     from core.model import check_physical_parameters
     from core.modelfile import load_model
+    from core.plots import check_figure_output
 
     if args.plot:
-        check_output(args.plot, args.force)
+        check_figure_output(args.plot, args.force)
     model, card = load_model(args.model)
     frames = read_frames(args.data)
     check_physical_parameters(card.physical, frames_physical(frames, ElectronConfig()))  # warns

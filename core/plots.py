@@ -11,13 +11,31 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from core.config import ConfigError
 from core.electrons import BULK_SHARE, DensityOfStates, states_quantile
-from core.io import atomic_output
+from core.io import atomic_output, check_output
+
+
+def _format(path: str | Path) -> str:
+    return Path(path).suffix.lstrip(".").lower() or "png"
+
+
+def check_figure_output(path: str | Path, force: bool = False) -> Path:
+    """check_output for a figure, before the work that draws it: also a file suffix that
+    matplotlib can write (png, pdf, svg, ...)."""
+    target = check_output(path, force)
+    supported = Figure().canvas.get_supported_filetypes()
+    if _format(target) not in supported:
+        raise ConfigError(
+            f"cannot write a figure to {target}: .{_format(target)} is not an image format; "
+            f"use one of {', '.join(sorted(supported))}"
+        )
+    return target
 
 
 def save_figure(fig: Figure, path: str | Path, force: bool = False) -> None:
     """Write a figure atomically; the format follows the file suffix (png, pdf, svg)."""
-    fmt = Path(path).suffix.lstrip(".") or "png"
+    fmt = _format(path)
     with atomic_output(path, force=force) as tmp:
         fig.savefig(tmp, format=fmt, dpi=150, bbox_inches="tight")
     plt.close(fig)

@@ -491,3 +491,21 @@ def test_help_states_each_default_once_and_never_none(monkeypatch):
     quench = sub.choices["quench"].format_help()
     assert "cube side L in ell (default: the paper's density 0.8, L = 5 (N/100)^(1/3))" in quench
     assert "seed of the atomic configuration(s) (default: 0)" in quench
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["quench", "-n", 20, "--t-max", 0.04, "-o", "{tmp}/q.h5", "--plot", "{tmp}/q.txt"],
+        ["dos", "-n", 20, "--configs", 1, "-o", "{tmp}/dos.csv"],
+        ["summary", "{tmp}/a.h5", "--plot", "{tmp}/s.h5"],  # before the run is read
+        ["compare", "{tmp}/a.h5", "{tmp}/b.h5", "--plot", "{tmp}/c.dat"],
+        ["eval", "{tmp}/m.safetensors", "{tmp}/a.h5", "--plot", "{tmp}/e.txt"],
+    ],
+)
+def test_a_figure_with_a_suffix_matplotlib_cannot_write_is_refused_first(tmp_path, capsys, argv):
+    argv = [str(a).format(tmp=tmp_path) for a in argv]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "is not an image format; use one of" in error_line(err)
+    assert "png" in error_line(err) and "Traceback" not in err
+    assert not (tmp_path / "q.h5").exists()  # refused before the quench ran
