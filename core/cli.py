@@ -378,6 +378,10 @@ def cmd_app(args: argparse.Namespace) -> int:
         check_output(args.measure, args.force)
     if args.screenshot is not None:
         check_output(args.screenshot, args.force)
+        if not str(args.screenshot).lower().endswith(".png"):
+            raise ConfigError(
+                f"--screenshot writes a PNG image: name a .png file, not {args.screenshot}"
+            )
     if args.model is not None:
         load_model(args.model)  # refused here, not as a notification in an open window
     _require_display(os.environ, sys.platform)

@@ -377,6 +377,8 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
     assert shot.read_bytes() == b"a picture the user keeps"
     code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", tmp_path / "no" / "s.png")
     assert code == 2 and "no such directory" in error_line(err)
+    code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", tmp_path / "s.jpg")
+    assert code == 2 and "--screenshot writes a PNG image: name a .png file" in error_line(err)
 
 
 def test_ed_beyond_the_available_memory_is_one_error_line(tmp_path, capsys, monkeypatch):
