@@ -15,6 +15,7 @@ from typing import Any
 
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy
 
 from core.errors import SdglassError
 
@@ -91,3 +92,5 @@ def say(label, text: str, error: bool = False) -> None:
     label.value = text
     label.native.setStyleSheet("color: #ff6b6b;" if error else "")
     label.native.setWordWrap(True)
+    # the panel's whole width: a word-wrapped label otherwise takes a narrow column
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
