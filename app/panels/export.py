@@ -83,14 +83,19 @@ def write_plots(plots, stem: Path, force: bool = False) -> list[Path]:
     return [p for pair in names for p in pair]
 
 
+#: Name of the exported files in a folder chosen as the Output path.
+DEFAULT_STEM = "sdglass-export"
+
+
 class ExportPanel(Container):
     """Save the state, the run, the plots and a screenshot."""
 
     def __init__(self, session) -> None:
         self.session = session
         self.path = FileEdit(
-            label="Output", mode="w", value=Path("sdglass-export"),
-            tooltip="Base path; the suffix is chosen per export (.h5, .png, .csv).",
+            label="Output", mode="w", value=Path(DEFAULT_STEM),
+            tooltip="Base path; the suffix is chosen per export (.h5, .png, .csv). A folder "
+            f"gets files named {DEFAULT_STEM}.* inside it.",
         )  # fmt: skip
         self.frames_button = PushButton(text="Save frames (.h5)", tooltip="Current spins and positions (sdglass frames file).")  # fmt: skip
         self.traj_button = PushButton(text="Save trajectory (.h5)", tooltip="C(r, t), xi(t), E/N and |m| of the run so far (sdglass trajectory file).")  # fmt: skip
@@ -124,7 +129,11 @@ class ExportPanel(Container):
         self.message.native.setWordWrap(True)
 
     def _base(self) -> Path:
+        """BASE of the files written (BASE.frames.h5, BASE.png, ...). A folder (an empty path
+        means the current one) gets them inside it, as DEFAULT_STEM.*."""
         p = Path(self.path.value).expanduser()
+        if p.is_dir():
+            return p / DEFAULT_STEM
         return p.with_suffix("") if p.suffix else p
 
     def _do(self, action) -> None:

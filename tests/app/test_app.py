@@ -290,6 +290,9 @@ def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
     # a path typed with ~ means the home folder
     export.path.value = "~/run"
     assert export._base() == Path.home() / "run"
+    export.path.value = tmp_path  # a folder: the files go inside it
+    (frame,) = export.save_frames()
+    assert frame == tmp_path / "sdglass-export.frames.h5" and frame.is_file()
 
 
 def test_fit_psi_button(app_viewer, qtbot):
