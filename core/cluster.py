@@ -99,7 +99,7 @@ def _map_on_dask(task, count: int, cluster: ClusterSpec, on_done) -> list[Any]:
             client = Client(
                 local if local is not None else cluster.scheduler, timeout=CONNECT_TIMEOUT
             )
-        except OSError as err:
+        except (OSError, ValueError) as err:  # ValueError: an address Dask cannot parse
             raise ClusterError(
                 f"cannot reach the Dask scheduler {cluster.scheduler}: {err}"
             ) from None

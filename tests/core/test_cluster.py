@@ -152,6 +152,8 @@ def test_unreachable_scheduler_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(cluster_module, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ClusterError, match=r"cannot reach the Dask scheduler tcp://127\.0\.0\.1:9"):
         map_configurations(_square, 2, ClusterSpec(scheduler="tcp://127.0.0.1:9"))
+    with pytest.raises(ClusterError, match="scheduler bogus: missing port number in address"):
+        map_configurations(_square, 2, ClusterSpec(scheduler="bogus"))  # not an address
 
 
 @pytest.mark.parametrize(
