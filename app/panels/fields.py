@@ -88,6 +88,7 @@ class FieldsPanel(Container):
         self.ml_button.clicked.connect(lambda: self.compute("ml"))
         self.compare_button.clicked.connect(self.compare)
         session.model_changed.connect(self._model_changed)
+        session.system_changed.connect(self._new_system)
         self._model_changed()
 
     def _model_changed(self) -> None:
@@ -96,6 +97,13 @@ class FieldsPanel(Container):
         self.compare_button.enabled = has
         if not has:
             self.result.value = "ML fields need a model (see the Model panel)."
+
+    def _new_system(self) -> None:
+        """The results shown belong to the previous system: cleared."""
+        self.result.value = ""
+        self.last_comparison = None
+        self.parity.clear()
+        self._model_changed()
 
     def _display(self, *_) -> None:
         scene = self.session.scene
@@ -198,8 +206,15 @@ class ParityPlot:
         self.canvas.setMinimumHeight(240)
         self.ax = self.figure.add_subplot()
         self.figure.subplots_adjust(left=0.24, right=0.96, bottom=0.2, top=0.88)
+        self.points = 0
+        self.clear()
+
+    def clear(self) -> None:
+        """Empty axes, waiting for a comparison."""
+        self.ax.clear()
         self._style("Compare ML vs ED to fill")
         self.points = 0
+        self.canvas.draw_idle()
 
     def _style(self, title: str) -> None:
         style_axes(self.ax, self.colours, title, "ED H_perp component (t0)",

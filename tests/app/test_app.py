@@ -453,6 +453,19 @@ def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
     session.stop(wait=True)
 
 
+def test_a_new_system_clears_the_results_of_the_old(app_viewer, qtbot, tiny_model_file, generate):
+    _, session = app_viewer
+    assert session.panels["Model"].load(tiny_model_file)
+    fields = session.panels["Fields"]
+    fields.compare()
+    qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
+    assert fields.parity.points == 90 and fields.result.value.startswith("ML vs ED")
+    assert generate(session.panels["System"])
+    assert fields.last_comparison is None and fields.result.value == ""
+    assert fields.parity.points == 0 and not fields.parity.ax.lines
+    assert fields.parity.ax.get_title() == "Compare ML vs ED to fill"
+
+
 def test_fields_of_a_system_replaced_meanwhile_are_dropped(app_viewer, qtbot, generate):
     import threading
 
