@@ -325,7 +325,7 @@ class AppSession:
         the spins (B, N, 3), their step and their system."""
         state = self.sim.compute_fields("ed", "ml")
         (h_ed, e_ed), (h_ml, e_ml) = state.fields["ed"], state.fields["ml"]
-        s = state.snapshot.spins
+        s = state.spins
         hp_ed, hp_ml = np.cross(s, h_ed), np.cross(s, h_ml)
         diff = hp_ml - hp_ed
         n = s.shape[1]
@@ -337,6 +337,6 @@ class AppSession:
             "hperp_ed": hp_ed,
             "hperp_ml": hp_ml,
             "spins": s,
-            "step": state.snapshot.step,
+            "step": state.step,
             "system": state.system,
         }

@@ -111,10 +111,11 @@ class EngineChoice:
 
 @dataclass(frozen=True)
 class StateFields:
-    """Simulation.compute_fields: the snapshot whose spins were evaluated, their system,
-    and (H (B, N, 3), E (B,)) per engine."""
+    """Simulation.compute_fields: the spins evaluated (B, N, 3, a CPU copy), their step and
+    system, and (H (B, N, 3), E (B,)) per engine."""
 
-    snapshot: Snapshot
+    spins: np.ndarray
+    step: int
     system: AtomicSystem
     fields: dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -387,14 +388,13 @@ class Simulation:
         for engine in engines:
             self._check_engine(engine, self.model)
         with self._lock:
-            snap, system, device = self.snapshot(), self.system, self.device
+            spins, step, system = self.spins.clone(), self.step_count, self.system
             providers = {engine: self._provider_of(engine) for engine in engines}
-        spins = torch.from_numpy(snap.spins).to(device)
         fields = {}
         for engine, provider in providers.items():
             h, e = provider.fields(spins)
             fields[engine] = (h.detach().cpu().numpy(), e.detach().cpu().numpy())
-        return StateFields(snap, system, fields)
+        return StateFields(spins.cpu().numpy(), step, system, fields)
 
     def _provider_of(self, engine: str) -> FieldProvider:
         if engine == self.engine:

@@ -152,12 +152,12 @@ class FieldsPanel(Container):
         def done(state) -> None:
             if not self._current(state.system):
                 return
-            (h, e), spins = state.fields[engine], state.snapshot.spins[0]
+            (h, e), spins = state.fields[engine], state.spins[0]
             scene = self.session.scene
             scene.fields = h[0]
             hp = np.cross(spins, h[0])
             self.result.value = (
-                f"{engine.upper()} at step {state.snapshot.step}: E/N = {e[0] / len(spins):.5f} t0"
+                f"{engine.upper()} at step {state.step}: E/N = {e[0] / len(spins):.5f} t0"
                 f"\n|H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0, "
                 f"H_perp std {hp.std():.4f} t0"
             )

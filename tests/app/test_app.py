@@ -241,7 +241,7 @@ def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file, choos
     state = session.sim.compute_fields("ed", "ml")
     (h_ed, _), (h_ml, _) = state.fields["ed"], state.fields["ml"]
     s = snap.spins
-    np.testing.assert_array_equal(state.snapshot.spins, s)
+    np.testing.assert_array_equal(state.spins, s)
     expected = np.sqrt(np.mean((np.cross(s, h_ml) - np.cross(s, h_ed)) ** 2))
     assert stats["rmse_hperp"] == pytest.approx(expected, rel=1e-6)
     assert "RMSE" in fields.result.value

@@ -153,7 +153,7 @@ def test_ml_engine_with_tiny_model(tiny_model_file):
     state = sim.compute_fields("ml", "ed")
     (h_ml, _e_ml), (h_ed, _e_ed) = state.fields["ml"], state.fields["ed"]
     assert h_ml.shape == h_ed.shape == (1, 30, 3)
-    assert state.system is sim.system and state.snapshot.step == 3
+    assert state.system is sim.system and state.step == 3
     assert set(sim.compute_fields().fields) == {"ml"}  # the current engine
     assert sim.local_energies().shape == (1, 30)
     assert sim.model_warnings(card.physical) == []
