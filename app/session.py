@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,10 @@ from qtpy.QtWidgets import QApplication
 
 from core.config import ElectronConfig, LLGConfig, SystemConfig
 from core.errors import SdglassError
+from core.model import EnergyModel
 from core.modelfile import ModelCard, load_model
 from core.paths import DEFAULT_MODEL
-from core.simulation import Prepared, Simulation
+from core.simulation import EngineChoice, Prepared, Simulation
 
 from .layers import SceneLayers
 from .plots import LivePlots
@@ -33,6 +35,17 @@ STOP_TIMEOUT_S = 30.0
 SCENE_AFTER_FULL_DRAW_MS = 1
 #: Delay of the worker's go-ahead behind the 3D layers (ms): a timer, so it follows the repaint.
 SHOWN_AFTER_MS = 1
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model file read by `AppSession.read_model`, with the ML provider built for it when
+    the ML engine runs (None otherwise, or when the engine cannot use the model here)."""
+
+    model: EnergyModel
+    card: ModelCard
+    path: Path
+    choice: EngineChoice | None
 
 
 class _CloseFilter(QObject):
@@ -94,7 +107,8 @@ class AppSession:
     # -------------------------------------------------------------- model
 
     def try_load_model(self, path: str | Path | None) -> bool:
-        """Load `path` (default: the shipped model if present); notify and keep ED on failure."""
+        """Load `path` (default: the shipped model if present) here and now; notify and keep
+        ED on failure. The Model panel's Load does the same in a worker thread."""
         explicit = path is not None
         path = Path(path) if explicit else DEFAULT_MODEL
         if not path.is_file() and not explicit:
@@ -105,43 +119,73 @@ class AppSession:
             self.model_changed.emit()
             return False
         try:
-            model, card = load_model(path)
-        except Exception as err:  # FileFormatError and anything a broken file raises
-            self.model_message = f"Could not load model: {err}"
-            show_error(self.model_message)
-            self.model_changed.emit()
+            loaded = self.read_model(path)
+        except SdglassError as err:
+            self.model_failed(err)
             return False
+        return self.adopt_model(loaded)
+
+    def read_model(self, path: str | Path) -> LoadedModel:
+        """The costly part of loading a model: read the file and, with the ML engine, build
+        its provider for the current system (seconds at large N with another descriptor).
+        Changes nothing, so it may run in a worker thread while the dynamics goes on.
+        FileFormatError for a file that is not an sdglass model."""
+        path = Path(path)
+        model, card = load_model(path)
+        choice = None
+        if self.sim is not None and self.sim.engine == "ml":
+            try:
+                choice = self.sim.prepare_engine("ml", model)
+            except SdglassError:  # adopt_model finds out again and switches to ED
+                pass
+        return LoadedModel(model, card, path, choice)
+
+    def model_failed(self, err: SdglassError) -> None:
+        """A model file that could not be read: say so; the model in use stays."""
+        self.model_message = f"Could not load model: {err}"
+        show_error(self.model_message)
+        self.model_changed.emit()
+
+    def adopt_model(self, loaded: LoadedModel) -> bool:
+        """A model from `read_model` becomes the session's (main thread); False, with nothing
+        changed, when neither it nor ED can run on this system."""
         note = ""
         if self.sim is not None:  # None while the session is being built
             try:
-                note = self._give_model(model, path.name)
+                note = self._give_model(loaded)
             except SdglassError as err:
-                self.model_message = f"Could not use {path.name} here: {err}"
+                self.model_message = f"Could not use {loaded.path.name} here: {err}"
                 show_error(self.model_message)
                 self.model_changed.emit()
                 return False
-        self.model, self.card, self.model_path = model, card, path
-        self.model_message, self.model_note = f"Loaded {path.name}", note
+        self.model, self.card, self.model_path = loaded.model, loaded.card, loaded.path
+        self.model_message, self.model_note = f"Loaded {loaded.path.name}", note
         if self.sim is not None:
             self.check_model()
         self.model_changed.emit()
         return True
 
-    def _give_model(self, model, name: str) -> str:
-        """Hand a newly loaded model to the simulation; with the ML engine the provider is
-        rebuilt. A model that cannot run on this system (a cutoff beyond L/2) switches the
+    def _give_model(self, loaded: LoadedModel) -> str:
+        """Hand a newly loaded model to the simulation; with the ML engine it takes the
+        provider built by `read_model` (built again if the engine, system or device changed
+        meanwhile). A model that cannot run on this system (a cutoff beyond L/2) switches the
         simulation to ED, and the returned note says so; SdglassError, with nothing
         changed, when ED cannot run either."""
+        model = loaded.model
         if self.sim.engine != "ml":
             self.sim.model = model
             return ""
         try:
-            self.sim.set_engine("ml", model)
+            choice = loaded.choice or self.sim.prepare_engine("ml", model)
+            self.sim.use_engine(choice)
             return ""
         except SdglassError as err:
             self.sim.set_engine("ed")
             self.sim.model = model
-            note = f"The ML engine cannot use {name} on this system ({err}): switched to ED."
+            note = (
+                f"The ML engine cannot use {loaded.path.name} on this system ({err}): "
+                "switched to ED."
+            )
             show_warning(note)
             return note
 

@@ -165,8 +165,11 @@ class DynamicsPanel(Container):
         )  # fmt: skip
 
     def _use_engine(self, choice) -> None:
+        sim = self.session.sim
         try:
-            self.session.sim.use_engine(choice)
+            if choice.model is not sim.model:  # the Model panel loaded another one meanwhile
+                choice = sim.prepare_engine(choice.engine)
+            sim.use_engine(choice)
         except SdglassError as err:
             self._engine_failed(err)
             return

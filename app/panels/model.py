@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 
+from app.jobs import Job, say
 from core.modelfile import load_model
 from core.paths import PAIRWISE_MODEL
 
@@ -77,23 +79,56 @@ class ModelPanel(Container):
             label="Model file", mode="r", filter="*.safetensors",
             tooltip="An sdglass model file (safetensors + JSON card), e.g. from `sdglass train`.",
         )  # fmt: skip
-        self.load_button = PushButton(text="Load...", tooltip="Load the chosen model file.")
+        self.load_button = PushButton(
+            text="Load...",
+            tooltip="Load the chosen model file (in the background: a run goes on meanwhile).",
+        )
+        self.message = Label(value="")
+        self.job: Job | None = None  # a model being read
         self.exchange_label = Label(value="")
         self.exchange_label.native.setWordWrap(True)
         self.exchange = None
         self._shipped_baseline = None
         super().__init__(
-            widgets=[self.card, self.path, self.load_button, self.exchange_label], label="Model"
+            widgets=[self.card, self.path, self.load_button, self.message, self.exchange_label],
+            label="Model",
         )
-        self.load_button.clicked.connect(self.load)
+        self.load_button.clicked.connect(lambda: self.load())
         session.model_changed.connect(self.refresh)
         session.system_changed.connect(self.refresh)
         session.viewer.events.theme.connect(lambda event: self.refresh())
         self.refresh()
 
     def load(self, path=None) -> bool:
-        """Load a model file; a corrupted file gives an error notification and leaves ED on."""
-        return self.session.try_load_model(path or self.path.value)
+        """Load a model file (default: the chosen one) in a worker thread; False when a load
+        is already under way. A file that is not a model gives an error notification and
+        the model in use stays. With the ML engine, the new model's descriptor is set up in
+        the worker too (seconds at large N), and a run goes on meanwhile."""
+        if self.job is not None:
+            return False
+        path = Path(path or self.path.value)
+        started = time.perf_counter()
+        self.load_button.enabled = False
+
+        def done(loaded) -> None:
+            if self.session.adopt_model(loaded):
+                say(self.message, f"Loaded {path.name} in {time.perf_counter() - started:.1f} s")
+            else:
+                say(self.message, "")
+
+        def fail(err) -> None:
+            say(self.message, "")
+            self.session.model_failed(err)
+
+        self.job = Job(
+            lambda: self.session.read_model(path), done, fail, self._finished, self.message,
+            f"Loading {path.name}", self.session.closing,
+        )  # fmt: skip
+        return True
+
+    def _finished(self) -> None:
+        self.job = None
+        self.load_button.enabled = True
 
     def refresh(self) -> None:
         self.card.value = card_text(self.session)

@@ -36,3 +36,17 @@ def choose_engine(qtbot):
         qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
 
     return choose
+
+
+@pytest.fixture
+def choose_model(qtbot):
+    """choose_model(panel, path): load a model file in a Model panel, wait for the background
+    read; True when the session took the new model, False when the old one stays."""
+
+    def load(panel, path) -> bool:
+        before = panel.session.model
+        assert panel.load(path)
+        qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+        return panel.session.model is not before
+
+    return load

@@ -180,7 +180,9 @@ def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):
     assert any("boom" in str(r.message) for r in notification_manager.records)
 
 
-def test_model_panel_draws_the_pairwise_baselines_exchange(app_viewer, tmp_path, generate):
+def test_model_panel_draws_the_pairwise_baselines_exchange(
+    app_viewer, tmp_path, generate, choose_model
+):
     from core.modelfile import load_model, save_model
     from core.paths import PAIRWISE_MODEL
 
@@ -200,28 +202,30 @@ def test_model_panel_draws_the_pairwise_baselines_exchange(app_viewer, tmp_path,
     # a loaded pairwise model draws its own J(R)
     baseline.net[-1].weight.data *= 2
     mine = save_model(tmp_path / "mine.safetensors", baseline, card)
-    assert panel.load(mine)
+    assert choose_model(panel, mine)
     line = panel.exchange.figure.axes[0].lines[0]
     np.testing.assert_allclose(line.get_ydata(), baseline.exchange(line.get_xdata()))
     assert "mine.safetensors" in panel.exchange_label.value
 
 
-def test_corrupted_model_file_notifies(app_viewer, tmp_path):
+def test_corrupted_model_file_notifies(app_viewer, tmp_path, choose_model):
     _, session = app_viewer
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01 not a model")
     notification_manager.records.clear()
     before = session.model
-    assert not session.panels["Model"].load(bad)
+    assert not choose_model(session.panels["Model"], bad)
     assert session.model is before
     messages = [str(r.message) for r in notification_manager.records]
     assert any("Could not load model" in m for m in messages)
     assert "Could not load model" in session.panels["Model"].card.value
 
 
-def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file, choose_engine):
+def test_ml_model_load_run_and_compare(
+    app_viewer, qtbot, tiny_model_file, choose_engine, choose_model
+):
     _, session = app_viewer
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     assert "MLP 8" in session.panels["Model"].card.value
     dyn = session.panels["Dynamics"]
     choose_engine(dyn, "ML (machine-learned)")
@@ -248,7 +252,7 @@ def test_ml_model_load_run_and_compare(app_viewer, qtbot, tiny_model_file, choos
     assert session.scene.quantity == "ML-ED field error"
     assert fields.parity.points == 30 * 3
     # loading a model while the ML engine is selected swaps the provider's model too
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     assert session.sim.provider.model is session.model
 
 
@@ -371,14 +375,14 @@ def test_measure_cli_starts_once_the_window_is_drawn_and_writes_the_report(tmp_p
 
 
 def test_compare_rmse_equals_sdglass_eval_on_the_same_frame(
-    app_viewer, qtbot, tiny_model_file, tmp_path, capsys
+    app_viewer, qtbot, tiny_model_file, tmp_path, capsys, choose_model
 ):
     import json
 
     from core import cli
 
     _, session = app_viewer
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     fields = session.panels["Fields"]
     fields.compare()
     qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
@@ -396,12 +400,14 @@ def test_compare_rmse_equals_sdglass_eval_on_the_same_frame(
     assert app["mae_hperp"] == pytest.approx(report["mae_hperp"], rel=1e-5)
 
 
-def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, tiny_model_file):
+def test_compare_during_a_run_takes_both_fields_of_one_state(
+    app_viewer, qtbot, tiny_model_file, choose_model
+):
     from core.electrons import EDSolver
     from core.model import MLFieldProvider
 
     viewer, session = app_viewer
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     session.panels["Dynamics"].start()
     qtbot.waitUntil(lambda: session.sim.step_count >= 3, timeout=TIMEOUT)
     fields = session.panels["Fields"]
@@ -422,14 +428,14 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(app_viewer, qtbot, 
 
 
 def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
-    app_viewer, qtbot, tiny_model_file
+    app_viewer, qtbot, tiny_model_file, choose_model
 ):
     import threading
 
     from core.model import MLFieldProvider
 
     _, session = app_viewer
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     prepare, release = session.sim.prepare_engine, threading.Event()
 
     def held(engine):  # a descriptor set-up that takes until the test releases it
@@ -453,9 +459,69 @@ def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
     session.stop(wait=True)
 
 
-def test_a_new_system_clears_the_results_of_the_old(app_viewer, qtbot, tiny_model_file, generate):
+def test_a_model_is_read_in_the_background_while_the_run_goes_on(
+    app_viewer, qtbot, tiny_model_file, choose_model, choose_engine
+):
+    import threading
+
     _, session = app_viewer
-    assert session.panels["Model"].load(tiny_model_file)
+    panel, dyn = session.panels["Model"], session.panels["Dynamics"]
+    assert choose_model(panel, tiny_model_file)
+    choose_engine(dyn, "ML (machine-learned)")
+    first = session.sim.provider
+    read, release = session.read_model, threading.Event()
+
+    def held(path):  # a descriptor set-up that takes until the test releases it
+        release.wait(timeout=30)
+        return read(path)
+
+    session.read_model = held
+    dyn.start()
+    assert panel.load(tiny_model_file) and not panel.load(tiny_model_file)  # one at a time
+    assert panel.message.value == f"Loading {tiny_model_file.name}..."
+    assert not panel.load_button.enabled
+    steps = session.sim.step_count
+    qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)
+    assert session.sim.provider is first and session.running  # the old model steps on
+    release.set()
+    qtbot.waitUntil(lambda: panel.job is None, timeout=TIMEOUT)
+    assert session.sim.provider is not first and session.sim.provider.model is session.model
+    assert session.running and panel.load_button.enabled
+    assert panel.message.value.startswith(f"Loaded {tiny_model_file.name} in ")
+    steps = session.sim.step_count
+    qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)  # new model
+    session.stop(wait=True)
+
+
+def test_an_engine_prepared_while_a_model_loads_takes_the_new_model(
+    app_viewer, qtbot, tiny_model_file, choose_model
+):
+    import threading
+
+    _, session = app_viewer
+    panel, dyn = session.panels["Model"], session.panels["Dynamics"]
+    assert choose_model(panel, tiny_model_file)
+    prepare, release = session.sim.prepare_engine, threading.Event()
+
+    def held(engine):
+        release.wait(timeout=30)
+        return prepare(engine)
+
+    session.sim.prepare_engine = held
+    dyn.engine.value = "ML (machine-learned)"  # prepared for the first model, held
+    session.sim.prepare_engine = prepare
+    assert choose_model(panel, tiny_model_file)  # under ED: no provider to build
+    release.set()
+    qtbot.waitUntil(lambda: dyn.job is None, timeout=TIMEOUT)
+    assert session.sim.engine == "ml"
+    assert session.sim.model is session.model and session.sim.provider.model is session.model
+
+
+def test_a_new_system_clears_the_results_of_the_old(
+    app_viewer, qtbot, tiny_model_file, generate, choose_model
+):
+    _, session = app_viewer
+    assert choose_model(session.panels["Model"], tiny_model_file)
     fields = session.panels["Fields"]
     fields.compare()
     qtbot.waitUntil(lambda: fields.last_comparison is not None, timeout=TIMEOUT)
@@ -548,7 +614,7 @@ def test_closing_the_window_mid_run_stops_the_dynamics_without_a_traceback(
 
 
 def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(
-    app_viewer, tmp_path, generate
+    app_viewer, tmp_path, generate, choose_model
 ):
     from core.modelfile import load_model, save_model
 
@@ -557,7 +623,7 @@ def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(
     card.physical["J"] = 1.0
     other = save_model(tmp_path / "j1.safetensors", model, card)
     notification_manager.records.clear()
-    assert session.panels["Model"].load(other)
+    assert choose_model(session.panels["Model"], other)
     expected = "model was trained for J = 1 but is used with J = 6"
     assert session.warnings == [expected]
     assert f"⚠ {expected}" in session.panels["Model"].card.value
@@ -818,13 +884,14 @@ def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(
     tiny_model_file,
     generate,
     choose_engine,
+    choose_model,
 ):
     _, session = app_viewer  # N = 30: the shipped model's cutoff does not fit, the tiny one's does
     model_panel, dyn = session.panels["Model"], session.panels["Dynamics"]
-    assert model_panel.load(tiny_model_file)
+    assert choose_model(model_panel, tiny_model_file)
     choose_engine(dyn, "ML (machine-learned)")
     assert session.sim.engine == "ml"
-    assert model_panel.load(DEFAULT_MODEL)  # loaded, but it cannot run on N = 30
+    assert choose_model(model_panel, DEFAULT_MODEL)  # loaded, but it cannot run on N = 30
     assert session.sim.engine == "ed" and dyn.engine.value.startswith("ED")
     assert session.model is session.sim.model and session.model.spec.rc == 2.5
     assert "switched to ED" in model_panel.card.value and "N >= 100" in model_panel.card.value

@@ -29,9 +29,9 @@ def test_atoms_show_the_spin_along_the_chosen_axis(app_viewer, axis, n):
     assert viewer.canvas.overlays.text.text == "Colour: S.n from -1 to 1 (coolwarm)"
 
 
-def test_local_energy_colours_and_legend_state_the_range(app_viewer, tiny_model_file):
+def test_local_energy_colours_and_legend_state_the_range(app_viewer, tiny_model_file, choose_model):
     viewer, session = app_viewer
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     session.panels["Fields"].colour_by.value = "local energy (ML)"
     eps = session.sim.local_energies()[0]
     np.testing.assert_allclose(session.scene.local_energy, eps)
@@ -45,12 +45,12 @@ def test_local_energy_colours_and_legend_state_the_range(app_viewer, tiny_model_
 
 
 def test_local_energy_colours_follow_the_spins_while_the_dynamics_runs(
-    app_viewer, tiny_model_file, qtbot
+    app_viewer, tiny_model_file, qtbot, choose_model
 ):
     from core.model import MLFieldProvider
 
     viewer, session = app_viewer  # the ED engine: the energies come from the ML model
-    assert session.panels["Model"].load(tiny_model_file)
+    assert choose_model(session.panels["Model"], tiny_model_file)
     session.panels["Fields"].colour_by.value = "local energy (ML)"
     before = session.scene.local_energy.copy()
     session.start(max_steps=6)
