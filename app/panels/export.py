@@ -9,6 +9,7 @@ from magicgui.widgets import CheckBox, Container, FileEdit, Label, PushButton
 from napari.utils.io import imsave_png
 from napari.utils.notifications import show_error, show_info
 
+from app.jobs import say
 from core.errors import OutputExistsError
 from core.io import (
     Frames,
@@ -126,7 +127,6 @@ class ExportPanel(Container):
         self.record.changed.connect(self._record_toggled)
         session.run_state_changed.connect(self._run_state)
         session.snapshot_ready.connect(self._snapshot)
-        self.message.native.setWordWrap(True)
 
     def _base(self) -> Path:
         """BASE of the files written (BASE.frames.h5, BASE.png, ...). A folder (an empty path
@@ -137,21 +137,23 @@ class ExportPanel(Container):
         return p.with_suffix("") if p.suffix else p
 
     def _do(self, action) -> None:
+        """Run an export; the panel's message line (red on an error) and a notification say
+        what was written or why nothing was."""
         try:
             paths = action()
         except OutputExistsError as err:
-            self.message.value = (
-                f"⚠ {err.path} exists: tick 'Overwrite existing files' to replace it"
-            )
-            show_error(self.message.value)
+            self._failed(f"{err.path} exists: tick 'Overwrite existing files' to replace it")
             return
         except Exception as err:
-            show_error(f"Export failed: {err}")
-            self.message.value = f"⚠ {err}"
+            self._failed(f"Export failed: {err}")
             return
         if paths:
-            self.message.value = "wrote " + ", ".join(p.name for p in paths)
+            say(self.message, "wrote " + ", ".join(p.name for p in paths))
             show_info(self.message.value)
+
+    def _failed(self, text: str) -> None:
+        say(self.message, f"⚠ {text}", error=True)
+        show_error(text)
 
     # -------------------------------------------------------------- recording
 
@@ -173,7 +175,7 @@ class ExportPanel(Container):
             return
         rec.append(snap.time, snap.spins)
         if rec.n_snapshots % 10 == 1:
-            self.message.value = f"recording: {rec.n_snapshots} frames -> {rec.target.name}"
+            say(self.message, f"recording: {rec.n_snapshots} frames -> {rec.target.name}")
 
     def start_recording(self) -> list[Path]:
         """Open the recording (refused if BASE.traj.h5 exists and Overwrite is off)."""
@@ -187,7 +189,7 @@ class ExportPanel(Container):
             self.record.value = False
             raise
         self._snapshot(self.session.sim.snapshot())
-        self.message.value = f"recording -> {path.name}"
+        say(self.message, f"recording -> {path.name}")
         return []
 
     def finish_recording(self) -> list[Path]:

@@ -289,8 +289,11 @@ def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
     before = paths[0].read_bytes()
     export._do(export.save_plots)
     assert "exists" in export.message.value and paths[0].read_bytes() == before
+    assert "ff6b6b" in export.message.native.styleSheet()  # an error reads red
+    assert str(notification_manager.records[-1].message).startswith(str(paths[0]))
     export.overwrite.value = True
-    assert export.save_plots() == paths
+    export._do(export.save_plots)
+    assert export.message.value.startswith("wrote ") and not export.message.native.styleSheet()
     # a path typed with ~ means the home folder
     export.path.value = "~/run"
     assert export._base() == Path.home() / "run"
