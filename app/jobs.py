@@ -91,6 +91,11 @@ def say(label, text: str, error: bool = False) -> None:
     """A panel's message line: `text` in a word-wrapped magicgui Label, red for an error."""
     label.value = text
     label.native.setStyleSheet("color: #ff6b6b;" if error else "")
+    wrap(label)
+
+
+def wrap(label) -> None:
+    """Word-wrap a magicgui Label across the panel's whole width (a word-wrapped label
+    otherwise takes a narrow column)."""
     label.native.setWordWrap(True)
-    # the panel's whole width: a word-wrapped label otherwise takes a narrow column
     label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)

@@ -9,9 +9,19 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import Container, FileEdit, Label, PushButton
 
-from app.jobs import Job, say
+from app.jobs import Job, say, wrap
 from core.modelfile import load_model
 from core.paths import PAIRWISE_MODEL
+
+#: Longest card value shown whole; longer ones (a dataset's sha256) are cut, so that one
+#: unbreakable word does not widen the panel beyond the dock.
+CARD_VALUE_CHARS = 24
+
+
+def short(value) -> str:
+    """A card value as text, cut to CARD_VALUE_CHARS with an ellipsis."""
+    text = str(value)
+    return text if len(text) <= CARD_VALUE_CHARS else text[: CARD_VALUE_CHARS - 1] + "…"
 
 
 def card_text(session) -> str:
@@ -29,7 +39,9 @@ def card_text(session) -> str:
     ]
     training = {k: v for k, v in card.training.items() if isinstance(v, int | float | str)}
     if training:
-        lines.append("Training: " + ", ".join(f"{k} = {v}" for k, v in list(training.items())[:6]))
+        lines.append(
+            "Training: " + ", ".join(f"{k} = {short(v)}" for k, v in list(training.items())[:6])
+        )
     metrics = {k: v for k, v in card.metrics.items() if isinstance(v, int | float)}
     if metrics:
         lines.append("Held-out: " + ", ".join(f"{k} = {v:.3g}" for k, v in metrics.items()))
@@ -74,7 +86,6 @@ class ModelPanel(Container):
     def __init__(self, session) -> None:
         self.session = session
         self.card = Label(value="")
-        self.card.native.setWordWrap(True)
         self.path = FileEdit(
             label="Model file", mode="r", filter="*.safetensors",
             tooltip="An sdglass model file (safetensors + JSON card), e.g. from `sdglass train`.",
@@ -86,7 +97,8 @@ class ModelPanel(Container):
         self.message = Label(value="")
         self.job: Job | None = None  # a model being read
         self.exchange_label = Label(value="")
-        self.exchange_label.native.setWordWrap(True)
+        for label in (self.card, self.message, self.exchange_label):
+            wrap(label)
         self.exchange = None
         self._shipped_baseline = None
         super().__init__(

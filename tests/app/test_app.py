@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from napari.utils.notifications import notification_manager
+from qtpy.QtWidgets import QSizePolicy
 
 from core.config import SystemConfig
 from core.paths import DEFAULT_MODEL
@@ -178,6 +179,19 @@ def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):
     assert session.state == "stopped"
     assert any("boom" in e for e in session.errors)
     assert any("boom" in str(r.message) for r in notification_manager.records)
+
+
+def test_model_card_fits_the_dock(app_viewer, choose_model):
+    from core.paths import PAIRWISE_MODEL
+
+    _, session = app_viewer
+    panel = session.panels["Model"]
+    assert choose_model(panel, PAIRWISE_MODEL)  # its card names a dataset by its sha256
+    sha = session.card.training["dataset_sha256"]
+    assert sha[:12] in panel.card.value and sha not in panel.card.value
+    # no unbreakable word widens the panel: its labels wrap within a dock's width
+    assert panel.native.minimumSizeHint().width() < 400
+    assert panel.exchange_label.native.sizePolicy().horizontalPolicy() == QSizePolicy.Expanding
 
 
 def test_model_panel_draws_the_pairwise_baselines_exchange(
