@@ -138,7 +138,7 @@ class EnergyModel(nn.Module):
         """Pairwise baseline only: J(R) = sum_m c_m F2(R; d_m, w) in t0 (E = sum_{i<j} J S_i.S_j)."""
         if self.arch.kind != "pairwise":
             raise ValueError("J(R) is defined for the pairwise model only")
-        coeff = (self.net[-1].weight[0].detach().double() / self.feature_scale).numpy()
+        coeff = (self.net[-1].weight[0].detach().double() / self.feature_scale).cpu().numpy()
         radii = np.asarray(self.spec.radii)
         rc, w = self.spec.rc, self.spec.w
         fc = np.where(r <= rc, 0.5 * (np.cos(np.pi * r / rc) + 1), 0.0)
@@ -163,6 +163,7 @@ class MLFieldProvider:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> None:
+        self.source = model  # as given: `model` may be a copy placed on the device
         self.model = self._placed(model, device, dtype)
         self.spec = self._spec_of(model)
         self.systems = [system] if isinstance(system, AtomicSystem) else list(system)
@@ -174,10 +175,17 @@ class MLFieldProvider:
 
     @staticmethod
     def _placed(model: EnergyModel, device, dtype: torch.dtype) -> EnergyModel:
-        # the network runs in dtype; standardisation buffers and energies stay float64
-        model = model.to(device=device)
-        model.net.to(dtype)
-        return model
+        """`model` with its network in dtype on device (standardisation buffers and energies
+        stay float64): the model itself when it is so already, else a copy. Module.to moves
+        in place, and the caller's model may be shared (the app draws its J(R) on the CPU)."""
+        device = torch.device(device)
+        tensors = [*model.parameters(), *model.buffers()]
+        there = all(_on(t.device, device) for t in tensors)
+        if there and all(p.dtype == dtype for p in model.net.parameters()):
+            return model
+        placed = copy.deepcopy(model).to(device=device)
+        placed.net.to(dtype)
+        return placed
 
     @staticmethod
     def _spec_of(model: EnergyModel):
@@ -192,7 +200,7 @@ class MLFieldProvider:
         if self._spec_of(model) != self.spec:
             return MLFieldProvider(model, self.systems, self.device, self.dtype)
         twin = copy.copy(self)
-        twin.model = self._placed(model, self.device, self.dtype)
+        twin.source, twin.model = model, self._placed(model, self.device, self.dtype)
         return twin
 
     def energy(self, spins: torch.Tensor) -> torch.Tensor:
@@ -209,6 +217,15 @@ class MLFieldProvider:
             e = self.energy(s)
             (grad,) = torch.autograd.grad(e.sum(), s)
         return (-grad).to(spins.dtype), e.detach().to(spins.dtype)
+
+
+def _on(actual: torch.device, wanted: torch.device) -> bool:
+    """Whether a tensor on `actual` is on `wanted` ("cuda" means the current CUDA device)."""
+    if actual.type != wanted.type:
+        return False
+    if wanted.index is None and actual.type == "cuda":
+        return actual.index == torch.cuda.current_device()
+    return wanted.index is None or actual.index == wanted.index
 
 
 #: Physical parameters a model is trained for, compared on use.

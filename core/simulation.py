@@ -408,7 +408,7 @@ class Simulation:
             if self.engine == "ml":
                 return self.provider
             kept = self._ml_under_ed
-            if kept is None or kept.model is not self.model:
+            if kept is None or kept.source is not self.model:
                 self._ml_under_ed = self._make_provider("ml")
             return self._ml_under_ed
 

@@ -44,6 +44,21 @@ def test_fields_are_minus_finite_difference_gradient(system, arch):
     torch.testing.assert_close(h[0], -fd.reshape(n, 3), atol=1e-7, rtol=1e-6)
 
 
+def test_the_provider_leaves_the_given_model_where_it_was(system):
+    model = random_model(Architecture.parse("compact"))
+    shared = MLFieldProvider(model, system)  # float32 on the CPU, like the model: shared
+    assert shared.model is model and shared.source is model
+    apart = MLFieldProvider(model, system, dtype=torch.float64)  # as on another device
+    assert apart.model is not model and apart.source is model
+    assert next(model.net.parameters()).dtype == torch.float32  # not moved in place
+    spins = random_spins(1, system.n, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(
+        apart.fields(spins)[0], shared.fields(spins)[0].double(), atol=1e-5, rtol=1e-4
+    )
+    twin = apart.for_model(model)
+    assert twin.source is model and twin.model is not model
+
+
 def test_locality_spin_outside_cutoff_leaves_local_energy(system):
     model = random_model(Architecture.parse("compact"))
     prov = MLFieldProvider(model, system, dtype=torch.float64)

@@ -252,9 +252,14 @@ def test_snapshots_carry_the_local_energies_of_their_spins_when_tracked(tiny_mod
     assert not np.allclose(first.local_energies, later.local_energies)  # they follow the spins
 
 
-def test_the_ml_provider_under_ed_is_built_once_per_system_and_model(tiny_model_file, monkeypatch):
+# float64: a network the provider runs on a copy (in float32), as it does on a GPU
+@pytest.mark.parametrize("net_dtype", [torch.float32, torch.float64])
+def test_the_ml_provider_under_ed_is_built_once_per_system_and_model(
+    tiny_model_file, monkeypatch, net_dtype
+):
     model, _ = load_model(tiny_model_file)
     other, _ = load_model(tiny_model_file)
+    model.net.to(net_dtype), other.net.to(net_dtype)
     sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), model=model)
     built = []
     make = sim._make_provider
