@@ -6,7 +6,6 @@ import time
 
 from magicgui.widgets import (
     CheckBox,
-    ComboBox,
     Container,
     FloatSpinBox,
     Label,
@@ -15,6 +14,7 @@ from magicgui.widgets import (
 )
 
 from app.jobs import Job, say
+from app.panels.presets import Presets
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
 
@@ -33,11 +33,12 @@ class SystemPanel(Container):
     def __init__(self, session) -> None:
         self.session = session
         sc, ec = session.sim.system_config, session.sim.electrons
-        self.preset = ComboBox(
-            label="Preset", choices=[*PRESETS, "Custom"],
+        self.presets = Presets(
+            PRESETS,
             tooltip="Parameter sets: the paper's N = 100 system, a larger quench at the "
             "paper's density (N = 500, the paper's psi fit), or weak s-d coupling J = 1.",
-        )  # fmt: skip
+        )
+        self.preset = self.presets.menu
         self.n = SpinBox(
             label="N atoms", value=sc.n, min=2, max=20000,
             tooltip="Number of atoms N. Paper: 100 (and 500 for the psi fit).",
@@ -92,40 +93,12 @@ class SystemPanel(Container):
             ],
             label="System",
         )  # fmt: skip
-        self._applying = False
-        self.preset.value = self._matching_preset()
-        self.preset.changed.connect(self._apply_preset)
-        for name in PRESET_COMMON.keys() | {"n", "J"}:  # edits by hand: "Custom" unless they match
-            getattr(self, name).changed.connect(self._show_preset)
+        self.presets.bind(self)
         self.keep_density.changed.connect(self._sync_box)
         self.n.changed.connect(self._sync_box)
         self.generate_button.clicked.connect(self.generate)
         self._sync_box()
         self._summarise()
-
-    def _apply_preset(self, name: str) -> None:
-        if name in PRESETS and not self._applying:
-            self._applying = True
-            try:
-                for key, value in PRESETS[name].items():
-                    getattr(self, key).value = value
-            finally:
-                self._applying = False
-
-    def _matching_preset(self) -> str:
-        """The preset whose values the widgets hold, else "Custom"."""
-        for name, values in PRESETS.items():
-            if all(getattr(self, key).value == value for key, value in values.items()):
-                return name
-        return "Custom"
-
-    def _show_preset(self, *_) -> None:
-        if not self._applying:
-            self._applying = True  # showing the matching name applies nothing
-            try:
-                self.preset.value = self._matching_preset()
-            finally:
-                self._applying = False
 
     def _sync_box(self, *_) -> None:
         self.box.enabled = not self.keep_density.value

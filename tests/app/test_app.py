@@ -10,7 +10,7 @@ import torch
 from napari.utils.notifications import notification_manager
 from qtpy.QtWidgets import QSizePolicy
 
-from core.config import SystemConfig
+from core.config import LLGConfig, SystemConfig
 from core.paths import DEFAULT_MODEL
 
 TIMEOUT = 60_000  # ms
@@ -69,6 +69,29 @@ def test_preset_names_the_values_the_system_panel_holds(app_viewer):
     assert panel.preset.value == "Custom"
     panel.preset.value = "Paper (N = 100)"
     assert (panel.r_min.value, panel.J.value, panel.n.value) == (0.5, 6.0, 100)
+
+
+def test_the_dynamics_presets_set_the_running_stepper(app_viewer, qtbot):
+    _, session = app_viewer
+    panel = session.panels["Dynamics"]
+    assert panel.preset.value == "Paper quench (alpha = 0.05)"  # the app's defaults
+    panel.start()
+    panel.preset.value = "Fast demo (alpha = 1)"
+    assert (panel.alpha.value, panel.steps_per_frame.value) == (1.0, 5)
+    assert session.sim.llg_config.alpha == 1.0 and session.steps_per_frame == 5
+    steps = session.sim.step_count
+    qtbot.waitUntil(lambda: session.sim.step_count >= steps + 10, timeout=TIMEOUT)
+    assert session.sim.stepper.config.alpha == 1.0  # the run took it at its next step
+    session.stop(wait=True)
+    panel.temperature.value = 0.01
+    assert panel.preset.value == "Custom"
+    panel.preset.value = "Paper quench (alpha = 0.05)"
+    assert (panel.temperature.value, panel.alpha.value, panel.steps_per_frame.value) == (
+        0.001,
+        0.05,
+        1,
+    )
+    assert session.sim.llg_config == LLGConfig()
 
 
 def test_invalid_system_shows_inline_message(app_viewer, generate):
