@@ -18,7 +18,6 @@ agrees exactly, except purification against diagonalization: ~1e-13).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from collections.abc import Callable
@@ -94,8 +93,7 @@ def field_checks(
             ),
         ]
     h_cpu, e_cpu = MLFieldProvider(model, system, "cpu").fields(spins)
-    # a copy: MLFieldProvider moves the model it is given to its device
-    h, e = MLFieldProvider(copy.deepcopy(model), system, device).fields(spins.to(device))
+    h, e = MLFieldProvider(model, system, device).fields(spins.to(device))
     checks.append(Check("ML fields H (float32)", _largest(h, h_cpu), ML_TOLERANCE, "t0"))
     checks.append(Check("ML energy / N", _largest(e / n, e_cpu / n), ML_TOLERANCE, "t0"))
     return checks
@@ -104,7 +102,7 @@ def field_checks(
 def _advanced(engine: str, device: str, model: EnergyModel, n: int, steps: int, replicas: int):
     sim = Simulation(
         SystemConfig(n=n), llg=LLGConfig(temperature=0.0), engine=engine,
-        replicas=replicas, device=device, model=copy.deepcopy(model),
+        replicas=replicas, device=device, model=model,
     )  # fmt: skip
     sim.advance(1)  # warm-up (CUDA kernels load on first use); the clock restarts below
     sim.reset_spins()
