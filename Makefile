@@ -25,6 +25,7 @@ run: $(STAMP)
 # the README's screenshot, taken by the app's own headless capture
 screenshot: $(STAMP)
 	$(XVFB) $(BIN)/sdglass app --steps 400 --screenshot assets/screenshots/app.png --force
+	$(XVFB) $(BIN)/sdglass app --engine ml --demo --steps 1500 --screenshot assets/screenshots/app-demo.png --force
 
 test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest

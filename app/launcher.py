@@ -12,7 +12,7 @@ import napari
 from qtpy.QtCore import QMargins, Qt, QTimer
 from qtpy.QtWidgets import QApplication, QFrame, QScrollArea
 
-from app.panels.dynamics import DynamicsPanel
+from app.panels.dynamics import DEMO_PRESET, DynamicsPanel
 from app.panels.export import ExportPanel, save_window
 from app.panels.fields import FieldsPanel
 from app.panels.model import ModelPanel
@@ -178,6 +178,7 @@ def launch(
     measure: str | Path | None = None,
     force: bool = False,
     orbit: bool = False,
+    demo: bool = False,
 ):
     """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
 
@@ -187,8 +188,9 @@ def launch(
     measure: while those steps run, record frames per second and event-loop
     stalls (app.responsiveness), write them to this JSON file, print them and
     close (an existing file only with force); orbit: meanwhile turn the camera
-    like a user would. Returns the viewer when return_viewer (else runs the
-    event loop and returns the exit status).
+    like a user would; demo: choose the Dynamics panel's fast demo preset.
+    Returns the viewer when return_viewer (else runs the event loop and
+    returns the exit status).
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     if viewer is None:
@@ -198,6 +200,8 @@ def launch(
     panels = dock_panels(viewer, session)
     _SESSIONS[id(viewer)] = session
     session.panels = panels
+    if demo:
+        panels["Dynamics"].preset.value = DEMO_PRESET
     qt_window = getattr(viewer.window, "_qt_window", None)
     if qt_window is not None:
         fit_to_screen(qt_window)

@@ -35,13 +35,12 @@ PRESET_COMMON = {
     "dt": PAPER_QUENCH.dt,
     "integrator": PAPER_QUENCH.integrator,
 }
+DEMO_PRESET = f"Fast demo (alpha = {DEMO_ALPHA:g})"
 PRESETS = {
     f"Paper quench (alpha = {PAPER_QUENCH.alpha:g})": {
         **PRESET_COMMON, "alpha": PAPER_QUENCH.alpha, "steps_per_frame": 1,
     },
-    f"Fast demo (alpha = {DEMO_ALPHA:g})": {
-        **PRESET_COMMON, "alpha": DEMO_ALPHA, "steps_per_frame": 5,
-    },
+    DEMO_PRESET: {**PRESET_COMMON, "alpha": DEMO_ALPHA, "steps_per_frame": 5},
 }  # fmt: skip
 
 

@@ -94,6 +94,14 @@ def test_the_dynamics_presets_set_the_running_stepper(app_viewer, qtbot):
     assert session.sim.llg_config == LLGConfig()
 
 
+def test_launch_in_demo_mode_chooses_the_fast_demo_preset(make_napari_viewer):
+    from app.launcher import launch, session_of
+
+    session = session_of(launch(viewer=make_napari_viewer(), return_viewer=True, n=30, demo=True))
+    assert session.panels["Dynamics"].preset.value == "Fast demo (alpha = 1)"
+    assert session.sim.llg_config.alpha == 1.0 and session.steps_per_frame == 5
+
+
 def test_invalid_system_shows_inline_message(app_viewer, generate):
     viewer, session = app_viewer
     panel = session.panels["System"]
@@ -362,6 +370,7 @@ def test_fit_psi_button(app_viewer, qtbot):
 def test_screenshot_cli_produces_nonblank_png(tmp_path):
     out = tmp_path / "shot.png"
     cmd = [sys.executable, "-m", "app", "-n", "30", "--steps", "6", "--screenshot", str(out)]
+    cmd.append("--demo")  # the fast demo preset: 5 steps per frame
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import matplotlib.image as mpimg
