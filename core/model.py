@@ -230,6 +230,8 @@ def _on(actual: torch.device, wanted: torch.device) -> bool:
 
 #: Physical parameters a model is trained for, compared on use.
 PHYSICAL_KEYS = ("t0", "ell", "J", "filling", "kT_e", "density")
+#: Those of the electrons: an ML model has them built in, so a run with the model cannot change them.
+ELECTRON_KEYS = ("t0", "ell", "J", "filling", "kT_e")
 
 
 def physical_parameters(electrons: ElectronConfig, density: float) -> dict[str, float]:
@@ -243,17 +245,25 @@ def physical_parameters(electrons: ElectronConfig, density: float) -> dict[str, 
     }
 
 
-def check_physical_parameters(
+def parameter_mismatches(
     trained: dict[str, float], used: dict[str, float], rel_tol: float = 1e-6
-) -> list[str]:
-    """Warn (and return the messages) for each parameter that differs from the model's training value."""
-    problems = []
+) -> dict[str, str]:
+    """{key: message} for each parameter that differs from the model's training value."""
+    problems = {}
     for key in PHYSICAL_KEYS:
         a, b = trained.get(key), used.get(key)
         if a is None or b is None:
             continue
         if not math.isclose(a, b, rel_tol=rel_tol, abs_tol=1e-12):
-            problems.append(f"model was trained for {key} = {a:g} but is used with {key} = {b:g}")
+            problems[key] = f"model was trained for {key} = {a:g} but is used with {key} = {b:g}"
+    return problems
+
+
+def check_physical_parameters(
+    trained: dict[str, float], used: dict[str, float], rel_tol: float = 1e-6
+) -> list[str]:
+    """Warn (and return the messages) for each parameter that differs from the model's training value."""
+    problems = list(parameter_mismatches(trained, used, rel_tol).values())
     for message in problems:
         warnings.warn(message, stacklevel=2)
     return problems

@@ -27,15 +27,17 @@ from core.checkpoint import (
     safe_points,
 )
 from core.cluster import ClusterSpec, map_configurations
-from core.config import ElectronConfig, LLGConfig, SystemConfig, _require
+from core.config import ConfigError, ElectronConfig, LLGConfig, SystemConfig, _require
 from core.electrons import EDSolver, PackedEDSolver, resolve_method
 from core.fields import FieldProvider
 from core.io import Trajectory
 from core.llg import LLG
 from core.model import (
+    ELECTRON_KEYS,
     EnergyModel,
     MLFieldProvider,
     check_physical_parameters,
+    parameter_mismatches,
     physical_parameters,
 )
 from core.modelfile import load_model
@@ -194,11 +196,23 @@ def field_provider(
 
 
 def load_quench_model(qc: QuenchConfig) -> EnergyModel | None:
-    """Load the ML model once per process and warn if it was trained for other parameters."""
+    """Load the ML model once per process. Electron parameters (t0, ell, J, filling, kT_e)
+    other than the model's are an error: the model has its electrons built in, and the
+    trajectory file would record parameters the run never simulated. Another density
+    is a warning: the system is really that dense, and the model extrapolates."""
     if qc.engine != "ml":
         return None
     model, card = load_model(qc.model_path)
-    check_physical_parameters(card.physical, physical_parameters(qc.electrons, qc.system.density))
+    used = physical_parameters(qc.electrons, qc.system.density)
+    differ = parameter_mismatches(card.physical, used)
+    fixed = [differ[key] for key in ELECTRON_KEYS if key in differ]
+    if fixed:
+        raise ConfigError(
+            f"{'; '.join(fixed)} ({qc.model_path}): the ML engine simulates the electrons its "
+            "model was trained for, so run with the model's values, use the ED engine, or "
+            "train a model for these parameters"
+        )
+    check_physical_parameters(card.physical, used)  # density: warns
     return model
 
 

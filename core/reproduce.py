@@ -959,6 +959,7 @@ def reproduce(
     dynamics on a GPU), runs the rest. cluster (a ClusterSpec) spreads the ED configurations
     of Figs. 3 and 4 over Dask workers."""
     from core.errors import OutputExistsError
+    from core.quench import QuenchConfig, load_quench_model
 
     chosen = list(TASKS) if steps is None else list(steps)
     unknown = sorted(set(chosen) - set(TASKS))
@@ -980,6 +981,8 @@ def reproduce(
             f"{out} holds files of a run but not its saved progress: use --force to redo it"
         )
     model_path = Path(model_path)
+    # a model for other electrons fails here, before any work, not at Fig. 4
+    load_quench_model(QuenchConfig(engine="ml", model_path=str(model_path)))
     _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),
                       "version": __version__})  # fmt: skip
     run = Setting(scale, model_path, out, force or resume, log, device, cluster)

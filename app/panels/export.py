@@ -21,6 +21,7 @@ from core.io import (
     write_frames,
     write_trajectory,
 )
+from core.model import ELECTRON_KEYS
 
 
 def frames_of(session) -> Frames:
@@ -37,7 +38,8 @@ def frames_of(session) -> Frames:
 
 
 def trajectory_of(session) -> Trajectory:
-    """The run so far as a trajectory file: C(r, t), xi(t) at the record times, energies interpolated."""
+    """The run so far as a trajectory file: C(r, t), xi(t) at the record times, energies
+    interpolated; under the ML engine its attributes name the model and its electrons."""
     sim = session.sim
     snap = sim.snapshot()
     if len(snap.record_times) < 1 or len(snap.energy_times) < 1:
@@ -47,6 +49,9 @@ def trajectory_of(session) -> Trajectory:
     m = np.interp(snap.record_times, snap.energy_times, snap.magnetisation_history)
     attrs = {**sim.system_config.to_dict(), **sim.electrons.to_dict(), **sim.llg_config.to_dict()}
     attrs.update(box=sim.system.box, engine=sim.engine, replicas=sim.replicas, configs=1)
+    if sim.engine == "ml":  # the model's electrons ran, whatever the System panel says
+        attrs.update({k: v for k, v in session.card.physical.items() if k in ELECTRON_KEYS})
+        attrs["model"] = str(session.model_path)
     return Trajectory(
         times=snap.record_times,
         energy_per_spin=e,

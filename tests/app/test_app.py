@@ -683,6 +683,28 @@ def test_a_model_trained_for_other_parameters_is_flagged_in_its_card(
     assert session.warnings == [] and "⚠" not in session.panels["Model"].card.value
 
 
+def test_an_ml_trajectory_names_the_model_and_the_electrons_it_simulated(
+    app_viewer, qtbot, tmp_path, choose_engine, choose_model, tiny_model_file
+):
+    from core.io import read_trajectory
+    from core.modelfile import load_model, save_model
+
+    _, session = app_viewer
+    model, card = load_model(tiny_model_file)  # the shipped model's cutoff needs N >= 100
+    card.physical["J"] = 1.0
+    other = save_model(tmp_path / "j1.safetensors", model, card)
+    assert choose_model(session.panels["Model"], other)
+    dyn = session.panels["Dynamics"]
+    choose_engine(dyn, "ML (machine-learned)")
+    dyn.start(max_steps=3)
+    wait_stopped(qtbot, session)
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "run"
+    attrs = read_trajectory(export.save_trajectory()[0]).attrs
+    assert session.sim.electrons.J == 6.0  # the System panel's J: the model ignores it
+    assert attrs["engine"] == "ml" and attrs["J"] == 1.0 and attrs["model"] == str(other)
+
+
 def test_correlation_plot_shades_r_below_r_min_and_colours_curves_by_time(app_viewer, qtbot):
     from matplotlib.colors import to_rgba
     from matplotlib.patches import Rectangle

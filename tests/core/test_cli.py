@@ -356,13 +356,21 @@ def test_summary_fits_psi_on_a_chosen_window(tmp_path, capsys):
     assert code == 0 and "droplet fit: fewer than 3 records with t > 1 in t = 3.9..end" in out
 
 
-def test_a_model_for_other_physics_is_one_warning_line(tmp_path, capsys, tiny_model_file):
-    code, _, err = run(
-        capsys, "quench", "--engine", "ml", "--model", tiny_model_file, "-n", 20, "--J", 1,
-        "--configs", 1, "--replicas", 1, "--t-max", 0.04, "-o", tmp_path / "ml.h5",
-    )  # fmt: skip
-    assert code == 0
-    warning = "sdglass: warning: model was trained for J = 6 but is used with J = 1\n"
+def test_a_model_for_other_electrons_is_refused_and_another_density_warned(
+    tmp_path, capsys, tiny_model_file
+):
+    ml = ("quench", "--engine", "ml", "--model", tiny_model_file, "-n", 20, "--configs", 1,
+          "--replicas", 1, "--t-max", 0.04)  # fmt: skip
+    # the ML engine simulates the model's J = 6: a file saying J = 1 would be wrong
+    code, _, err = run(capsys, *ml, "--J", 1, "-o", tmp_path / "j1.h5")
+    assert code == 2 and not (tmp_path / "j1.h5").exists()
+    line = error_line(err)
+    assert "model was trained for J = 6 but is used with J = 1" in line
+    assert "use the ED engine" in line
+    # another density: the system is really that dense; the model extrapolates, one warning
+    code, _, err = run(capsys, *ml, "--box", 3, "-o", tmp_path / "dense.h5")
+    assert code == 0 and (tmp_path / "dense.h5").exists()
+    warning = "sdglass: warning: model was trained for density = 0.8 but is used with density"
     assert err.count(warning) == 1
     assert "UserWarning" not in err and "check_physical_parameters" not in err  # no source line
 

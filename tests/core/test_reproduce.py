@@ -366,3 +366,17 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tmp_path, ti
         ):
             reproduce(TINY, report, tiny_model_file, resume=resume, log=lambda line: None)
     assert report.read_bytes() == b"a file the user keeps"
+
+
+def test_a_model_for_other_electrons_is_refused_before_any_work(tmp_path):
+    from core.config import ConfigError
+    from core.model import Architecture, DescriptorSpec, EnergyModel
+    from core.modelfile import ModelCard, save_model
+    from tests.conftest import PAPER_PHYSICAL
+
+    spec = DescriptorSpec(rc=1.4, radii=(0.6, 0.9, 1.2), w=0.2, d_prime=(1.0,))
+    weak = ModelCard({**PAPER_PHYSICAL, "J": 1.0})
+    path = save_model(tmp_path / "j1.safetensors", EnergyModel(spec, Architecture.parse("8")), weak)
+    with pytest.raises(ConfigError, match="model was trained for J = 1 but is used with J = 6"):
+        reproduce(TINY, tmp_path / "run", path, log=lambda line: None)
+    assert not (tmp_path / "run").exists()
