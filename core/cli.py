@@ -274,6 +274,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
         correlation_features,
         correlation_history,
         droplet_values,
+        noise_floor_values,
         peak_verdict,
         psi_verdict,
     )
@@ -287,7 +288,9 @@ def cmd_summary(args: argparse.Namespace) -> None:
         check_figure_output(args.plot, args.force)
     traj = read_trajectory(args.run)
     fit, growth = droplet_values(traj, args.fit_from, args.fit_to)
-    values = {**correlation_features(traj), "history": correlation_history(traj), **growth}
+    features = correlation_features(traj)
+    floor = noise_floor_values(traj, features["noise"])
+    values = {**features, "history": correlation_history(traj), **growth, **floor}
     if args.json:
         print(json.dumps(values, default=str))
     else:
@@ -335,6 +338,24 @@ def cmd_summary(args: argparse.Namespace) -> None:
                 f" psi = {values['growth_psi']:.3f} +- {values['growth_psi_err']:.3f} "
                 f"({psi_verdict(values['growth_psi'], values['growth_psi_err'])} against 1.02)"
             )
+        floor_fit = ""
+        if values["floor_growth_psi"] is not None:
+            lo, hi = values["floor_growth_fit_range"]
+            psi, err = values["floor_growth_psi"], values["floor_growth_psi_err"]
+            floor_fit = (
+                f"; droplet fit of its growth (t = {lo:.3g}..{hi:.3g}): psi = {psi:.3f} +- "
+                f"{err:.3f} ({psi_verdict(psi, err)} against 1.02)"
+            )
+        smallest = (
+            "nothing above the noise after t = 0"
+            if values["floor_xi_min"] is None
+            else f"smallest {values['floor_xi_min']:.3f} at t = {values['floor_xi_min_t']:.3g}"
+        )
+        print(
+            f"  xi with the noise ({values['noise']:.4f} per bin) taken off |C|: "
+            f"{values['floor_xi_first']:.3f} -> {values['floor_xi_last']:.3f} ell, "
+            f"{smallest}{floor_fit}"
+        )
         if values["psi"] is None:
             window = (
                 f"t = {args.fit_from:g}..{'end' if args.fit_to is None else f'{args.fit_to:g}'}"

@@ -104,11 +104,15 @@ class CorrelationAccumulator:
             return np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), 0.0)
 
 
-def correlation_length(edges: np.ndarray, corr: np.ndarray) -> np.ndarray:
-    """xi = int r |C(r)| dr / int |C(r)| dr over the bins (paper Sec. IV); NaN where C = 0."""
+def correlation_length(edges: np.ndarray, corr: np.ndarray, floor: float = 0.0) -> np.ndarray:
+    """xi = int r |C(r)| dr / int |C(r)| dr over the bins (paper Sec. IV); NaN where C = 0.
+
+    floor > 0 takes that much off every |C| first (clipped at 0), e.g. the sampling noise
+    per bin, which otherwise spreads weight evenly over all r: a check of the estimator,
+    not PHYSICS.md's xi."""
     edges = np.asarray(edges, dtype=float)
     centres = 0.5 * (edges[1:] + edges[:-1])
-    weight = np.abs(corr) * np.diff(edges)
+    weight = np.clip(np.abs(corr) - floor, 0.0, None) * np.diff(edges)
     norm = weight.sum(-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(norm > 0, (weight * centres).sum(-1) / norm, np.nan)

@@ -529,6 +529,20 @@ def growth_step(run: Setting) -> Step:
     return Step("fig5-xi.png", ["fig5-ml.h5"], values, time.perf_counter() - start)
 
 
+def _growth(times: np.ndarray, xi: np.ndarray):
+    """Index of the smallest xi after t = 0 (growth can only start there) and the droplet
+    fit from it on (None when fewer than 3 records follow)."""
+    from core.observables import fit_droplet
+
+    if not np.isfinite(xi[1:]).any():  # with a noise floor: nothing above it after t = 0
+        return None, None
+    smallest = 1 + int(np.nanargmin(xi[1:]))
+    try:
+        return smallest, fit_droplet(times, xi, float(times[smallest]))
+    except ValueError:
+        return smallest, None
+
+
 def droplet_values(
     traj, t_min: float = 1.5, t_max: float | None = None
 ) -> tuple[Any, dict[str, Any]]:
@@ -538,30 +552,49 @@ def droplet_values(
     alone (from the smallest xi on; None when fewer than 3 records follow), |m| at the end."""
     from core.observables import fit_droplet
 
-    def fitted(lo: float, hi: float | None):
-        try:
-            return fit_droplet(traj.times, traj.xi, lo, hi)
-        except ValueError:
-            return None
-
-    fit = fitted(t_min, t_max)
+    try:
+        fit = fit_droplet(traj.times, traj.xi, t_min, t_max)
+    except ValueError:
+        fit = None
     n = int(traj.attrs["n"])
-    smallest = 1 + int(np.argmin(traj.xi[1:]))
-    growth = fitted(float(traj.times[smallest]), None)
+    smallest, growth = _growth(traj.times, traj.xi)
     return fit, {
         "xi_min": float(traj.xi[smallest]),
         "xi_min_t": float(traj.times[smallest]),
-        "growth_psi": None if growth is None else growth.psi,
-        "growth_psi_err": None if growth is None else growth.psi_err,
-        "growth_fit_range": None if growth is None else (growth.t_min, growth.t_max),
-        "psi": None if fit is None else fit.psi,
-        "psi_err": None if fit is None else fit.psi_err,
-        "fit_range": None if fit is None else (fit.t_min, fit.t_max),
+        **_fit_values("growth_", growth),
+        **_fit_values("", fit),
         "xi_first": float(traj.xi[1]),
         "xi_last": float(traj.xi[-1]),
         "magnetisation_last": float(traj.magnetisation[-1]),
         "random_magnetisation": 1 / math.sqrt(n),
         "t_max": float(traj.times[-1]),
+    }
+
+
+def _fit_values(prefix: str, fit) -> dict[str, Any]:
+    """psi, psi_err and fit_range of a droplet fit (None each without one), keys prefixed."""
+    return {
+        f"{prefix}psi": None if fit is None else fit.psi,
+        f"{prefix}psi_err": None if fit is None else fit.psi_err,
+        f"{prefix}fit_range": None if fit is None else (fit.t_min, fit.t_max),
+    }
+
+
+def noise_floor_values(traj, noise: float) -> dict[str, Any]:
+    """xi with the sampling noise per bin taken off every |C| first (correlation_length's
+    floor), a check of whether PHYSICS.md's xi falls or stays flat only because the noise
+    spreads its weight over all r: xi at the first and last record, its smallest value and
+    the droplet fit of its growth from there."""
+    from core.observables import correlation_length
+
+    xi = correlation_length(traj.r_edges, traj.corr, floor=noise)
+    smallest, growth = _growth(traj.times, xi)
+    return {
+        "floor_xi_first": float(xi[1]),
+        "floor_xi_last": float(xi[-1]),
+        "floor_xi_min": None if smallest is None else float(xi[smallest]),
+        "floor_xi_min_t": None if smallest is None else float(traj.times[smallest]),
+        **_fit_values("floor_growth_", growth),
     }
 
 

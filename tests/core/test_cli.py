@@ -307,7 +307,7 @@ def test_compare_rejects_other_bins(tmp_path, capsys):
 
 
 def test_summary_quotes_the_papers_quantities_of_a_run(tmp_path, capsys):
-    from core.observables import fit_droplet
+    from core.observables import correlation_length, fit_droplet
     from core.reproduce import correlation_features, correlation_history
 
     path, fig = tmp_path / "q.h5", tmp_path / "q.png"
@@ -324,10 +324,14 @@ def test_summary_quotes_the_papers_quantities_of_a_run(tmp_path, capsys):
     assert values["psi"] == pytest.approx(fit_droplet(traj.times, traj.xi).psi)
     assert values["magnetisation_last"] == pytest.approx(traj.magnetisation[-1])
     assert values["random_magnetisation"] == pytest.approx(0.25)  # 1 / sqrt(16)
+    floor_xi = correlation_length(traj.r_edges, traj.corr, floor=values["noise"])
+    assert values["floor_xi_last"] == pytest.approx(floor_xi[-1])
+    assert values["floor_xi_min"] == pytest.approx(np.nanmin(floor_xi[1:]))
     code, out, _ = run(capsys, "summary", path, "--plot", fig)
     assert code == 0 and "ED-LLG, N = 16, 1 configurations x 2 replicas, t = 0..4" in out
     assert "droplet fit (log t)^(1/psi)" in out and "against the paper's 1.02" in out
     assert "reaches the paper's -0.4: not by t = 4" in out and "sampling noise of C" in out
+    assert f"xi with the noise ({values['noise']:.4f} per bin) taken off |C|: " in out
     assert fig.stat().st_size > 10_000
     code, _, err = run(capsys, "summary", path, "--plot", fig)
     assert code == 2 and "refusing to overwrite" in error_line(err)

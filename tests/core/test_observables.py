@@ -117,6 +117,22 @@ def test_correlation_length_exponential_and_constant():
     assert np.isnan(correlation_length(edges, np.zeros_like(r)))
 
 
+def test_correlation_length_with_a_noise_floor_ignores_the_noise():
+    # a signal at r < 1 and a noise of +-0.01 out to r = 10: the noise's even spread moves
+    # xi out towards 5 ell; taking 0.01 off every |C| leaves the signal's own xi
+    edges = np.linspace(0.0, 10.0, 101)
+    r = 0.5 * (edges[1:] + edges[:-1])
+    signal = np.where(r < 1, -0.4, 0.0)
+    noise = 0.01 * np.where(np.arange(len(r)) % 2 == 0, 1.0, -1.0) * (r > 1)
+    assert correlation_length(edges, signal) == pytest.approx(0.5)
+    assert correlation_length(edges, signal + noise) > 1.4
+    assert correlation_length(edges, signal + noise, floor=0.01) == pytest.approx(0.5)
+    assert np.isnan(correlation_length(edges, noise, floor=0.01))  # nothing above the floor
+    # (T, R) at once, the floor applied at every time
+    both = correlation_length(edges, np.stack([signal + noise, 2 * signal + noise]), floor=0.01)
+    np.testing.assert_allclose(both, [0.5, 0.5])
+
+
 def test_magnetisation():
     up = torch.zeros(2, 10, 3, dtype=torch.float64)
     up[..., 2] = 1

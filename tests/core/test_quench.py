@@ -103,12 +103,10 @@ def tiny_result_shape(qc):
     return (len(qc.record_steps()), len(qc.edges()) - 1)
 
 
-def test_ml_engine_refuses_other_electrons_and_warns_about_another_density(
-    tiny, tiny_model_file
-):
+def test_ml_engine_refuses_other_electrons_and_warns_about_another_density(tiny, tiny_model_file):
     ml = {**tiny.__dict__, "engine": "ml", "model_path": str(tiny_model_file), "configs": 1}
     for other in (ElectronConfig(J=1.0), ElectronConfig(filling=0.4), ElectronConfig(kT_e=0.1)):
-        with pytest.raises(ConfigError, match="model was trained for .* the ML engine simulates"):
+        with pytest.raises(ConfigError, match=r"model was trained for .* the ML engine simulates"):
             run_quench(QuenchConfig(**{**ml, "electrons": other}))
     sparser = SystemConfig(n=tiny.system.n, box=tiny.system.side * 1.1)
     with pytest.warns(UserWarning, match="density = 0.8 but is used with density = 0.6"):
