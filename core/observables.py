@@ -118,6 +118,12 @@ def correlation_length(edges: np.ndarray, corr: np.ndarray, floor: float = 0.0) 
         return np.where(norm > 0, (weight * centres).sum(-1) / norm, np.nan)
 
 
+def sampling_noise(corr: np.ndarray) -> float:
+    """The sampling noise of C per bin: the rms of C(r, 0) over the bins (random spins at
+    t = 0, where the true C is 0), from C(r, t) of shape (T, R)."""
+    return float(np.sqrt(np.mean(np.asarray(corr)[0] ** 2)))
+
+
 def magnetisation(spins: torch.Tensor) -> torch.Tensor:
     """|m| = |(1/N) sum_i S_i| per replica, shape (B,)."""
     return spins.mean(dim=-2).norm(dim=-1)

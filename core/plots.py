@@ -10,10 +10,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FormatStrFormatter
 
 from core.config import ConfigError
 from core.electrons import BULK_SHARE, DensityOfStates, states_quantile
 from core.io import atomic_output, check_output
+from core.observables import correlation_length, sampling_noise
 
 
 def _format(path: str | Path) -> str:
@@ -67,10 +69,22 @@ def draw_correlations(
     ax.legend(fontsize=7, ncol=2)
 
 
-def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None) -> None:
-    """xi(t) on log-log axes, with the droplet fit (log t)^(1/psi) if given (paper Fig. 5)."""
+def above_noise(traj) -> np.ndarray:
+    """xi(t) of a trajectory with the sampling noise per bin taken off every |C| first."""
+    return correlation_length(traj.r_edges, traj.corr, floor=sampling_noise(traj.corr))
+
+
+def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None, floor_xi=None) -> None:
+    """xi(t) on log-log axes, with the droplet fit (log t)^(1/psi) if given (paper Fig. 5)
+    and, if given, xi with the noise taken off |C| (`above_noise`) in grey."""
     ok = (times > 0) & np.isfinite(xi)
     ax.loglog(times[ok], xi[ok], "o-", ms=3, label=r"$\xi(t)$")
+    if floor_xi is not None:
+        ok = (times > 0) & np.isfinite(floor_xi)
+        ax.loglog(
+            times[ok], floor_xi[ok], "s-", ms=2.5, lw=0.8, color="0.55",
+            label=r"$\xi$, noise taken off $|C|$",
+        )  # fmt: skip
     if fit is not None:
         t = np.logspace(np.log10(fit.t_min), np.log10(fit.t_max), 100)
         ax.loglog(
@@ -79,6 +93,10 @@ def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None) -> None:
         )  # fmt: skip
     ax.set_xlabel(r"$t$ ($1/\gamma t_0$)")
     ax.set_ylabel(r"$\xi$ ($\ell$)")
+    low, high = ax.get_ylim()
+    if high < 10 * low:  # xi spans less than a decade: label the minor ticks, not only 10^0
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
     ax.legend(fontsize=7)
 
 
@@ -88,7 +106,7 @@ def quench_figure(traj, title: str = "", fit=None) -> Figure:
     picks = pick_times(traj.times)
     r_min = float(traj.attrs.get("r_min", traj.r_edges[0]))
     draw_correlations(left, traj.r_centres, traj.corr, traj.times, r_min, picks)
-    draw_xi(right, traj.times, traj.xi, fit)
+    draw_xi(right, traj.times, traj.xi, fit, above_noise(traj))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

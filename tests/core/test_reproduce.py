@@ -2,6 +2,7 @@
 holds the statement table; the C(r, t) features it quotes are measured correctly."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,6 +38,11 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
     ):
         assert statement in text, statement
     assert "not reached: the run ends at t = 0.8" in text  # t >= 150 is beyond this scale
+    # every row of the statement table has its 4 cells: a | inside one (|m|, |C|) is escaped
+    table = text.split("| paper | paper value | measured here | verdict |")[1].split("\n\n")[0]
+    rows = table.strip().splitlines()[1:]
+    assert len(rows) >= 10 and all(len(re.split(r"(?<!\\)\|", r)) == 6 for r in rows), rows
+    assert "\\|m\\| = " in text and "noise taken off every \\|C\\|" in text
     assert "## Fig. 4 continued: ML-LLG to t = 0.8" in text
     values = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(values) == {"fig2", "fig3", "fig4", "fig4late", "fig5"}
