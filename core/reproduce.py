@@ -805,18 +805,26 @@ def psi_reason(fig5: dict[str, Any], history: dict[str, Any]) -> str:
         if reach is not None
         else f"which has not happened by t = {history['at'][-1]['t']:.3g} here (Fig. 4 continued)"
     )
+    floor = (
+        " With the sampling noise taken off every |C| first (a check of the estimator, the "
+        f"table's last psi row), xi goes from {fig5['floor_xi_first']:.2f} to "
+        f"{fig5['floor_xi_last']:.2f}."
+        if "floor_xi_first" in fig5
+        else ""
+    )
     if last >= first:
         return (
             f"- psi. xi(t) grows only from {first:.2f} to {last:.2f} over the times this "
             "scale reaches, so (log t)^(1/psi) is fitted to a nearly flat curve and psi is "
             "ill-determined; the paper fits up to t ~ 10^3 with 200 replicas (`--scale paper`)."
+            + floor
         )
     return (
         f"- psi. xi(t) falls here, from {first:.2f} to {last:.2f}. PHYSICS.md's xi = "
         "int r |C| dr / int |C| dr is set by noise at first: at the random start |C| is "
         "sampling noise spread evenly over all r. As the short-range anticorrelation grows, "
         "the weight moves to small r and xi falls. Growth as in the paper's Fig. 5 can only "
-        f"show once that order has formed, {formed}, so this fit does not test psi."
+        f"show once that order has formed, {formed}, so this fit does not test psi." + floor
     )
 
 

@@ -329,6 +329,10 @@ def test_psi_reason_says_whether_xi_grew_or_fell():
         {"xi_first": 1.55, "xi_last": 1.32}, never
     )
     assert "grows only from 1.20 to 1.25" in psi_reason({"xi_first": 1.2, "xi_last": 1.25}, never)
+    assert "noise taken off" not in falls  # a report of an older version: no such check
+    floor = {"xi_first": 1.55, "xi_last": 1.32, "floor_xi_first": 0.72, "floor_xi_last": 0.79}
+    assert "taken off every |C| first" in psi_reason(floor, reached)
+    assert "xi goes from 0.72 to 0.79." in psi_reason(floor, reached)
 
 
 def test_ed_configurations_share_one_batch_on_a_gpu_only():
