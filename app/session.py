@@ -67,7 +67,7 @@ class AppSession:
     snapshot_ready = Signal(object)
     system_changed = Signal()
     model_changed = Signal()
-    run_state_changed = Signal(str)  # "running", "paused", "stopped"
+    run_state_changed = Signal(str)  # "running", "paused", "stopping" (after this step), "stopped"
     closing = Signal()  # the window closes: panels drop their background jobs
 
     def __init__(
@@ -267,10 +267,14 @@ class AppSession:
             self._set_state("running")
 
     def stop(self, wait: bool = False) -> None:
-        """Ask the worker to quit; with wait, block until its thread has ended and its last
+        """Ask the worker to quit after its current step ("stopping" until then: an ED step
+        at large N takes seconds); with wait, block until its thread has ended and its last
         state is shown."""
         worker = self._ask_to_quit()
-        if worker is None or not wait:
+        if worker is None:
+            return
+        self._set_state("stopping")
+        if not wait:
             return
         # the worker's finished signal arrives through the main event loop
         deadline = time.monotonic() + STOP_TIMEOUT_S

@@ -164,6 +164,37 @@ def test_pause_resume_stop(app_viewer, qtbot):
     assert session.state == "stopped" and dyn.start_button.enabled
 
 
+def test_a_slow_step_counts_its_seconds_and_stop_says_it_waits_for_it(
+    app_viewer, qtbot, monkeypatch
+):
+    import time
+
+    from app.panels import dynamics
+
+    monkeypatch.setattr(dynamics, "SLOW_STEP_S", 0.2)
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    dyn._ticker.setInterval(50)
+    fast = session.sim.stepper.provider
+
+    class Slow:  # ED at large N: seconds a step
+        def fields(self, spins):
+            time.sleep(0.5)
+            return fast.fields(spins)
+
+    session.sim.stepper.provider = Slow()
+    dyn.start()
+    qtbot.waitUntil(lambda: "computing step 1: " in dyn.readout.value, timeout=TIMEOUT)
+    assert dyn.readout.value.endswith("[running]")
+    dyn.stop_button.clicked.emit()  # mid-step: the run ends after it
+    assert session.state == "stopping" and dyn.readout.value.endswith("[stopping]")
+    assert not (dyn.start_button.enabled or dyn.stop_button.enabled or dyn.pause_button.enabled)
+    wait_stopped(qtbot, session)
+    assert session.state == "stopped" and dyn.start_button.enabled
+    assert session.sim.step_count == 1
+    assert "steps/s   [stopped]" in dyn.readout.value and "computing" not in dyn.readout.value
+
+
 def configs_of_each_step(session, qtbot, change) -> list:
     """The LLG config each step of a run used; change(dyn) turns the panel's knobs mid-run."""
     dyn = session.panels["Dynamics"]
