@@ -193,15 +193,28 @@ class MLFieldProvider:
             return model.spec.replace(include_g3m=False, include_chi=False)
         return model.spec
 
+    def shares_geometry(self, model: EnergyModel) -> bool:
+        """Whether `model` reads the descriptor this provider's geometry was built for."""
+        return self._spec_of(model) == self.spec
+
     def for_model(self, model: EnergyModel) -> MLFieldProvider:
         """A provider of `model` on the same atoms: it shares this one's descriptor geometry
         when their descriptors agree (a retrained model: no set-up, which takes seconds at
         large N), else builds its own."""
-        if self._spec_of(model) != self.spec:
+        if not self.shares_geometry(model):
             return MLFieldProvider(model, self.systems, self.device, self.dtype)
         twin = copy.copy(self)
         twin.source, twin.model = model, self._placed(model, self.device, self.dtype)
         return twin
+
+    def to(self, device: torch.device | str) -> MLFieldProvider:
+        """This provider on another device: the descriptor geometry is moved, not built
+        again (seconds at large N), and the model is placed there."""
+        moved = copy.copy(self)
+        moved.device = torch.device(device)
+        moved.geometry = self.geometry.to(moved.device)
+        moved.model = self._placed(self.source, moved.device, self.dtype)
+        return moved
 
     def energy(self, spins: torch.Tensor) -> torch.Tensor:
         return self.model.energy(features(self.geometry, spins.to(self.dtype)))

@@ -203,10 +203,12 @@ class Simulation:
             return EDSolver(system, electrons, device)
         assert model is not None
         for kept in (getattr(self, "provider", None), self._ml_under_ed):
-            # a model for the same atoms and device: the descriptor geometry is reused
+            # a model for the same atoms: the descriptor geometry is reused, moved to
+            # another device if need be
             if isinstance(kept, MLFieldProvider) and kept.systems[0] is system:
-                if len(kept.systems) == 1 and kept.device == torch.device(device):
-                    return kept.for_model(model)
+                if len(kept.systems) == 1 and kept.shares_geometry(model):
+                    there = kept if kept.device == torch.device(device) else kept.to(device)
+                    return there.for_model(model)
         return MLFieldProvider(model, system, device)
 
     def generate(

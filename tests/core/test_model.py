@@ -59,6 +59,17 @@ def test_the_provider_leaves_the_given_model_where_it_was(system):
     assert twin.source is model and twin.model is not model
 
 
+def test_a_provider_moved_to_another_device_shares_no_tensor_and_gives_the_same_fields(system):
+    model = random_model(Architecture.parse("compact"))
+    here = MLFieldProvider(model, system)
+    there = here.to("cpu:0")  # another torch device on this machine (a GPU takes this path)
+    assert there.device == torch.device("cpu:0") and here.device == torch.device("cpu")
+    assert there.geometry is not here.geometry and there.source is model
+    spins = random_spins(2, system.n, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(there.fields(spins), here.fields(spins))
+    assert there.shares_geometry(model) and here.for_model(model).geometry is here.geometry
+
+
 def test_locality_spin_outside_cutoff_leaves_local_energy(system):
     model = random_model(Architecture.parse("compact"))
     prov = MLFieldProvider(model, system, dtype=torch.float64)

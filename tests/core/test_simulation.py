@@ -308,6 +308,27 @@ def test_a_model_with_the_same_descriptor_reuses_the_geometry(tiny_model_file):
     assert sim.provider.for_model(other).geometry is not geometry  # another descriptor
 
 
+def test_a_device_switch_moves_the_ml_geometry_instead_of_building_it(tiny_model_file, monkeypatch):
+    # "cpu:0" is another torch device on this machine: it takes the path of a switch to
+    # cuda, where building the geometry again costs seconds at large N
+    import core.model
+
+    model, _ = load_model(tiny_model_file)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), engine="ml", model=model)
+    spins = sim.spins.clone()
+    before = sim.provider.fields(spins)[0]
+
+    def build_again(*args, **kwargs):
+        raise AssertionError("the geometry was built again")
+
+    monkeypatch.setattr(core.model, "build_geometry", build_again)
+    sim.set_device("cpu:0")
+    assert sim.provider.device == torch.device("cpu:0") and sim.provider.source is model
+    torch.testing.assert_close(sim.provider.fields(spins)[0], before)
+    sim.advance(2)
+    assert sim.step_count == 2
+
+
 def test_an_engine_switch_keeps_the_noise_streams_going(tiny_model_file):
     model, _ = load_model(tiny_model_file)
     config = LLGConfig(dt=0.05, temperature=0.1)
