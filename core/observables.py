@@ -7,7 +7,7 @@ processes, machines) merge by adding them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,6 +36,10 @@ class PairBins:
     @property
     def centres(self) -> np.ndarray:
         return 0.5 * (self.edges[1:] + self.edges[:-1])
+
+    def to(self, device: torch.device | str) -> PairBins:
+        """The same bins on another device (no pair search again: seconds at large N)."""
+        return replace(self, pairs=self.pairs.to(device), bin_index=self.bin_index.to(device))
 
 
 def pair_bins(

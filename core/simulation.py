@@ -243,7 +243,7 @@ class Simulation:
             if (p.engine, p.device) != (self.engine, self.device) or ml_changed:
                 provider = self._make_provider(self.engine, p.atoms, p.electrons)
             if p.device != self.device:
-                bins = pair_bins(p.atoms, p.edges, self.device)
+                bins = bins.to(self.device)
             self.system_config, self.electrons, self.system = p.system_config, p.electrons, p.atoms
             self.edges, self.bins, self.provider = p.edges, bins, provider
             self._ml_under_ed = None
@@ -307,7 +307,7 @@ class Simulation:
             previous, self.device = self.device, str(device)
             try:
                 provider = self._make_provider(self.engine)
-                bins = pair_bins(self.system, self.edges, self.device)
+                bins = self.bins.to(self.device)
                 spins = self.spins.to(self.device)
             except SdglassError:
                 self.device = previous

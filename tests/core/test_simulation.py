@@ -308,10 +308,13 @@ def test_a_model_with_the_same_descriptor_reuses_the_geometry(tiny_model_file):
     assert sim.provider.for_model(other).geometry is not geometry  # another descriptor
 
 
-def test_a_device_switch_moves_the_ml_geometry_instead_of_building_it(tiny_model_file, monkeypatch):
+def test_a_device_switch_moves_the_ml_geometry_and_pair_bins_instead_of_building_them(
+    tiny_model_file, monkeypatch
+):
     # "cpu:0" is another torch device on this machine: it takes the path of a switch to
     # cuda, where building the geometry again costs seconds at large N
     import core.model
+    import core.simulation
 
     model, _ = load_model(tiny_model_file)
     sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), engine="ml", model=model)
@@ -322,6 +325,7 @@ def test_a_device_switch_moves_the_ml_geometry_instead_of_building_it(tiny_model
         raise AssertionError("the geometry was built again")
 
     monkeypatch.setattr(core.model, "build_geometry", build_again)
+    monkeypatch.setattr(core.simulation, "pair_bins", build_again)  # nor the pair bins
     sim.set_device("cpu:0")
     assert sim.provider.device == torch.device("cpu:0") and sim.provider.source is model
     torch.testing.assert_close(sim.provider.fields(spins)[0], before)
