@@ -10,7 +10,8 @@ on the CPU, and compares the results against a tolerance:
   napari worker advances), ED and ML engines: K SIB steps at k_B T = 0 (the
   thermal noise is drawn on each device's own generator, so runs with noise
   differ in their random numbers), then the spins, their unit length, the
-  energy per spin and the live C(r, t) the app plots.
+  energy per spin and the live C(r, t) the app plots; and a run switched from
+  the CPU to the device halfway, as the app's Device menu does.
 
 On a CPU-only machine `--device cpu` compares the CPU with itself (everything
 agrees exactly, except purification against diagonalization: ~1e-13).
@@ -99,16 +100,30 @@ def field_checks(
     return checks
 
 
-def _advanced(engine: str, device: str, model: EnergyModel, n: int, steps: int, replicas: int):
-    sim = Simulation(
+def _simulation(engine: str, device: str, model: EnergyModel, n: int, replicas: int):
+    return Simulation(
         SystemConfig(n=n), llg=LLGConfig(temperature=0.0), engine=engine,
         replicas=replicas, device=device, model=model,
     )  # fmt: skip
+
+
+def _advanced(engine: str, device: str, model: EnergyModel, n: int, steps: int, replicas: int):
+    sim = _simulation(engine, device, model, n, replicas)
     sim.advance(1)  # warm-up (CUDA kernels load on first use); the clock restarts below
     sim.reset_spins()
     start = time.perf_counter()
     sim.advance(steps)
     return sim.snapshot(), steps / (time.perf_counter() - start)
+
+
+def _switched(engine: str, device: str, model: EnergyModel, n: int, steps: int, replicas: int):
+    """Half the steps on the CPU, then the app's Device menu: the run moves to the device
+    (Simulation.set_device) and goes on there."""
+    sim = _simulation(engine, "cpu", model, n, replicas)
+    sim.advance(steps // 2)
+    sim.set_device(device)
+    sim.advance(steps - steps // 2)
+    return sim.snapshot()
 
 
 def dynamics_checks(
@@ -131,6 +146,11 @@ def dynamics_checks(
                 "t0",
             ),
             Check(f"{label} C(r, t)", _largest(got.corr, ref.corr), SPIN_TOLERANCE[engine]),
+            Check(
+                f"{label} spins S, switched from cpu midway",
+                _largest(_switched(engine, device, model, n, steps, replicas).spins, ref.spins),
+                SPIN_TOLERANCE[engine],
+            ),
         ]
         timings.append(
             Timing(f"app dynamics, {engine.upper()}, N = {n}, B = {replicas}", rate, cpu_rate)

@@ -37,6 +37,11 @@ def _faulty(base, error):
             h, e = super().fields(spins)
             return h + self.offset, e
 
+        def to(self, device):  # an ML provider moved there by a device switch
+            moved = super().to(device)
+            moved.offset = error if str(device) == FAULTY else 0.0
+            return moved
+
     return Faulty
 
 
@@ -50,6 +55,7 @@ def test_the_cpu_agrees_with_itself(model):
     for engine in ("ED", "ML"):
         assert by_name[f"app dynamics, {engine}, 3 steps: spins S"] == 0.0
         assert by_name[f"app dynamics, {engine}, 3 steps: | |S| - 1 |"] < 1e-12
+        assert by_name[f"app dynamics, {engine}, 3 steps: spins S, switched from cpu midway"] == 0
     assert [t.name for t in timings] == [
         "app dynamics, ED, N = 100, B = 2",
         "app dynamics, ML, N = 100, B = 2",
@@ -65,6 +71,7 @@ def test_wrong_ml_fields_on_the_device_fail_and_ed_still_passes(model, monkeypat
     failed = {c.name for c in checks if not c.passed}
     assert "ML fields H (float32)" in failed
     assert "app dynamics, ML, 3 steps: spins S" in failed  # the error moved the spins
+    assert "app dynamics, ML, 3 steps: spins S, switched from cpu midway" in failed
     assert not any(name.startswith(("ED", "app dynamics, ED")) for name in failed)
     ml = next(c for c in checks if c.name == "ML fields H (float32)")
     assert ml.difference == pytest.approx(1e-2, rel=1e-3)
@@ -86,8 +93,8 @@ def test_a_nan_never_passes():
 def test_cli_prints_the_table_and_exits_1_on_a_failed_check(capsys, monkeypatch):
     code, out, _ = run(capsys, "check", "--device", "cpu", "--steps", "2")
     assert code == 0
-    assert "cpu: all 14 checks agree with the CPU" in out
-    assert out.count(" ok\n") == 14
+    assert "cpu: all 16 checks agree with the CPU" in out
+    assert out.count(" ok\n") == 16
 
     def failing(device, model, n, steps, on_stage):
         return [Check("ML fields H (float32)", 1.0, 2e-5, "t0")], []
