@@ -190,7 +190,7 @@ def dos_step(run: Setting) -> Step:
         ]
         dos = density_of_states(systems, config, bins=DOS_BINS, bulk_share=BULK_SHARE)
         draw_dos(ax, dos, f"N = {n}, L = 5 (density {n / 125:g}), {scale.dos_configs} configs")
-        peak = float(dos.centres[np.argmax(dos.rho)])
+        peak = dos_peak(dos.centres, dos.rho)
         at_fermi = float(np.interp(dos.fermi_level, dos.centres, dos.rho))
         values[n] = {
             "fermi_level": dos.fermi_level,
@@ -411,6 +411,12 @@ def far_peak(r: np.ndarray, c: np.ndarray, c0: np.ndarray) -> dict[str, float]:
     far = np.flatnonzero(r > PEAK_FROM)
     j = far[int(np.argmax(c[far]))]
     return {"r": float(r[j]), "c": float(c[j]), "c_t0": float(c0[j])}
+
+
+def dos_peak(centres: np.ndarray, rho: np.ndarray) -> float:
+    """Energy of the DOS peak: the first (lowest) of the tallest bins. Bins of equal counts
+    tie up to the round-off of their widths, which would pick either from run to run."""
+    return float(centres[np.flatnonzero(rho >= rho.max() * (1 - 1e-9))[0]])
 
 
 def correlation_features(traj) -> dict[str, Any]:

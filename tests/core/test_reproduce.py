@@ -220,6 +220,17 @@ def test_progress_of_another_run_is_refused(tmp_path, tiny_model_file):
         reproduce(other, tmp_path / "run", tiny_model_file)
 
 
+def test_dos_peak_of_tied_bins_does_not_follow_round_off():
+    from core.reproduce import dos_peak
+
+    centres = np.array([-0.65, -0.628, -0.605, -0.594])
+    # two bins of equal counts, their heights apart by the round-off of their widths
+    for rho in ([5.14, 5.317086613820357, 4.79, 5.31708661382041],
+                [5.14, 5.317086613820410, 4.79, 5.31708661382035]):  # fmt: skip
+        assert dos_peak(centres, np.array(rho)) == -0.628
+    assert dos_peak(centres, np.array([5.14, 5.0, 4.79, 5.3])) == -0.594
+
+
 def test_dos_verdict_says_which_of_the_caption_and_the_text_matches():
     from core.reproduce import dos_rows, dos_verdict
 
