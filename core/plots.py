@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import FormatStrFormatter
+from matplotlib.ticker import FixedLocator, FormatStrFormatter, MaxNLocator, NullLocator
 
 from core.config import ConfigError
 from core.electrons import BULK_SHARE, DensityOfStates, states_quantile
@@ -94,10 +94,21 @@ def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None, floor_xi=None) -> N
     ax.set_xlabel(r"$t$ ($1/\gamma t_0$)")
     ax.set_ylabel(r"$\xi$ ($\ell$)")
     low, high = ax.get_ylim()
-    if high < 10 * low:  # xi spans less than a decade: label the minor ticks, not only 10^0
+    if high < 10 * low:  # xi spans less than a decade: plain ticks, not only 10^0
+        ticks = MaxNLocator(nbins=6).tick_values(low, high)
+        ax.yaxis.set_major_locator(FixedLocator(ticks[(ticks >= low) & (ticks <= high)]))
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_locator(NullLocator())
     ax.legend(fontsize=7)
+
+
+def xi_figure(traj, title: str = "", fit=None) -> Figure:
+    """xi(t) of a quench run alone, with xi above the noise and the droplet fit (paper Fig. 5)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    draw_xi(ax, traj.times, traj.xi, fit, above_noise(traj))
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
 
 
 def quench_figure(traj, title: str = "", fit=None) -> Figure:

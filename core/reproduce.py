@@ -513,10 +513,8 @@ def late_step(run: Setting) -> Step:
 def growth_step(run: Setting) -> Step:
     """xi(t) of ML-LLG at N = 500 with the droplet fit (paper Fig. 5)."""
     scale, out, force, log = run.scale, run.out, run.force, run.log
-    import matplotlib.pyplot as plt
-
     from core.observables import sampling_noise
-    from core.plots import above_noise, draw_xi, save_figure
+    from core.plots import save_figure, xi_figure
 
     start = time.perf_counter()
     seed = REPRODUCE_SEEDS["fig5"]
@@ -528,15 +526,11 @@ def growth_step(run: Setting) -> Step:
     fit, values = droplet_values(traj)
     noise = sampling_noise(traj.corr)
     values.update(noise=noise, **noise_floor_values(traj, noise))
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    draw_xi(ax, traj.times, traj.xi, fit, above_noise(traj))
-    ax.set_title(
+    title = (
         f"ML-LLG, N = {scale.fig5_n}: {scale.fig5_configs} configurations x "
-        f"{scale.fig5_replicas} replicas",
-        fontsize=9,
+        f"{scale.fig5_replicas} replicas"
     )
-    fig.tight_layout()
-    save_figure(fig, out / "fig5-xi.png", force)
+    save_figure(xi_figure(traj, title, fit), out / "fig5-xi.png", force)
     return Step("fig5-xi.png", ["fig5-ml.h5"], values, time.perf_counter() - start)
 
 
