@@ -92,6 +92,7 @@ class AppSession:
         viewer.events.theme.connect(lambda event: self.plots.set_theme(str(viewer.theme)))
         self.worker = None
         self._shown = threading.Event()  # set when the main thread has drawn a snapshot
+        self._running = threading.Event()  # cleared while the run is paused
         self.steps_per_frame = 1  # one snapshot per LLG step: 12-13 frames/s at N = 500 (README)
         self.last_snapshot = None
         self._pending = None
@@ -245,9 +246,11 @@ class AppSession:
         """Run the dynamics in a thread_worker (no-op if already running); returns the worker."""
         if self.worker is not None:
             return self.worker
+        self._running.set()
         worker = dynamics_worker(
-            self.sim, lambda: self.steps_per_frame, max_steps, shown=self._shown
-        )
+            self.sim, lambda: self.steps_per_frame, max_steps, shown=self._shown,
+            running=self._running,
+        )  # fmt: skip
         worker.yielded.connect(lambda snap, w=worker: self._on_snapshot(w, snap))
         worker.errored.connect(lambda err, w=worker: self._on_error(w, err))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
@@ -257,13 +260,14 @@ class AppSession:
         return worker
 
     def pause(self) -> None:
+        """No step starts until resume (one in progress ends first)."""
         if self.worker is not None and self.state == "running":
-            self.worker.pause()
+            self._running.clear()
             self._set_state("paused")
 
     def resume(self) -> None:
         if self.worker is not None and self.state == "paused":
-            self.worker.resume()
+            self._running.set()
             self._set_state("running")
 
     def stop(self, wait: bool = False) -> None:
@@ -303,9 +307,8 @@ class AppSession:
         worker = self.worker
         if worker is None:
             return None
-        if self.state == "paused":
-            worker.resume()
         worker.quit()
+        self._running.set()  # a paused worker wakes to see the quit
         self._shown.set()  # a worker waiting for its snapshot to be drawn goes on to quit
         return worker
 

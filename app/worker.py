@@ -2,8 +2,12 @@
 
 The worker runs several LLG steps per chunk, copies the state to CPU numpy
 (Simulation.snapshot) at most every `min_interval` seconds, and yields None in
-between so that pause and stop take effect within one chunk. Only the main
-thread touches layers and widgets (it receives the yielded snapshots).
+between so that a stop takes effect within one chunk. Pausing clears the
+`running` event, which the worker waits for before each chunk: a pause and a
+resume take effect at once in any order, even within one long step (the
+worker's own pause request could not be taken back before it was honoured).
+Only the main thread touches layers and widgets (it receives the yielded
+snapshots).
 
 On Linux the worker thread lowers its own scheduling priority (nice
 WORKER_NICE, inherited by the torch threads it starts): when the CPU is short,
@@ -62,16 +66,22 @@ def dynamics(
     max_steps: int | None = None,
     min_interval: float = MIN_INTERVAL,
     shown: threading.Event | None = None,
+    running: threading.Event | None = None,
 ):
     """Generator: advance in chunks of steps_per_frame(); yield a Snapshot or None per chunk.
 
     shown: after yielding a snapshot, wait (at most SHOWN_TIMEOUT_S) until the main thread
     sets this event, i.e. has drawn the snapshot: the steps then run while the window is idle
-    instead of competing with its drawing for the two cores."""
+    instead of competing with its drawing for the two cores. running: cleared while paused;
+    the next chunk waits until it is set again (a stop sets it too, to be seen)."""
     lower_priority()
     done = 0
     last = time.perf_counter()
     while max_steps is None or done < max_steps:
+        if running is not None and not running.is_set():
+            running.wait()
+            yield None  # a stop asked meanwhile is seen here, before any step
+            continue
         n = max(1, int(steps_per_frame()))
         if max_steps is not None:
             n = min(n, max_steps - done)
@@ -99,8 +109,9 @@ def dynamics_worker(
     max_steps: int | None = None,
     min_interval: float = MIN_INTERVAL,
     shown: threading.Event | None = None,
+    running: threading.Event | None = None,
 ) -> GeneratorWorker:
     """A not-yet-started napari GeneratorWorker running `dynamics`."""
     return thread_worker(dynamics, start_thread=False)(
-        sim, steps_per_frame, max_steps, min_interval, shown
+        sim, steps_per_frame, max_steps, min_interval, shown, running
     )

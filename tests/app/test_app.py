@@ -195,6 +195,31 @@ def test_a_slow_step_counts_its_seconds_and_stop_says_it_waits_for_it(
     assert "steps/s   [stopped]" in dyn.readout.value and "computing" not in dyn.readout.value
 
 
+def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qtbot):
+    import time
+
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    fast = session.sim.stepper.provider
+
+    class Slow:  # a step of 0.6 s: both clicks land within it
+        def fields(self, spins):
+            time.sleep(0.3)
+            return fast.fields(spins)
+
+    session.sim.stepper.provider = Slow()
+    dyn.start()
+    qtbot.wait(200)  # step 1 in progress
+    dyn.pause_button.clicked.emit()
+    assert session.state == "paused"
+    dyn.pause_button.clicked.emit()  # Resume before step 1 has ended
+    assert session.state == "running"
+    # the run goes on (the worker used to pause later, on its own, under "running")
+    qtbot.waitUntil(lambda: session.sim.step_count >= 4, timeout=TIMEOUT)
+    dyn.stop_button.clicked.emit()
+    wait_stopped(qtbot, session)
+
+
 def configs_of_each_step(session, qtbot, change) -> list:
     """The LLG config each step of a run used; change(dyn) turns the panel's knobs mid-run."""
     dyn = session.panels["Dynamics"]

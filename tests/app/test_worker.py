@@ -71,3 +71,16 @@ def test_a_drawn_snapshot_lets_the_worker_step_on(app_viewer, qtbot, monkeypatch
     session.start(max_steps=100)  # a snapshot every MIN_INTERVAL: several
     qtbot.waitUntil(lambda: session.worker is None, timeout=20_000)
     assert session.sim.step_count == 100 and time.perf_counter() - start < 15
+
+
+def test_a_cleared_running_event_holds_the_steps_until_it_is_set():
+    sim = Simulation(SystemConfig(n=12, seed=1))
+    running = threading.Event()
+    gen = dynamics(sim, lambda: 1, max_steps=2, min_interval=0.0, running=running)
+    threading.Timer(0.2, running.set).start()  # resumed a little later
+    assert next(gen) is None and sim.step_count == 0  # woke without stepping: a stop is seen
+    assert next(gen).step == 1
+    running.clear()  # paused again: no further step until set
+    threading.Timer(0.1, running.set).start()
+    assert next(gen) is None and sim.step_count == 1
+    assert next(gen).step == 2
