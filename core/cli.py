@@ -288,9 +288,10 @@ def cmd_summary(args: argparse.Namespace) -> None:
         check_figure_output(args.plot, args.force)
     traj = read_trajectory(args.run)
     fit, growth = droplet_values(traj, args.fit_from, args.fit_to)
-    features = correlation_features(traj)
-    floor = noise_floor_values(traj, features["noise"])
-    values = {**features, "history": correlation_history(traj), **growth, **floor}
+    values = {
+        **correlation_features(traj), "history": correlation_history(traj), **growth,
+        **noise_floor_values(traj),
+    }  # fmt: skip
     if args.json:
         print(json.dumps(values, default=str))
     else:

@@ -128,6 +128,12 @@ def sampling_noise(corr: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.asarray(corr)[0] ** 2)))
 
 
+def xi_above_noise(edges: np.ndarray, corr: np.ndarray) -> np.ndarray:
+    """xi(t) with the sampling noise per bin taken off every |C| first (a check of the
+    estimator, not PHYSICS.md's xi), from C(r, t) of shape (T, R)."""
+    return correlation_length(edges, corr, floor=sampling_noise(corr))
+
+
 def magnetisation(spins: torch.Tensor) -> torch.Tensor:
     """|m| = |(1/N) sum_i S_i| per replica, shape (B,)."""
     return spins.mean(dim=-2).norm(dim=-1)

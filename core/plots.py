@@ -15,7 +15,7 @@ from matplotlib.ticker import FixedLocator, FormatStrFormatter, MaxNLocator, Nul
 from core.config import ConfigError
 from core.electrons import BULK_SHARE, DensityOfStates, states_quantile
 from core.io import atomic_output, check_output
-from core.observables import correlation_length, sampling_noise
+from core.observables import xi_above_noise
 
 
 def _format(path: str | Path) -> str:
@@ -69,14 +69,9 @@ def draw_correlations(
     ax.legend(fontsize=7, ncol=2)
 
 
-def above_noise(traj) -> np.ndarray:
-    """xi(t) of a trajectory with the sampling noise per bin taken off every |C| first."""
-    return correlation_length(traj.r_edges, traj.corr, floor=sampling_noise(traj.corr))
-
-
 def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None, floor_xi=None) -> None:
     """xi(t) on log-log axes, with the droplet fit (log t)^(1/psi) if given (paper Fig. 5)
-    and, if given, xi with the noise taken off |C| (`above_noise`) in grey."""
+    and, if given, xi with the noise taken off |C| (`xi_above_noise`) in grey."""
     ok = (times > 0) & np.isfinite(xi)
     ax.loglog(times[ok], xi[ok], "o-", ms=3, label=r"$\xi(t)$")
     if floor_xi is not None:
@@ -105,7 +100,7 @@ def draw_xi(ax, times: np.ndarray, xi: np.ndarray, fit=None, floor_xi=None) -> N
 def xi_figure(traj, title: str = "", fit=None) -> Figure:
     """xi(t) of a quench run alone, with xi above the noise and the droplet fit (paper Fig. 5)."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    draw_xi(ax, traj.times, traj.xi, fit, above_noise(traj))
+    draw_xi(ax, traj.times, traj.xi, fit, xi_above_noise(traj.r_edges, traj.corr))
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -117,7 +112,7 @@ def quench_figure(traj, title: str = "", fit=None) -> Figure:
     picks = pick_times(traj.times)
     r_min = float(traj.attrs.get("r_min", traj.r_edges[0]))
     draw_correlations(left, traj.r_centres, traj.corr, traj.times, r_min, picks)
-    draw_xi(right, traj.times, traj.xi, fit, above_noise(traj))
+    draw_xi(right, traj.times, traj.xi, fit, xi_above_noise(traj.r_edges, traj.corr))
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig

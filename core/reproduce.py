@@ -513,7 +513,6 @@ def late_step(run: Setting) -> Step:
 def growth_step(run: Setting) -> Step:
     """xi(t) of ML-LLG at N = 500 with the droplet fit (paper Fig. 5)."""
     scale, out, force, log = run.scale, run.out, run.force, run.log
-    from core.observables import sampling_noise
     from core.plots import save_figure, xi_figure
 
     start = time.perf_counter()
@@ -524,8 +523,7 @@ def growth_step(run: Setting) -> Step:
     )  # fmt: skip
     traj = _quench(qc, out / "fig5-ml.h5", force, log, "Fig. 5")
     fit, values = droplet_values(traj)
-    noise = sampling_noise(traj.corr)
-    values.update(noise=noise, **noise_floor_values(traj, noise))
+    values.update(noise_floor_values(traj))
     title = (
         f"ML-LLG, N = {scale.fig5_n}: {scale.fig5_configs} configurations x "
         f"{scale.fig5_replicas} replicas"
@@ -585,16 +583,17 @@ def _fit_values(prefix: str, fit) -> dict[str, Any]:
     }
 
 
-def noise_floor_values(traj, noise: float) -> dict[str, Any]:
-    """xi with the sampling noise per bin taken off every |C| first (correlation_length's
-    floor), a check of whether PHYSICS.md's xi falls or stays flat only because the noise
-    spreads its weight over all r: xi at the first and last record, its smallest value and
-    the droplet fit of its growth from there."""
-    from core.observables import correlation_length
+def noise_floor_values(traj) -> dict[str, Any]:
+    """xi with the sampling noise per bin taken off every |C| first (xi_above_noise), a
+    check of whether PHYSICS.md's xi falls or stays flat only because the noise spreads
+    its weight over all r: the noise, xi at the first and last record, its smallest value
+    and the droplet fit of its growth from there."""
+    from core.observables import sampling_noise, xi_above_noise
 
-    xi = correlation_length(traj.r_edges, traj.corr, floor=noise)
+    xi = xi_above_noise(traj.r_edges, traj.corr)
     smallest, growth = _growth(traj.times, xi)
     return {
+        "noise": sampling_noise(traj.corr),
         "floor_xi_first": float(xi[1]),
         "floor_xi_last": float(xi[-1]),
         "floor_xi_min": None if smallest is None else float(xi[smallest]),
