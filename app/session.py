@@ -27,7 +27,7 @@ from core.simulation import EngineChoice, Prepared, Simulation
 
 from .layers import SceneLayers
 from .plots import LivePlots
-from .worker import DynamicsError, dynamics_worker
+from .worker import PAUSED, DynamicsError, dynamics_worker
 
 #: Longest wait for a stopping worker to finish its current chunk (s).
 STOP_TIMEOUT_S = 30.0
@@ -67,7 +67,8 @@ class AppSession:
     snapshot_ready = Signal(object)
     system_changed = Signal()
     model_changed = Signal()
-    run_state_changed = Signal(str)  # "running", "paused", "stopping" (after this step), "stopped"
+    # "running", "pausing" / "stopping" (after this step), "paused", "stopped"
+    run_state_changed = Signal(str)
     closing = Signal()  # the window closes: panels drop their background jobs
 
     def __init__(
@@ -260,13 +261,14 @@ class AppSession:
         return worker
 
     def pause(self) -> None:
-        """No step starts until resume (one in progress ends first)."""
+        """No step starts until resume: "pausing" until the step in progress has ended (an
+        ED step at large N takes seconds), then "paused"."""
         if self.worker is not None and self.state == "running":
             self._running.clear()
-            self._set_state("paused")
+            self._set_state("pausing")
 
     def resume(self) -> None:
-        if self.worker is not None and self.state == "paused":
+        if self.worker is not None and self.state in ("pausing", "paused"):
             self._running.set()
             self._set_state("running")
 
@@ -318,6 +320,10 @@ class AppSession:
 
     def _on_snapshot(self, worker, snap) -> None:
         if snap is None or worker is not self.worker:
+            return
+        if snap is PAUSED:
+            if self.state == "pausing":  # not resumed or stopped meanwhile
+                self._set_state("paused")
             return
         if isinstance(snap, DynamicsError):
             self._on_error(worker, snap.error)

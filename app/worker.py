@@ -6,6 +6,8 @@ between so that a stop takes effect within one chunk. Pausing clears the
 `running` event, which the worker waits for before each chunk: a pause and a
 resume take effect at once in any order, even within one long step (the
 worker's own pause request could not be taken back before it was honoured).
+Before it waits, the worker yields PAUSED: the step that was in progress has
+ended, and the main thread can say "paused" instead of "pausing".
 Only the main thread touches layers and widgets (it receives the yielded
 snapshots).
 
@@ -41,6 +43,12 @@ class DynamicsError:
         return f"{type(self.error).__name__}: {self.error}"
 
 
+class Paused:
+    """Yielded when the worker starts waiting for a resume (no step is in progress)."""
+
+
+PAUSED = Paused()
+
 #: Shortest interval between two snapshots sent to the main thread (s).
 MIN_INTERVAL = 0.03
 #: Nice value of the dynamics thread (0 = the main thread's priority, 19 = lowest).
@@ -73,12 +81,14 @@ def dynamics(
     shown: after yielding a snapshot, wait (at most SHOWN_TIMEOUT_S) until the main thread
     sets this event, i.e. has drawn the snapshot: the steps then run while the window is idle
     instead of competing with its drawing for the two cores. running: cleared while paused;
-    the next chunk waits until it is set again (a stop sets it too, to be seen)."""
+    the next chunk waits until it is set again (a stop sets it too, to be seen), after
+    yielding PAUSED."""
     lower_priority()
     done = 0
     last = time.perf_counter()
     while max_steps is None or done < max_steps:
         if running is not None and not running.is_set():
+            yield PAUSED
             running.wait()
             yield None  # a stop asked meanwhile is seen here, before any step
             continue

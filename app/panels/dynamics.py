@@ -31,6 +31,8 @@ READOUT_SAMPLE = (
 #: takes ~6 s a step on 2 cores): seconds so far, counted every TICK_MS.
 SLOW_STEP_S = 2.0
 TICK_MS = 1000
+#: Run states in which a step may be in progress.
+STEPPING = ("running", "pausing", "stopping")
 
 
 #: The paper's quench (PHYSICS.md "LLG dynamics"); its correlations build up over t ~ 100-300.
@@ -259,7 +261,7 @@ class DynamicsPanel(Container):
     def toggle_pause(self) -> None:
         if self.session.state == "running":
             self.session.pause()
-        elif self.session.state == "paused":
+        elif self.session.state in ("pausing", "paused"):
             self.session.resume()
 
     def stop(self) -> None:
@@ -271,11 +273,12 @@ class DynamicsPanel(Container):
 
     def _state_changed(self, state: str) -> None:
         self.start_button.enabled = state == "stopped"
-        self.pause_button.enabled = self.stop_button.enabled = state in ("running", "paused")
-        self.pause_button.text = "Resume" if state == "paused" else "Pause"
+        active = ("running", "pausing", "paused")
+        self.pause_button.enabled = self.stop_button.enabled = state in active
+        self.pause_button.text = "Resume" if state in ("pausing", "paused") else "Pause"
         for w in (self.engine, self.replicas, self.device):
             w.enabled = state == "stopped"
-        if state in ("running", "stopping"):
+        if state in STEPPING:
             if not self._ticker.isActive():
                 self._step_seen = (self.session.sim.step_count, time.monotonic())
                 self._ticker.start()
@@ -300,7 +303,7 @@ class DynamicsPanel(Container):
         count, since = self._step_seen
         busy = time.monotonic() - since
         state = self.session.state
-        if state in ("running", "stopping") and busy > SLOW_STEP_S:
+        if state in STEPPING and busy > SLOW_STEP_S:
             progress = f"computing step {count + 1}: {busy:.0f} s"
         else:
             progress = f"{snap.steps_per_second:.1f} steps/s"

@@ -151,8 +151,8 @@ def test_pause_resume_stop(app_viewer, qtbot):
     dyn.start()
     qtbot.waitUntil(lambda: session.sim.step_count >= 2, timeout=TIMEOUT)
     dyn.pause_button.clicked.emit()
-    assert session.state == "paused" and dyn.pause_button.text == "Resume"
-    qtbot.wait(300)
+    assert session.state in ("pausing", "paused") and dyn.pause_button.text == "Resume"
+    qtbot.waitUntil(lambda: session.state == "paused", timeout=TIMEOUT)  # the step has ended
     paused_at = session.sim.step_count
     qtbot.wait(300)
     assert session.sim.step_count <= paused_at + 1
@@ -195,6 +195,42 @@ def test_a_slow_step_counts_its_seconds_and_stop_says_it_waits_for_it(
     assert "steps/s   [stopped]" in dyn.readout.value and "computing" not in dyn.readout.value
 
 
+def test_pause_during_a_slow_step_says_pausing_until_the_step_has_ended(
+    app_viewer, qtbot, monkeypatch
+):
+    import time
+
+    from app.panels import dynamics
+
+    monkeypatch.setattr(dynamics, "SLOW_STEP_S", 0.2)
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    dyn._ticker.setInterval(50)
+    fast = session.sim.stepper.provider
+
+    class Slow:  # ED at large N: seconds a step
+        def fields(self, spins):
+            time.sleep(0.4)
+            return fast.fields(spins)
+
+    session.sim.stepper.provider = Slow()
+    dyn.start()
+    qtbot.waitUntil(lambda: "computing step 1: " in dyn.readout.value, timeout=TIMEOUT)
+    dyn.pause_button.clicked.emit()  # mid-step: the CPU is still busy with it
+    assert session.state == "pausing" and dyn.pause_button.text == "Resume"
+    qtbot.waitUntil(lambda: dyn.readout.value.endswith("[pausing]"), timeout=TIMEOUT)
+    assert "computing step 1: " in dyn.readout.value
+    assert dyn.pause_button.enabled and dyn.stop_button.enabled
+    qtbot.waitUntil(lambda: session.state == "paused", timeout=TIMEOUT)
+    assert session.sim.step_count == 1 and dyn.readout.value.endswith("[paused]")
+    assert "computing" not in dyn.readout.value
+    qtbot.wait(1200)  # no step while paused
+    assert session.sim.step_count == 1 and session.state == "paused"
+    dyn.stop_button.clicked.emit()
+    wait_stopped(qtbot, session)
+    assert session.sim.step_count == 1
+
+
 def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qtbot):
     import time
 
@@ -211,7 +247,7 @@ def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qt
     dyn.start()
     qtbot.wait(200)  # step 1 in progress
     dyn.pause_button.clicked.emit()
-    assert session.state == "paused"
+    assert session.state == "pausing"
     dyn.pause_button.clicked.emit()  # Resume before step 1 has ended
     assert session.state == "running"
     # the run goes on (the worker used to pause later, on its own, under "running")

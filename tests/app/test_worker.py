@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from app.worker import WORKER_NICE, DynamicsError, dynamics
+from app.worker import PAUSED, WORKER_NICE, DynamicsError, dynamics
 from core.config import SystemConfig
 from core.simulation import Simulation
 
@@ -77,10 +77,12 @@ def test_a_cleared_running_event_holds_the_steps_until_it_is_set():
     sim = Simulation(SystemConfig(n=12, seed=1))
     running = threading.Event()
     gen = dynamics(sim, lambda: 1, max_steps=2, min_interval=0.0, running=running)
+    assert next(gen) is PAUSED  # no step in progress: the main thread may say "paused"
     threading.Timer(0.2, running.set).start()  # resumed a little later
     assert next(gen) is None and sim.step_count == 0  # woke without stepping: a stop is seen
     assert next(gen).step == 1
     running.clear()  # paused again: no further step until set
+    assert next(gen) is PAUSED
     threading.Timer(0.1, running.set).start()
     assert next(gen) is None and sim.step_count == 1
     assert next(gen).step == 2
