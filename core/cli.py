@@ -134,7 +134,7 @@ def cmd_quench(args: argparse.Namespace) -> None:
     """Ensemble thermal quench from random spins; trajectory file and optional figure."""
     from core.io import check_output, write_trajectory
     from core.plots import check_figure_output, quench_figure, save_figure
-    from core.quench import QuenchConfig, run_quench, to_trajectory
+    from core.quench import QuenchConfig, load_quench_model, run_quench, to_trajectory
 
     check_output(args.output, args.force)
     if args.plot:
@@ -161,12 +161,15 @@ def cmd_quench(args: argparse.Namespace) -> None:
         pack=args.pack,
         ed_method=args.ed_method,
     )
+    model = load_quench_model(qc)  # a bad model file is reported before any progress bar
     cluster = _cluster(args)
     checkpoints = _checkpoints(args)
     start = time.perf_counter()
     with _saved_on_interrupt(checkpoints and checkpoints.directory):
         with _progress(qc.configs * qc.n_steps, f"quench ({qc.engine})", "step") as bar:
-            result = run_quench(qc, on_steps=bar.update, cluster=cluster, checkpoints=checkpoints)
+            result = run_quench(
+                qc, on_steps=bar.update, cluster=cluster, checkpoints=checkpoints, model=model
+            )
     elapsed = time.perf_counter() - start
     traj = to_trajectory(result)
     write_trajectory(args.output, traj, args.force)

@@ -348,13 +348,16 @@ def run_quench(
     on_steps: Callable[[int], None] | None = None,
     cluster: ClusterSpec | None = None,
     checkpoints: Checkpoints | None = None,
+    model: EnergyModel | None = None,
 ) -> QuenchResult:
     """All groups of configurations, one after another in this process or as tasks on a
     Dask cluster (each worker loads the model file itself); on_steps(k) reports k more
     configuration-steps done (qc.configs x qc.n_steps in all). With checkpoints, finished
     groups are read back, an unfinished one continues, and each saves its progress
-    (core.checkpoint; on a cluster the directory must be shared)."""
-    model = load_quench_model(qc)  # checks the model file (and warns) before any work
+    (core.checkpoint; on a cluster the directory must be shared). model: the ML engine's
+    model if the caller has loaded it already with load_quench_model."""
+    if model is None:
+        model = load_quench_model(qc)  # checks the model file (and warns) before any work
     if cluster is None or not cluster.distributed:
         task = partial(run_group, qc, on_steps=on_steps, model=model, checkpoints=checkpoints)
         parts = map_configurations(task, qc.n_groups)

@@ -12,6 +12,7 @@ from core.config import ElectronConfig
 from core.electrons import EDSolver
 from core.errors import DisplayError
 from core.io import read_frames, read_trajectory
+from core.paths import DEFAULT_MODEL
 from core.system import AtomicSystem
 from tests.core.cli_helpers import error_line, run
 
@@ -267,6 +268,17 @@ def test_ml_quench_with_missing_model_fails_clearly(tmp_path, capsys):
         "-n", 20, "-o", tmp_path / "ml.h5",
     )  # fmt: skip
     assert code == 2 and "no such model file" in error_line(err)
+    assert "quench (ml)" not in err  # refused before a progress bar starts
+
+
+def test_ml_quench_with_a_corrupted_model_fails_before_its_progress_bar(tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(DEFAULT_MODEL.read_bytes()[:100])
+    code, _, err = run(
+        capsys, "quench", "--engine", "ml", "--model", bad, "-n", 20, "-o", tmp_path / "ml.h5"
+    )
+    assert code == 2 and "not a readable safetensors model file" in error_line(err)
+    assert "quench (ml)" not in err and not (tmp_path / "ml.h5").exists()
 
 
 def test_compare_reports_largest_difference_and_plots(tmp_path, capsys):
