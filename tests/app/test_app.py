@@ -164,25 +164,36 @@ def test_pause_resume_stop(app_viewer, qtbot):
     assert session.state == "stopped" and dyn.start_button.enabled
 
 
-def test_a_slow_step_counts_its_seconds_and_stop_says_it_waits_for_it(
-    app_viewer, qtbot, monkeypatch
-):
+def slow_steps(session, seconds: float) -> None:
+    """Each field evaluation of the session's stepper sleeps `seconds` first (ED at large N:
+    seconds a step; an SIB step evaluates twice)."""
     import time
 
+    fast = session.sim.stepper.provider
+
+    class Slow:
+        def fields(self, spins):
+            time.sleep(seconds)
+            return fast.fields(spins)
+
+    session.sim.stepper.provider = Slow()
+
+
+@pytest.fixture
+def slow_readout(app_viewer, monkeypatch):
+    """The Dynamics panel with steps of 0.8 s, counted in its readout from 0.2 s on."""
     from app.panels import dynamics
 
     monkeypatch.setattr(dynamics, "SLOW_STEP_S", 0.2)
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
     dyn._ticker.setInterval(50)
-    fast = session.sim.stepper.provider
+    slow_steps(session, 0.4)
+    return session, dyn
 
-    class Slow:  # ED at large N: seconds a step
-        def fields(self, spins):
-            time.sleep(0.5)
-            return fast.fields(spins)
 
-    session.sim.stepper.provider = Slow()
+def test_a_slow_step_counts_its_seconds_and_stop_says_it_waits_for_it(slow_readout, qtbot):
+    session, dyn = slow_readout
     dyn.start()
     qtbot.waitUntil(lambda: "computing step 1: " in dyn.readout.value, timeout=TIMEOUT)
     assert dyn.readout.value.endswith("[running]")
@@ -195,25 +206,8 @@ def test_a_slow_step_counts_its_seconds_and_stop_says_it_waits_for_it(
     assert "steps/s   [stopped]" in dyn.readout.value and "computing" not in dyn.readout.value
 
 
-def test_pause_during_a_slow_step_says_pausing_until_the_step_has_ended(
-    app_viewer, qtbot, monkeypatch
-):
-    import time
-
-    from app.panels import dynamics
-
-    monkeypatch.setattr(dynamics, "SLOW_STEP_S", 0.2)
-    _, session = app_viewer
-    dyn = session.panels["Dynamics"]
-    dyn._ticker.setInterval(50)
-    fast = session.sim.stepper.provider
-
-    class Slow:  # ED at large N: seconds a step
-        def fields(self, spins):
-            time.sleep(0.4)
-            return fast.fields(spins)
-
-    session.sim.stepper.provider = Slow()
+def test_pause_during_a_slow_step_says_pausing_until_the_step_has_ended(slow_readout, qtbot):
+    session, dyn = slow_readout
     dyn.start()
     qtbot.waitUntil(lambda: "computing step 1: " in dyn.readout.value, timeout=TIMEOUT)
     dyn.pause_button.clicked.emit()  # mid-step: the CPU is still busy with it
@@ -232,18 +226,9 @@ def test_pause_during_a_slow_step_says_pausing_until_the_step_has_ended(
 
 
 def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qtbot):
-    import time
-
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
-    fast = session.sim.stepper.provider
-
-    class Slow:  # a step of 0.6 s: both clicks land within it
-        def fields(self, spins):
-            time.sleep(0.3)
-            return fast.fields(spins)
-
-    session.sim.stepper.provider = Slow()
+    slow_steps(session, 0.3)  # a step of 0.6 s: both clicks land within it
     dyn.start()
     qtbot.wait(200)  # step 1 in progress
     dyn.pause_button.clicked.emit()
