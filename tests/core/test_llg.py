@@ -265,3 +265,52 @@ def test_noise_blocks_must_cover_the_atoms():
         stepper.step(unit_spins(1, 5, seed=19))
     with pytest.raises(ConfigError, match="noise blocks"):
         LLG(ConstantField((0, 0, 1)), LLGConfig(), blocks=[])
+
+
+def test_continued_on_the_same_kind_of_device_keeps_the_noise_streams(heisenberg):
+    spins = unit_spins(2, 16, seed=23)
+    warm = LLGConfig(temperature=0.3, alpha=0.1, seed=31)
+    whole = LLG(heisenberg, warm, blocks=[6, 10]).run(spins, 6)
+    first = LLG(heisenberg, warm, blocks=[6, 10])
+    half = first.run(spins, 3)
+    moved = first.continued_on(heisenberg, "cpu:0")
+    assert moved.blocks == (6, 10) and moved.device == torch.device("cpu", 0)
+    assert torch.equal(moved.run(half, 3), whole)
+
+
+class OtherKindGenerator:
+    """Stands in for a CUDA generator (a CPU build of torch cannot make one)."""
+
+    def __init__(self, device) -> None:
+        self.device = torch.device(device)
+        self.seeds: list[int] = []
+
+    def manual_seed(self, seed: int):
+        self.seeds.append(seed)
+        return self
+
+
+def test_continued_on_another_kind_of_device_seeds_each_block_from_its_stream(
+    heisenberg, monkeypatch
+):
+    # a CPU generator's state does not fit a CUDA one: each block's new stream is seeded by
+    # the next draw of its old one, so the switch is reproducible and the blocks stay apart
+    spins = unit_spins(1, 16, seed=24)
+    warm = LLGConfig(temperature=0.3, alpha=0.1, seed=32)
+
+    def after_three_steps() -> LLG:
+        stepper = LLG(heisenberg, warm, blocks=[6, 10])
+        stepper.run(spins, 3)
+        return stepper
+
+    _, generators = after_three_steps()._snapshot(torch.device("cpu"))
+    expected = [int(torch.randint(2**62, (1,), generator=g)) for g in generators]
+    stepper = after_three_steps()
+    with monkeypatch.context() as m:
+        m.setattr(torch, "Generator", OtherKindGenerator)
+        moved = stepper.continued_on(heisenberg, "cuda")
+        _, fresh = moved._snapshot(torch.device("cuda"))
+    assert moved.device == torch.device("cuda") and moved.blocks == (6, 10)
+    # the new generators were seeded from the config first, then from the old streams
+    assert [g.seeds for g in fresh] == [[32, expected[0]], [33, expected[1]]]
+    assert expected[0] != expected[1]
