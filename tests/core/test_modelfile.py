@@ -44,9 +44,8 @@ def test_round_trip_keeps_weights_and_card(model_file):
     assert loaded.spec == SPEC and loaded.arch == model.arch
     assert card.physical == CARD.physical and card.metrics == CARD.metrics
     assert card.training["epochs"] == 3 and "sdglass_version" in card.training
-    header = json.loads(
-        open(path, "rb").read(8 + int.from_bytes(open(path, "rb").read(8), "little"))[8:]
-    )
+    raw = path.read_bytes()  # safetensors: 8-byte little-endian header length, JSON header
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
     meta = json.loads(header["__metadata__"]["sdglass"])
     assert meta["descriptor"]["triplet_sum"] == "ordered j != k"
 
