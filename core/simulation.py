@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,6 +111,19 @@ class EngineChoice:
 
 
 @dataclass(frozen=True)
+class DeviceChoice:
+    """The field provider and C(r, t) pair bins moved to a device by
+    `Simulation.prepare_device`, for `Simulation.use_device`."""
+
+    device: str
+    engine: str
+    model: EnergyModel | None
+    system: AtomicSystem
+    provider: FieldProvider
+    bins: PairBins
+
+
+@dataclass(frozen=True)
 class StateFields:
     """Simulation.compute_fields: the spins evaluated (B, N, 3, a CPU copy), their step and
     system, and (H (B, N, 3), E (B,)) per engine."""
@@ -118,6 +132,18 @@ class StateFields:
     step: int
     system: AtomicSystem
     fields: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+@contextmanager
+def _on_device(device: str):
+    """Errors of torch on `device` (a CUDA build or driver that does not run here) as one
+    DeviceError; our own errors pass as they are."""
+    try:
+        yield
+    except SdglassError:
+        raise
+    except Exception as err:
+        raise DeviceError(f"cannot compute on {device!r}: {type(err).__name__}: {err}") from err
 
 
 @dataclass
@@ -301,25 +327,37 @@ class Simulation:
 
         ConfigError when the device is not available, DeviceError when torch cannot compute
         there (a CUDA build or driver that does not run here); nothing changes then."""
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
+        self.use_device(self.prepare_device(device))
+
+    def prepare_device(self, device: str) -> DeviceChoice:
+        """The costly part of `set_device`: the provider (the ML descriptor's geometry, moved
+        rather than built again) and the pair bins on `device`, with CUDA's start-up on first
+        use. Changes nothing, so it may run in another thread."""
+        device = str(device)
+        if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {device!r} requested but no CUDA device is available")
         with self._lock:
-            previous, self.device = self.device, str(device)
-            try:
-                provider = self._make_provider(self.engine)
-                bins = self.bins.to(self.device)
-                spins = self.spins.to(self.device)
-            except SdglassError:
-                self.device = previous
-                raise
-            except Exception as err:
-                self.device = previous
-                raise DeviceError(
-                    f"cannot compute on {device!r}: {type(err).__name__}: {err}"
-                ) from err
-            self.provider, self.bins, self.spins = provider, bins, spins
+            engine, model, system, bins = self.engine, self.model, self.system, self.bins
+        with _on_device(device):
+            provider = self._make_provider(engine, system, device=device, model=model)
+            return DeviceChoice(device, engine, model, system, provider, bins.to(device))
+
+    def use_device(self, choice: DeviceChoice) -> None:
+        """Make a prepared device current: the spins move there and the thermal noise goes
+        on. Parts prepared for a system, engine or model replaced meanwhile are made again
+        for the current ones; on an error nothing changes."""
+        c = choice
+        with self._lock, _on_device(c.device):
+            provider, bins = c.provider, c.bins
+            if c.system is not self.system or c.engine != self.engine or c.model is not self.model:
+                provider = self._make_provider(self.engine, device=c.device)
+            if c.system is not self.system:
+                bins = self.bins.to(c.device)
+            spins = self.spins.to(c.device)
+            stepper = self.stepper.continued_on(provider, c.device)
+            self.device, self.provider, self.bins, self.spins = c.device, provider, bins, spins
+            self.stepper = stepper
             self._ml_under_ed = None
-            self.stepper = self.stepper.continued_on(provider, self.device)
 
     def set_replicas(self, replicas: int) -> None:
         """Number of spin replicas B; resets the spins."""

@@ -133,6 +133,7 @@ class DynamicsPanel(Container):
         fix_size(self.readout.native, READOUT_SAMPLE)
         self.message = Label(value="")
         self.job: Job | None = None  # an engine being prepared
+        self.device_job: Job | None = None  # a device being prepared
         buttons = Container(
             widgets=[self.start_button, self.pause_button, self.stop_button, self.reset_button],
             layout="horizontal", labels=False,
@@ -224,20 +225,39 @@ class DynamicsPanel(Container):
 
     def _engine_ready(self) -> None:
         self.job = None
-        self.engine.enabled = True
+        self._state_changed(self.session.state)
 
     def _device_changed(self, device: str) -> None:
-        """Move the simulation (provider, pair bins, spins) to the chosen device; state kept.
-        A device that fails is reported here and the menu goes back to the one in use."""
+        """Move the simulation (provider, pair bins, spins) to the chosen device, prepared in
+        the background (CUDA's start-up and the copies take seconds at large N); the state is
+        kept. No run starts meanwhile. A device that fails is reported here and the menu goes
+        back to the one in use."""
         if str(device) == self.session.sim.device:  # also the menu's own way back
             return
         self.session.stop(wait=True)
+        say(self.message, "")
+        self.device_job = Job(
+            lambda: self.session.sim.prepare_device(str(device)), self._use_device,
+            self._device_failed, self._device_ready, self.message, f"Moving to {device}",
+            self.session.closing,
+        )  # fmt: skip
+        self._state_changed(self.session.state)
+
+    def _use_device(self, choice) -> None:
         try:
-            self.session.sim.set_device(str(device))
-            say(self.message, "")
+            self.session.sim.use_device(choice)
         except SdglassError as err:
-            say(self.message, f"⚠ {err}", error=True)
-            self.device.value = self.session.sim.device
+            self._device_failed(err)
+            return
+        say(self.message, "")
+
+    def _device_failed(self, err) -> None:
+        say(self.message, f"⚠ {err}", error=True)
+        self.device.value = self.session.sim.device
+
+    def _device_ready(self) -> None:
+        self.device_job = None
+        self._state_changed(self.session.state)
 
     def _replicas_changed(self, value: int) -> None:
         self.session.stop(wait=True)
@@ -272,12 +292,14 @@ class DynamicsPanel(Container):
         self.session.reset_spins(seed=self.session.sim.spin_seed + 1)
 
     def _state_changed(self, state: str) -> None:
-        self.start_button.enabled = state == "stopped"
+        moving = self.device_job is not None
+        self.start_button.enabled = state == "stopped" and not moving
         active = ("running", "pausing", "paused")
         self.pause_button.enabled = self.stop_button.enabled = state in active
         self.pause_button.text = "Resume" if state in ("pausing", "paused") else "Pause"
-        for w in (self.engine, self.replicas, self.device):
-            w.enabled = state == "stopped"
+        for w in (self.replicas, self.device):
+            w.enabled = state == "stopped" and not moving
+        self.engine.enabled = state == "stopped" and not moving and self.job is None
         if state in STEPPING:
             if not self._ticker.isActive():
                 self._step_seen = (self.session.sim.step_count, time.monotonic())

@@ -579,10 +579,12 @@ def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
     release.set()
     qtbot.waitUntil(lambda: dyn.job is None, timeout=TIMEOUT)
     assert session.sim.engine == "ml" and isinstance(session.sim.provider, MLFieldProvider)
-    assert session.running and dyn.engine.enabled and dyn.message.value == ""
+    # the menu stays locked while the run goes on, as it is for any run, until it stops
+    assert session.running and not dyn.engine.enabled and dyn.message.value == ""
     steps = session.sim.step_count
     qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)  # ML steps
     session.stop(wait=True)
+    assert dyn.engine.enabled
 
 
 def test_a_model_is_read_in_the_background_while_the_run_goes_on(
@@ -895,13 +897,14 @@ def test_the_device_menu_offers_cuda_when_torch_sees_it_and_reports_a_failing_on
     assert list(dyn.device.choices) == ["cpu", "cuda"]
     original = session.sim._make_provider
 
-    def broken(engine):  # what a CUDA build with a failing driver raises
-        if session.sim.device == "cuda":
+    def broken(engine, *args, device=None, **kwargs):  # a CUDA build with a failing driver
+        if device == "cuda":
             raise RuntimeError("CUDA error: no kernel image is available for execution")
-        return original(engine)
+        return original(engine, *args, device=device, **kwargs)
 
     monkeypatch.setattr(session.sim, "_make_provider", broken)
     dyn.device.value = "cuda"
+    qtbot.waitUntil(lambda: dyn.device_job is None, timeout=TIMEOUT)
     assert "cannot compute on 'cuda'" in dyn.message.value
     assert dyn.device.value == "cpu" and session.sim.device == "cpu"
     dyn.start(max_steps=2)  # the run goes on on the CPU
@@ -938,6 +941,34 @@ def test_closing_the_window_during_a_background_job_leaves_no_traceback(
     qtbot.waitUntil(lambda: bool(done), timeout=TIMEOUT)
     qtbot.wait(300)  # the worker's signals would now reach the deleted widgets
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_device_is_prepared_in_the_background_and_no_run_starts_meanwhile(
+    app_viewer, qtbot, monkeypatch
+):
+    import threading
+
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    # "cpu:0" stands in for cuda (another torch device on this machine)
+    dyn.device.choices = ["cpu", "cpu:0"]
+    prepare, release = session.sim.prepare_device, threading.Event()
+
+    def held(device):  # CUDA's start-up and the copies of a large system's geometry
+        release.wait(timeout=30)
+        return prepare(device)
+
+    monkeypatch.setattr(session.sim, "prepare_device", held)
+    dyn.device.value = "cpu:0"
+    assert dyn.message.value == "Moving to cpu:0..." and session.sim.device == "cpu"
+    assert not (dyn.start_button.enabled or dyn.device.enabled or dyn.engine.enabled)
+    release.set()  # (on the main thread, the move would have waited for this in vain)
+    qtbot.waitUntil(lambda: dyn.device_job is None, timeout=TIMEOUT)
+    assert session.sim.device == "cpu:0" and dyn.message.value == ""
+    assert dyn.start_button.enabled and dyn.device.enabled and dyn.engine.enabled
+    dyn.start(max_steps=2)
+    wait_stopped(qtbot, session)
+    assert session.sim.step_count == 2 and session.sim.stepper.device == torch.device("cpu:0")
 
 
 def test_generate_builds_in_the_background_while_the_dynamics_runs(app_viewer, qtbot, monkeypatch):

@@ -198,10 +198,10 @@ def test_set_device_keeps_the_state_and_refuses_a_missing_device(sim, monkeypatc
 
 
 def test_a_device_torch_cannot_compute_on_is_refused_and_changes_nothing(sim, monkeypatch):
-    def broken(engine):
-        if sim.device == "cuda":  # what a CUDA build with a failing driver raises
+    def broken(engine, *args, device=None, **kwargs):
+        if device == "cuda":  # what a CUDA build with a failing driver raises
             raise RuntimeError("CUDA error: no kernel image is available for execution")
-        return original(engine)
+        return original(engine, *args, device=device, **kwargs)
 
     original = sim._make_provider
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -331,6 +331,28 @@ def test_a_device_switch_moves_the_ml_geometry_and_pair_bins_instead_of_building
     torch.testing.assert_close(sim.provider.fields(spins)[0], before)
     sim.advance(2)
     assert sim.step_count == 2
+
+
+def test_a_device_prepared_meanwhile_is_installed_for_what_changed_since(tiny_model_file):
+    # the app prepares a device in a worker thread; the spins may be reset, the engine
+    # switched or a new system made before it is installed
+    model, _ = load_model(tiny_model_file)
+    sim = Simulation(SMALL, llg=LLGConfig(dt=0.05), model=model)
+    choice = sim.prepare_device("cpu:0")
+    assert sim.device == "cpu" and sim.provider.device == torch.device("cpu")  # nothing yet
+    sim.set_engine("ml")
+    sim.reset_spins(seed=7)
+    spins = sim.spins.clone()
+    sim.use_device(choice)
+    assert sim.device == "cpu:0" and sim.engine == "ml"
+    assert isinstance(sim.provider, MLFieldProvider) and sim.stepper.provider is sim.provider
+    assert sim.provider.device == torch.device("cpu:0") and torch.equal(sim.spins, spins)
+    choice = sim.prepare_device("cpu")
+    sim.generate(SMALL.replace(seed=SMALL.seed + 1))
+    sim.use_device(choice)
+    assert sim.provider.systems[0] is sim.system and sim.bins is not choice.bins
+    sim.advance(2)
+    assert sim.step_count == 2 and sim.spins.device == torch.device("cpu")
 
 
 def test_an_engine_switch_keeps_the_noise_streams_going(tiny_model_file):
