@@ -267,9 +267,21 @@ def cmd_compare(args: argparse.Namespace) -> None:
         print(f"wrote {args.plot}")
 
 
+def describe_change(change: dict) -> str:
+    """One parameter change of a run: "from t = 0.15 (step 3): temperature 0.001 -> 0.25"."""
+
+    def shown(value) -> str:
+        if isinstance(value, list):  # [old, new]
+            return " -> ".join(map(shown, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+
+    parts = [f"{k} {shown(v)}" for k, v in change.items() if k not in ("t", "step")]
+    return f"from t = {change['t']:.4g} (step {change.get('step', '?')}): {', '.join(parts)}"
+
+
 def cmd_summary(args: argparse.Namespace) -> None:
     """What the paper quotes about one quench run: C(r_min), zero crossing, late peak, psi."""
-    from core.io import read_trajectory
+    from core.io import parameter_changes, read_trajectory
     from core.plots import check_figure_output, quench_figure, save_figure
     from core.reproduce import (
         PAPER_C_FIRST_BIN,
@@ -293,7 +305,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     fit, growth = droplet_values(traj, args.fit_from, args.fit_to)
     values = {
         **correlation_features(traj), "history": correlation_history(traj), **growth,
-        **noise_floor_values(traj),
+        **noise_floor_values(traj), "parameter_changes": parameter_changes(traj),
     }  # fmt: skip
     if args.json:
         print(json.dumps(values, default=str))
@@ -304,6 +316,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
             f"{a.get('configs')} configurations x {a.get('replicas')} replicas, "
             f"t = 0..{values['t_max']:g}"
         )
+        for change in values["parameter_changes"]:
+            print(f"  changed during the run: {describe_change(change)}")
         first = ", ".join(f"{v:+.3f} (t = {t})" for t, v in values["c_first_bin"].items())
         print(f"  C(r = {values['r_first_bin']:.2f}, t): {first}")
         reach = values["history"]["reaches_paper_value_at"]

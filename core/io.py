@@ -63,7 +63,11 @@ All values are finite (an empty bin holds C = 0 and pair_counts = 0). Root
 attributes: ``format``, ``format_version`` and the run parameters, a flat map of
 name -> bool, int, float, str or 1-D list of numbers (for example engine, n, box,
 r_min, J, filling, kT_e, temperature, alpha, dt, integrator, configs, replicas,
-seeds). A parameter whose value is None is not recorded.
+seeds). A parameter whose value is None is not recorded. Where parameters
+changed during the run (the app's temperature, alpha, engine, ... mid-run), the
+attribute ``parameter_changes`` holds them as a JSON list of
+{"t", "step", name: [old, new], ...}, oldest first (t: when the step that first
+used the new values began); the flat parameters are then the values at the end.
 
 Every reader and constructor validates shapes, finiteness, box > 0 and unit
 spins, raising a one-line FileFormatError (StateError for spin problems) that
@@ -72,6 +76,7 @@ names the file and the problem.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import secrets
@@ -574,6 +579,7 @@ class Trajectory:
         if reserved:
             raise FileFormatError(f"attribute names {reserved} are reserved")
         self.attrs = {str(k): _attr_value(k, v) for k, v in self.attrs.items() if v is not None}
+        parameter_changes(self)
 
     def _validate_snapshots(self) -> None:
         self.snapshots = snaps = _float_array("snapshots", self.snapshots, StateError, np.float32)
@@ -700,6 +706,23 @@ class TrajectoryRecorder:
         self.tmp.unlink(missing_ok=True)
 
 
+def parameter_changes(traj: Trajectory) -> list[dict]:
+    """The trajectory's ``parameter_changes`` (empty when none were recorded; checked when
+    a Trajectory is made)."""
+    text = traj.attrs.get("parameter_changes")
+    if text is None:
+        return []
+    try:
+        changes = json.loads(str(text))
+    except json.JSONDecodeError as err:
+        raise FileFormatError(f"attribute parameter_changes is not JSON: {err}") from None
+    if not isinstance(changes, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("t"), int | float) for c in changes
+    ):
+        raise FileFormatError("attribute parameter_changes must be a list of {t, step, ...}")
+    return changes
+
+
 def read_trajectory(path: StrPath) -> Trajectory:
     """Read and validate a trajectory file (FileFormatError/StateError naming file and problem)."""
     path = Path(path)
@@ -726,6 +749,7 @@ __all__ = [
     "atomic_output",
     "check_output",
     "electron_attrs",
+    "parameter_changes",
     "read_frames",
     "read_trajectory",
     "write_frames",

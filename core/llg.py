@@ -196,6 +196,8 @@ class LLG:
         self._config = config
         self._generators: list[torch.Generator] | None = None
         self._lock = threading.Lock()
+        #: the config of the most recent step (None before the first)
+        self.last_config: LLGConfig | None = None
 
     @property
     def config(self) -> LLGConfig:
@@ -272,6 +274,7 @@ class LLG:
 
     def _step(self, spins: torch.Tensor) -> StepResult:
         config, generators = self._snapshot(spins.device)
+        self.last_config = config
         std = config.noise_std()
         eta = std * self._noise(spins, generators) if std > 0 else None
         step = _STEPS[config.integrator]

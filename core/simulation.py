@@ -15,7 +15,7 @@ import math
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -153,6 +153,24 @@ class _History:
     magnetisation: list[float] = field(default_factory=list)
     record_times: list[float] = field(default_factory=list)
     corr: list[np.ndarray] = field(default_factory=list)
+    changes: list[dict] = field(default_factory=list)
+
+
+def parameter_change(t: float, step: int, before: tuple, after: tuple) -> dict | None:
+    """What differs between the (engine, model, LLGConfig) of two steps, as
+    {"t", "step", name: [old, new], ...} ("model": "replaced" when the ML engine's model
+    changed); None when nothing that moves the spins changed."""
+    (e0, m0, c0), (e1, m1, c1) = before, after
+    change: dict = {}
+    if e0 != e1:
+        change["engine"] = [e0, e1]
+    elif e1 == "ml" and m0 is not m1:
+        change["model"] = "replaced"
+    for f in fields(LLGConfig):
+        old, new = getattr(c0, f.name), getattr(c1, f.name)
+        if old != new:
+            change[f.name] = [old, new]
+    return {"t": t, "step": step, **change} if change else None
 
 
 class Simulation:
@@ -290,6 +308,7 @@ class Simulation:
             self.last_energy = math.nan
             self._next_record = 0
             self._history = _History()
+            self._used: tuple | None = None  # (engine, model, LLGConfig) of the last step
             self._rate = 0.0
 
     def set_engine(self, engine: str, model: EnergyModel | None = None) -> None:
@@ -405,6 +424,7 @@ class Simulation:
                     self._record(self.spins)
                 t_before = self.time
                 result = self.stepper.step(self.spins)
+                self._note_parameters(t_before)
                 self.spins = result.spins
                 self.step_count += 1
                 self.time += result.dt  # the step's own dt, even if changed meanwhile
@@ -418,6 +438,21 @@ class Simulation:
             h.magnetisation.append(float(magnetisation(self.spins).mean()))
             elapsed = time.perf_counter() - start
             self._rate = n_steps / elapsed if elapsed > 0 else math.inf
+
+    def _note_parameters(self, t: float) -> None:
+        """Keep what changed since the previous step (temperature, alpha, engine, ...: the
+        app changes them mid-run), with the time the step began."""
+        used = (self.engine, self.model, self.stepper.last_config)
+        if self._used is not None:
+            change = parameter_change(t, self.step_count, self._used, used)
+            if change is not None:
+                self._history.changes.append(change)
+        self._used = used
+
+    def parameter_changes(self) -> list[dict]:
+        """The changes of parameters during this run (`parameter_change`), oldest first."""
+        with self._lock:
+            return [dict(c) for c in self._history.changes]
 
     def compute_fields(self, *engines: str) -> StateFields:
         """Local fields H (B, N, 3) and energies E (B,) of one state of the current spins,

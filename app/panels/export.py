@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ def frames_of(session) -> Frames:
 
 def trajectory_of(session) -> Trajectory:
     """The run so far as a trajectory file: C(r, t), xi(t) at the record times, energies
-    interpolated; under the ML engine its attributes name the model and its electrons."""
+    interpolated; under the ML engine its attributes name the model and its electrons, and
+    parameters changed mid-run are listed in `parameter_changes` (core.io)."""
     sim = session.sim
     snap = sim.snapshot()
     if len(snap.record_times) < 1 or len(snap.energy_times) < 1:
@@ -52,6 +54,9 @@ def trajectory_of(session) -> Trajectory:
     if sim.engine == "ml":  # the model's electrons ran, whatever the System panel says
         attrs.update({k: v for k, v in session.card.physical.items() if k in ELECTRON_KEYS})
         attrs["model"] = str(session.model_path)
+    changes = sim.parameter_changes()
+    if changes:  # the flat parameters are the values at the end
+        attrs["parameter_changes"] = json.dumps(changes)
     return Trajectory(
         times=snap.record_times,
         energy_per_spin=e,

@@ -263,7 +263,11 @@ def configs_of_each_step(session, qtbot, change) -> list:
     return seen
 
 
-def test_temperature_change_mid_run_reaches_stepper(app_viewer, qtbot):
+def test_temperature_change_mid_run_reaches_stepper_and_the_exported_run(
+    app_viewer, qtbot, tmp_path
+):
+    from core.io import parameter_changes, read_trajectory
+
     _, session = app_viewer
 
     def warm(dyn):
@@ -272,6 +276,15 @@ def test_temperature_change_mid_run_reaches_stepper(app_viewer, qtbot):
     seen = configs_of_each_step(session, qtbot, warm)
     assert seen[0].temperature == pytest.approx(0.001)
     assert seen[-1].temperature == pytest.approx(0.25)
+    # the trajectory file says when the run was warmed, not only the final temperature
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "run"
+    traj = read_trajectory(export.save_trajectory()[0])
+    warmed = next(k for k, c in enumerate(seen) if c.temperature == pytest.approx(0.25))
+    (change,) = parameter_changes(traj)
+    assert change["step"] == warmed and change["temperature"] == [0.001, 0.25]
+    assert change["t"] == pytest.approx(warmed * seen[0].dt)
+    assert traj.attrs["temperature"] == pytest.approx(0.25)
 
 
 def test_worker_error_stops_cleanly(app_viewer, qtbot, monkeypatch):

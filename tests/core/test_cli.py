@@ -309,6 +309,28 @@ def test_compare_interpolates_runs_with_other_record_times(tmp_path, capsys):
     assert code == 0 and "t <= 100: 0.0000 " in out
 
 
+def test_summary_lists_parameters_changed_during_the_run(tmp_path, capsys):
+    path = tmp_path / "q.h5"
+    quench = ["quench", "-n", 16, "--configs", 1, "--replicas", 1, "--t-max", 0.2]
+    assert run(capsys, *quench, "-o", path)[0] == 0
+    changes = [
+        {"t": 0.1, "step": 5, "temperature": [0.001, 0.25], "alpha": [0.05, 0.5]},
+        {"t": 0.15, "step": 8, "engine": ["ed", "ml"]},
+    ]
+    with h5py.File(path, "r+") as f:  # as the app writes a run whose knobs were turned
+        f.attrs["parameter_changes"] = json.dumps(changes)
+    code, out, _ = run(capsys, "summary", path)
+    assert code == 0
+    assert "changed during the run: from t = 0.1 (step 5): temperature 0.001 -> 0.25, " in out
+    assert "alpha 0.05 -> 0.5" in out and "from t = 0.15 (step 8): engine ed -> ml" in out
+    code, out, _ = run(capsys, "summary", path, "--json")
+    assert code == 0 and json.loads(out)["parameter_changes"] == changes
+    with h5py.File(path, "r+") as f:
+        f.attrs["parameter_changes"] = "[{'t': 1"
+    code, _, err = run(capsys, "summary", path)
+    assert code == 2 and f"{path}: attribute parameter_changes is not JSON" in error_line(err)
+
+
 def test_compare_rejects_other_bins(tmp_path, capsys):
     a, b = tmp_path / "a.h5", tmp_path / "b.h5"
     base = ["quench", "-n", 16, "--configs", 1, "--replicas", 1, "--t-max", 0.1]
