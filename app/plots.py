@@ -37,6 +37,9 @@ from core.observables import fit_droplet
 from core.plots import pick_times
 
 REDRAW_HZ = 4
+#: Short names of changed parameters on the xi(t) and energy plots.
+SHORT_NAMES = {"temperature": "kT"}
+
 #: Most C(r, t) curves drawn at once (spread evenly in log t).
 MAX_CURVES = 8
 #: Relative margin added when an axis range grows.
@@ -52,6 +55,24 @@ PALETTES = {
     "dark": {"data": "#4fc3f7", "fit": "#ff8a65", "energy": "#aed581", "curves": (0.15, 0.95)},
     "light": {"data": "#0277bd", "fit": "#d84315", "energy": "#2e7d32", "curves": (0.0, 0.8)},
 }
+
+
+def change_label(change: dict) -> str:
+    """A parameter change (core.simulation.parameter_change) in a few characters, its new
+    values: "kT 0.25, alpha 0.5", "ML", "new model"."""
+    parts = []
+    for name, value in change.items():
+        if name in ("t", "step"):
+            continue
+        if name == "engine":
+            parts.append(str(value[1]).upper())
+        elif name == "model":
+            parts.append("new model")
+        else:
+            new = value[1]
+            parts.append(f"{SHORT_NAMES.get(name, name)} {new:g}" if isinstance(new, float)
+                         else f"{SHORT_NAMES.get(name, name)} {new}")  # fmt: skip
+    return ", ".join(parts)
 
 
 def theme_colours(theme_name: str) -> dict:
@@ -104,16 +125,19 @@ def grown(
     log: bool = False,
     margin: float = GROW_MARGIN,
 ):
-    """A range holding [lo, hi] that includes `current`, with `margin`; None if current holds it."""
-    if lo >= current[0] and hi <= current[1]:
+    """A range holding [lo, hi] that includes `current`, None if current holds it. Only the
+    ends that had to move get a margin: `margin` times the new span, on log axes `margin`
+    decades (a time axis that only grows at its end keeps its start)."""
+    low, high = lo < current[0], hi > current[1]
+    if not (low or high):
         return None
-    if log:
-        lo, hi = np.log(min(lo, current[0])), np.log(max(hi, current[1]))
-        pad = margin * max(hi - lo, 0.1)
-        return float(np.exp(lo - pad)), float(np.exp(hi + pad))
     lo, hi = min(lo, current[0]), max(hi, current[1])
+    if log:
+        pad = margin * np.log(10.0)
+        lo, hi = np.log(lo) - low * pad, np.log(hi) + high * pad
+        return float(np.exp(lo)), float(np.exp(hi))
     pad = margin * max(hi - lo, 1e-6)
-    return lo - pad, hi + pad
+    return lo - low * pad, hi + high * pad
 
 
 class BlitPlot:
@@ -203,6 +227,8 @@ class LivePlots(QWidget):
         self._records_drawn = -1
         self._decorations: list = []
         self._decorate_corr()
+        self._changes: tuple[dict, ...] = ()
+        self._markers: list = []
         c = self.colours
         self.xi_line = self.xi.animate(self.xi.ax.plot([], [], "o-", ms=3, color=c["data"])[0])
         self.fit_line = self.xi.animate(self.xi.ax.plot([], [], "--", color=c["fit"])[0])
@@ -268,6 +294,7 @@ class LivePlots(QWidget):
                           (self.energy_line, "energy")):  # fmt: skip
             line.set_color(self.colours[key])
         self._decorate_corr(keep_limits=True)
+        self._mark_changes(self._changes)
         self._paint(set(), all_full=True)
 
     def _initial_limits(self) -> None:
@@ -288,6 +315,7 @@ class LivePlots(QWidget):
         self._corr_count = self._records_drawn = -1
         self._clear_corr()
         self._decorate_corr()
+        self._mark_changes(())
         for line in (self.xi_line, self.fit_line, self.energy_line):
             line.set_data([], [])
         self._initial_limits()
@@ -338,6 +366,25 @@ class LivePlots(QWidget):
         if not keep_limits:
             ax.set_ylim(-0.1, 0.1)
 
+    def _mark_changes(self, changes: tuple[dict, ...]) -> None:
+        """A dotted line on the xi(t) and energy plots where parameters changed mid-run,
+        labelled with the new values on the energy plot (drawn by full redraws only)."""
+        for artist in self._markers:
+            artist.remove()
+        self._changes, self._markers = changes, []
+        colour = self.colours["fit"]
+        for change in changes:
+            t = float(change["t"])
+            for plot in (self.xi, self.energy):
+                self._markers.append(plot.ax.axvline(t, color=colour, lw=0.8, ls=":"))
+            self._markers.append(
+                self.energy.ax.text(
+                    t, 0.97, f" {change_label(change)}", transform=self.energy.ax.get_xaxis_transform(),
+                    rotation=90, ha="right", va="top", fontsize=6, color=colour,
+                )
+            )  # fmt: skip
+        self.xi.needs_full = self.energy.needs_full = True
+
     def update(self, snapshot) -> bool:
         """Take the latest snapshot: drawn now if the last redraw is 1/REDRAW_HZ s old, else
         kept for the next update (or the timer, if none comes). True if a full draw happened."""
@@ -378,6 +425,9 @@ class LivePlots(QWidget):
         new_records = force_full or len(snap.record_times) != self._records_drawn
         self.snapshot = snap
         changed = {self.energy}
+        if snap.changes != self._changes:
+            self._mark_changes(snap.changes)
+            changed.add(self.xi)
         if new_records:  # C(r, t) and xi(t) change only when a record is added
             self._records_drawn = len(snap.record_times)
             self.corr.needs_full |= self._draw_corr(snap, force_full)

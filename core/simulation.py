@@ -61,8 +61,9 @@ RECORD_RATIO = 10 ** (1 / 10)
 @dataclass(frozen=True)
 class Snapshot:
     """CPU copies of the live state: spins (B, N, 3), fields of the last evaluation
-    (B, N, 3) or None, energy/|m| histories, C(r, t), xi(t) at the record times, and the
-    ML local energies eps_i (B, N) of the spins when tracked (else None)."""
+    (B, N, 3) or None, energy/|m| histories, C(r, t), xi(t) at the record times, the
+    ML local energies eps_i (B, N) of the spins when tracked (else None), and the
+    parameters changed during the run, oldest first."""
 
     step: int
     time: float
@@ -80,6 +81,7 @@ class Snapshot:
     r_edges: np.ndarray
     r_min: float
     local_energies: np.ndarray | None = None
+    changes: tuple[dict, ...] = ()  # parameters changed mid-run (`parameter_change`)
 
 
 @dataclass(frozen=True)
@@ -449,11 +451,6 @@ class Simulation:
                 self._history.changes.append(change)
         self._used = used
 
-    def parameter_changes(self) -> list[dict]:
-        """The changes of parameters during this run (`parameter_change`), oldest first."""
-        with self._lock:
-            return [dict(c) for c in self._history.changes]
-
     def compute_fields(self, *engines: str) -> StateFields:
         """Local fields H (B, N, 3) and energies E (B,) of one state of the current spins,
         from each engine ("ed", "ml"; default: the current). The state, its system and the
@@ -535,6 +532,7 @@ class Simulation:
                 r_edges=self.edges.copy(),
                 r_min=self.system_config.r_min,
                 local_energies=self._tracked_local_energies(),
+                changes=tuple(dict(c) for c in h.changes),
             )
 
     def _tracked_local_energies(self) -> np.ndarray | None:

@@ -54,9 +54,8 @@ def trajectory_of(session) -> Trajectory:
     if sim.engine == "ml":  # the model's electrons ran, whatever the System panel says
         attrs.update({k: v for k, v in session.card.physical.items() if k in ELECTRON_KEYS})
         attrs["model"] = str(session.model_path)
-    changes = sim.parameter_changes()
-    if changes:  # the flat parameters are the values at the end
-        attrs["parameter_changes"] = json.dumps(changes)
+    if snap.changes:  # the flat parameters are the values at the end
+        attrs["parameter_changes"] = json.dumps(list(snap.changes))
     return Trajectory(
         times=snap.record_times,
         energy_per_spin=e,

@@ -839,6 +839,20 @@ def test_damping_step_and_integrator_changes_mid_run_reach_the_stepper(app_viewe
     assert session.sim.time == pytest.approx(dts.sum())
     spins = session.sim.snapshot().spins
     np.testing.assert_allclose(np.linalg.norm(spins, axis=-1), 1.0, atol=1e-10)
+    # the xi(t) and energy plots mark where the run was retuned, the new values named
+    plots = session.plots
+    plots.update(session.sim.snapshot())
+    plots.flush(force_full=True)
+    changes = session.sim.snapshot().changes
+    assert 1 <= len(changes) <= 3  # each knob is applied on its own: steps may come between
+    for ax in (plots.xi.ax, plots.energy.ax):
+        marks = [line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":"]
+        assert marks == pytest.approx([c["t"] for c in changes])
+    labels = " ".join(text.get_text() for text in plots.energy.ax.texts)
+    assert "alpha 0.3" in labels and "dt 0.01" in labels and "integrator heun" in labels
+    session.reset_spins()  # a new run: no marks
+    assert not [line for line in plots.energy.ax.get_lines() if line.get_linestyle() == ":"]
+    assert not plots.energy.ax.texts
 
 
 def test_replicas_give_the_ensemble_averaged_correlation(app_viewer, qtbot):

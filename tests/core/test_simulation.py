@@ -383,20 +383,20 @@ def test_parameters_changed_mid_run_are_kept_with_the_time_they_took_effect(tiny
     model, _ = load_model(tiny_model_file)
     sim = Simulation(SMALL, llg=LLGConfig(dt=0.05, temperature=0.001), model=model)
     sim.advance(3)
-    assert sim.parameter_changes() == []
+    assert sim.snapshot().changes == ()
     sim.set_llg(sim.llg_config.replace(temperature=0.25, alpha=0.5))
     sim.advance(2)
     sim.set_engine("ml")
     sim.advance(1)
     sim.set_llg(sim.llg_config.replace(dt=0.02))
     sim.advance(1)
-    changes = sim.parameter_changes()
-    assert changes == [
+    changes = sim.snapshot().changes
+    assert changes == (
         {"t": pytest.approx(0.15), "step": 3, "temperature": [0.001, 0.25], "alpha": [0.05, 0.5]},
         {"t": pytest.approx(0.25), "step": 5, "engine": ["ed", "ml"]},
         {"t": pytest.approx(0.30), "step": 6, "dt": [0.05, 0.02]},
-    ]
+    )
     assert sim.time == pytest.approx(0.32)
     sim.reset_spins()  # a new run: no changes yet
     sim.advance(1)
-    assert sim.parameter_changes() == []
+    assert sim.snapshot().changes == ()
