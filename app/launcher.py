@@ -19,6 +19,7 @@ from app.panels.model import ModelPanel
 from app.panels.system import SystemPanel
 from app.responsiveness import ResponsivenessProbe
 from app.session import AppSession
+from core.io import read_frames
 
 #: The session of each viewer built by launch (keyed by id(viewer)).
 _SESSIONS: dict[int, AppSession] = {}
@@ -179,6 +180,7 @@ def launch(
     force: bool = False,
     orbit: bool = False,
     demo: bool = False,
+    state: str | Path | None = None,
 ):
     """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
 
@@ -188,7 +190,8 @@ def launch(
     measure: while those steps run, record frames per second and event-loop
     stalls (app.responsiveness), write them to this JSON file, print them and
     close (an existing file only with force); orbit: meanwhile turn the camera
-    like a user would; demo: choose the Dynamics panel's fast demo preset.
+    like a user would; demo: choose the Dynamics panel's fast demo preset; state: open
+    this frames file (its atoms, spins and electrons) instead of a random system of n.
     Returns the viewer when return_viewer (else runs the event loop and
     returns the exit status).
     """
@@ -202,6 +205,10 @@ def launch(
     session.panels = panels
     if demo:
         panels["Dynamics"].preset.value = DEMO_PRESET
+    if state is not None:
+        session.install(session.sim.prepare_state(read_frames(state)))
+        panels["System"].show_system()
+        panels["System"].state_path.value = state
     qt_window = getattr(viewer.window, "_qt_window", None)
     if qt_window is not None:
         fit_to_screen(qt_window)

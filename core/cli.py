@@ -406,7 +406,7 @@ def _require_display(environ, platform: str) -> None:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """The napari explorer (imported lazily: the rest of the CLI never loads Qt)."""
-    from core.io import check_output
+    from core.io import check_output, read_frames
     from core.modelfile import load_model
 
     if args.steps is not None and args.steps < 1:
@@ -423,13 +423,15 @@ def cmd_app(args: argparse.Namespace) -> int:
             )
     if args.model is not None:
         load_model(args.model)  # refused here, not as a notification in an open window
+    if args.state is not None:
+        read_frames(args.state)
     _require_display(os.environ, sys.platform)
     from app.launcher import launch
 
     status = launch(
         steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n,
         engine=args.engine, measure=args.measure, force=args.force, orbit=args.orbit,
-        demo=args.demo,
+        demo=args.demo, state=args.state,
     )  # fmt: skip
     return int(status or 0)
 
@@ -727,6 +729,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-n", type=int, default=100, help="number of atoms N (paper: 100)")
     p.add_argument("--model", default=None, help=f"ML model file (default: {DEFAULT_MODEL.name})")
+    p.add_argument(
+        "--state",
+        default=None,
+        help="open a saved state (frames file: its atoms, spins and electrons; instead of -n)",
+    )
     p.add_argument("--steps", type=int, default=None, help="run K LLG steps at start")
     p.add_argument(
         "--screenshot", default=None,

@@ -24,6 +24,7 @@ from core.config import ConfigError, ElectronConfig, LLGConfig, SystemConfig
 from core.electrons import EDSolver
 from core.errors import DeviceError, SdglassError
 from core.fields import FieldProvider
+from core.io import Frames
 from core.llg import LLG
 from core.model import (
     EnergyModel,
@@ -41,9 +42,12 @@ from core.observables import (
     magnetisation,
     pair_bins,
 )
-from core.system import AtomicSystem, generate_positions, random_spins
+from core.system import AtomicSystem, generate_positions, nearest_distance, random_spins
 
 ENGINES = ("ed", "ml")
+
+#: Most spin replicas of one run (the app's Replicas menu goes this far).
+MAX_REPLICAS = 64
 
 #: Largest N for the ED engine: its 2N x 2N diagonalization takes ~3 s at N = 1000 and
 #: grows as N^3 (the ML engine is linear in N).
@@ -86,8 +90,9 @@ class Snapshot:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A configuration built by `Simulation.prepare` (off the lock), for `Simulation.install`:
-    the configs, the atoms, and the provider and pair bins made for engine, model and device."""
+    """A configuration built by `Simulation.prepare` or `prepare_state` (off the lock), for
+    `Simulation.install`: the configs, the atoms, the provider and pair bins made for engine,
+    model and device, and the spins of a saved state."""
 
     system_config: SystemConfig
     electrons: ElectronConfig
@@ -98,6 +103,7 @@ class Prepared:
     provider: FieldProvider
     edges: np.ndarray
     bins: PairBins
+    spins: np.ndarray | None = None  # (B, N, 3) of a saved state; None: random spins
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,12 @@ class StateFields:
     step: int
     system: AtomicSystem
     fields: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def _checked_replicas(replicas) -> int:
+    if not isinstance(replicas, int) or not 1 <= replicas <= MAX_REPLICAS:
+        raise ConfigError(f"replicas must be an integer from 1 to {MAX_REPLICAS}, got {replicas!r}")
+    return replicas
 
 
 @contextmanager
@@ -204,9 +216,7 @@ class Simulation:
         self._llg_config = llg or LLGConfig()
         self._check_engine(engine, model)
         self.engine = engine
-        if not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
-        self.replicas = replicas
+        self.replicas = _checked_replicas(replicas)
         self.spin_seed = spin_seed
         #: snapshots carry the ML local energies of their spins (the app colours atoms by them)
         self.track_local_energies = False
@@ -270,14 +280,39 @@ class Simulation:
         geometry) and pair bins. Changes nothing, so it may run in another thread while
         the dynamics goes on; PackingError or ConfigError leave the simulation as it was."""
         system = system or self.system_config
-        electrons = electrons or self.electrons
+        return self._prepared(system, electrons or self.electrons, generate_positions(system))
+
+    def prepare_state(self, frames: Frames) -> Prepared:
+        """A saved state (a frames file, e.g. the app's export) made ready for `install`: the
+        atoms of its first frame, the spins of every frame on those atoms as the replicas
+        (at most MAX_REPLICAS), the electrons the file records (else the current ones).
+        r_min becomes the atoms' nearest distance where that is below the current r_min.
+        Changes nothing, so it may run in another thread."""
+        same = np.all(frames.positions == frames.positions[0], axis=(1, 2))
+        same &= frames.box == frames.box[0]
+        count = int(same.sum())
+        if count > MAX_REPLICAS:
+            raise ConfigError(
+                f"the first configuration of the file has {count} spin states and a run holds "
+                f"at most {MAX_REPLICAS} replicas: save fewer frames (sdglass label and eval "
+                "read files of any size)"
+            )
+        atoms = AtomicSystem(frames.positions[0].copy(), float(frames.box[0]))
+        r_min = min(self.system_config.r_min, nearest_distance(atoms))
+        system = SystemConfig(n=atoms.n, box=atoms.box, r_min=r_min, seed=self.system_config.seed)
+        electrons = frames.electron_config(self.electrons)
+        return self._prepared(system, electrons, atoms, frames.spins[same])
+
+    def _prepared(self, system, electrons, atoms, spins=None) -> Prepared:
+        """Provider and pair bins of atoms for the current engine, model and device."""
         with self._lock:
             engine, model, device = self.engine, self.model, self.device
-        atoms = generate_positions(system)
         provider = self._make_provider(engine, atoms, electrons, device, model)
         edges = bin_edges(system.r_min, min(atoms.box / 2, CORR_R_MAX), self.bin_width)
         bins = pair_bins(atoms, edges, device)
-        return Prepared(system, electrons, atoms, engine, model, device, provider, edges, bins)
+        return Prepared(
+            system, electrons, atoms, engine, model, device, provider, edges, bins, spins
+        )
 
     def install(self, prepared: Prepared) -> None:
         """Make a prepared configuration current, with fresh random spins at t = 0. Parts made
@@ -294,7 +329,11 @@ class Simulation:
             self.edges, self.bins, self.provider = p.edges, bins, provider
             self._ml_under_ed = None
             self.stepper = LLG(provider, self._llg_config, device=self.device)
-            self.reset_spins(self.spin_seed)
+            if p.spins is None:
+                self.reset_spins(self.spin_seed)
+            else:
+                self.replicas = len(p.spins)
+                self._begin(torch.as_tensor(p.spins, dtype=torch.float64))
 
     def reset_spins(self, seed: int | None = None) -> None:
         """Uniformly random spins for every replica (seeded), clock and observables back to 0."""
@@ -303,7 +342,12 @@ class Simulation:
                 self.spin_seed = int(seed)
             # drawn on the CPU: a seed gives the same spins on every device
             gen = torch.Generator().manual_seed(self.spin_seed)
-            self.spins = random_spins(self.replicas, self.system.n, gen).to(self.device)
+            self._begin(random_spins(self.replicas, self.system.n, gen))
+
+    def _begin(self, spins: torch.Tensor) -> None:
+        """A new run from spins (B, N, 3): clock and observables back to 0."""
+        with self._lock:
+            self.spins = spins.to(self.device)
             self.step_count = 0
             self.time = 0.0
             self.last_fields: np.ndarray | None = None
@@ -382,10 +426,8 @@ class Simulation:
 
     def set_replicas(self, replicas: int) -> None:
         """Number of spin replicas B; resets the spins."""
-        if not isinstance(replicas, int) or replicas < 1:
-            raise ConfigError(f"replicas must be an integer >= 1, got {replicas!r}")
         with self._lock:
-            self.replicas = replicas
+            self.replicas = _checked_replicas(replicas)
             self.reset_spins()
 
     def model_warnings(self, trained: dict[str, float]) -> list[str]:

@@ -102,6 +102,13 @@ def pairs_within(system: AtomicSystem, r_max: float) -> tuple[np.ndarray, np.nda
     return pairs, np.linalg.norm(delta, axis=1)
 
 
+def nearest_distance(system: AtomicSystem) -> float:
+    """The smallest minimum-image distance between two atoms (ell)."""
+    tree = cKDTree(np.mod(system.positions, system.box), boxsize=system.box)
+    distances, _ = tree.query(tree.data, k=2)
+    return float(distances[:, 1].min())
+
+
 def random_spins(
     batch: int, n: int, generator: torch.Generator | None = None, dtype=torch.float64, device="cpu"
 ) -> torch.Tensor:

@@ -13,6 +13,7 @@ from app.jobs import Job, say
 from app.panels.presets import Presets
 from core.config import INTEGRATORS, LLGConfig
 from core.errors import SdglassError
+from core.simulation import MAX_REPLICAS
 
 ENGINE_LABELS = {"ED (exact diagonalization)": "ed", "ML (machine-learned)": "ml"}
 #: Dynamics-panel label of each engine name.
@@ -103,7 +104,7 @@ class DynamicsPanel(Container):
             "rotation predictor-corrector; heun: with projection. 2 field evaluations per step.",
         )  # fmt: skip
         self.replicas = SpinBox(
-            label="Replicas", value=session.sim.replicas, min=1, max=64,
+            label="Replicas", value=session.sim.replicas, min=1, max=MAX_REPLICAS,
             tooltip="Independent spin states on the same atoms; C(r, t) averages over them and "
             "subtracts <S_i>.<S_j>. Changing it resets the spins.",
         )  # fmt: skip
@@ -165,6 +166,7 @@ class DynamicsPanel(Container):
         session.closing.connect(self._close)
         self._step_seen = (0, time.monotonic())  # (step count, when it was first seen)
         session.model_changed.connect(self._model_changed)
+        session.system_changed.connect(self._system_changed)
         self._model_changed()
         self._state_changed("stopped")
         self.show_readout(session.last_snapshot)
@@ -260,9 +262,14 @@ class DynamicsPanel(Container):
         self._state_changed(self.session.state)
 
     def _replicas_changed(self, value: int) -> None:
+        if int(value) == self.session.sim.replicas:  # shown for a state that was opened
+            return
         self.session.stop(wait=True)
         self.session.sim.set_replicas(int(value))
         self.session.reset_spins()
+
+    def _system_changed(self) -> None:
+        self.replicas.value = self.session.sim.replicas  # an opened state brings its own
 
     def _model_changed(self) -> None:
         self.engine.value = ENGINE_NAMES[self.session.sim.engine]  # a new model may switch it

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from magicgui.widgets import (
     CheckBox,
     Container,
+    FileEdit,
     FloatSpinBox,
     Label,
     PushButton,
@@ -17,6 +19,7 @@ from app.jobs import Job, say
 from app.panels.presets import Presets
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
+from core.io import read_frames
 
 #: Widget values shared by every preset: the paper's density, r_min, half filling, kT_e = 0.
 PRESET_COMMON = {"keep_density": True, "r_min": 0.5, "filling": 0.5, "kT_e": 0.0}
@@ -82,6 +85,17 @@ class SystemPanel(Container):
             tooltip="New random atomic configuration and random spins, built in the background "
             "(N = 10000 with the ML engine takes several seconds; the window stays usable).",
         )
+        self.state_path = FileEdit(
+            label="State file", mode="r", filter="*.h5",
+            tooltip="A frames file: Export's 'Save frames', or sdglass generate / label. Its "
+            "first atomic configuration opens with the spins of every frame on it as the "
+            "replicas (at most 64) and the electrons it records.",
+        )  # fmt: skip
+        self.open_button = PushButton(
+            text="Open state",
+            tooltip="Open the chosen frames file: its atoms and spins replace the current ones "
+            "at t = 0, and the fields above show its N, L, r_min and electrons.",
+        )
         self.job: Job | None = None
         self.message = Label(value="")
         self.summary = Label(value="")
@@ -89,7 +103,7 @@ class SystemPanel(Container):
             widgets=[
                 self.preset, self.n, self.keep_density, self.box, self.r_min, self.seed,
                 self.J, self.filling, self.kT_e, self.r_hop, self.generate_button,
-                self.message, self.summary,
+                self.state_path, self.open_button, self.message, self.summary,
             ],
             label="System",
         )  # fmt: skip
@@ -97,8 +111,10 @@ class SystemPanel(Container):
         self.keep_density.changed.connect(self._sync_box)
         self.n.changed.connect(self._sync_box)
         self.generate_button.clicked.connect(self.generate)
+        self.open_button.clicked.connect(lambda: self.open_state())
         self._sync_box()
         self._summarise()
+        session.system_changed.connect(self._summarise)
 
     def _sync_box(self, *_) -> None:
         self.box.enabled = not self.keep_density.value
@@ -132,32 +148,60 @@ class SystemPanel(Container):
         except (SdglassError, ValueError) as err:
             self._fail(err)
             return False
-        say(self.message, "")
-        self.generate_button.enabled = False
-        started = time.perf_counter()
-        self.job = Job(
-            lambda: self.session.sim.prepare(system, electrons),
-            lambda prepared: self._install(prepared, time.perf_counter() - started),
-            self._fail, self._finished, self.message, f"Generating {system.n} atoms",
-            self.session.closing,
-        )  # fmt: skip
+        self._build(lambda: self.session.sim.prepare(system, electrons),
+                    f"Generating {system.n} atoms", "Generated")  # fmt: skip
         return True
 
-    def _install(self, prepared, seconds: float) -> None:
+    def open_state(self, path=None) -> bool:
+        """Open a frames file (default: the chosen one) in a worker thread: its atoms and
+        spins replace the current ones, and the widgets show its system. A file that is not
+        a readable frames file is reported inline; the current state stays. Returns whether
+        the opening started."""
+        if self.job is not None:
+            return False
+        path = Path(path or self.state_path.value)
+        self._build(lambda: self.session.sim.prepare_state(read_frames(path)),
+                    f"Opening {path.name}", f"Opened {path.name}", show=True)  # fmt: skip
+        return True
+
+    def _build(self, prepare, busy: str, done: str, show: bool = False) -> None:
+        """prepare() in a worker thread, then install its result; show: the widgets take
+        the new system's values."""
+        say(self.message, "")
+        self.generate_button.enabled = self.open_button.enabled = False
+        started = time.perf_counter()
+        self.job = Job(
+            prepare, lambda prepared: self._install(prepared, done, started, show),
+            self._fail, self._finished, self.message, busy, self.session.closing,
+        )  # fmt: skip
+
+    def _install(self, prepared, done: str, started: float, show: bool) -> None:
         try:
             self.session.install(prepared)
         except SdglassError as err:
             self._fail(err)
             return
-        say(self.message, f"Generated in {seconds:.1f} s" if seconds >= 1 else "")
-        self._summarise()
+        seconds = time.perf_counter() - started
+        say(self.message, f"{done} in {seconds:.1f} s" if seconds >= 1 or show else "")
+        if show:
+            self.show_system()
+
+    def show_system(self) -> None:
+        """The widgets hold the current system's values (nothing is generated; the preset
+        menu follows), e.g. after a state was opened."""
+        system, electrons = self.session.sim.system_config, self.session.sim.electrons
+        self.keep_density.value = False
+        self.n.value, self.box.value = system.n, system.side
+        self.r_min.value, self.seed.value = system.r_min, system.seed
+        self.J.value, self.filling.value = electrons.J, electrons.filling
+        self.kT_e.value, self.r_hop.value = electrons.kT_e, electrons.r_hop or 0.0
 
     def _fail(self, err: Exception) -> None:
         say(self.message, f"⚠ {err}", error=True)
 
     def _finished(self) -> None:
         self.job = None
-        self.generate_button.enabled = True
+        self.generate_button.enabled = self.open_button.enabled = True
 
     def _summarise(self) -> None:
         s = self.session.sim

@@ -51,6 +51,53 @@ def test_generate_from_system_panel(app_viewer, generate):
     assert session.sim.system_config == SystemConfig(n=40, seed=3)
 
 
+def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
+    app_viewer, qtbot, tmp_path, generate
+):
+    viewer, session = app_viewer
+    system, dyn = session.panels["System"], session.panels["Dynamics"]
+    dyn.replicas.value = 2
+    system.J.value, system.seed.value = 4.0, 7
+    assert generate(system)
+    dyn.start(max_steps=5)
+    wait_stopped(qtbot, session)
+    saved, positions = session.sim.snapshot().spins, session.sim.system.positions.copy()
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "state"
+    (path,) = export.save_frames()
+    # elsewhere: another system, one replica, J = 6
+    dyn.replicas.value = 1
+    system.n.value, system.J.value, system.seed.value = 40, 6.0, 1
+    assert generate(system)
+    system.state_path.value = path
+    system.open_button.clicked.emit()
+    qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
+    assert system.message.value == f"Opened {path.name} in " + system.message.value.split(" in ")[1]
+    np.testing.assert_array_equal(session.sim.system.positions, positions)
+    np.testing.assert_array_equal(session.sim.snapshot().spins, saved)
+    assert session.sim.replicas == 2 and dyn.replicas.value == 2 and session.sim.step_count == 0
+    assert (system.n.value, system.J.value, session.sim.electrons.J) == (30, 4.0, 4.0)
+    assert not system.keep_density.value and system.preset.value == "Custom"
+    assert system.summary.value.startswith("N = 30, ") and "J = 4 t0" in system.summary.value
+    np.testing.assert_allclose(viewer.layers["Atoms"].data, positions)
+    dyn.start(max_steps=3)  # the quench goes on from the saved spins
+    wait_stopped(qtbot, session)
+    assert session.sim.step_count == 3
+
+
+def test_a_file_that_is_not_a_state_is_reported_and_the_state_stays(app_viewer, qtbot, tmp_path):
+    _, session = app_viewer
+    system = session.panels["System"]
+    spins = session.sim.snapshot().spins
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    for path, problem in ((bad, "is not an HDF5 file"), (tmp_path / "none.h5", "no such file")):
+        assert system.open_state(path)
+        qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
+        assert system.message.value.startswith("⚠") and problem in system.message.value
+        np.testing.assert_array_equal(session.sim.snapshot().spins, spins)
+
+
 def test_preset_names_the_values_the_system_panel_holds(app_viewer):
     _, session = app_viewer
     panel = session.panels["System"]

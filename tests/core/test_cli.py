@@ -446,6 +446,16 @@ def test_app_refuses_an_unreadable_model_before_opening(tmp_path, capsys):
     assert code == 2 and "no such model file" in error_line(err)
 
 
+def test_app_refuses_an_unreadable_state_before_opening(tmp_path, capsys):
+    code, _, err = run(capsys, "app", "--state", tmp_path / "missing.h5")
+    assert code == 2 and "no such file" in error_line(err)
+    model = tmp_path / "not-frames.h5"
+    with h5py.File(model, "w") as f:
+        f.attrs["format"] = "sdglass-trajectory"
+    code, _, err = run(capsys, "app", "--state", model)
+    assert code == 2 and "not an sdglass-frames file" in error_line(err)
+
+
 @pytest.mark.parametrize(
     ("environ", "platform", "refused"),
     [

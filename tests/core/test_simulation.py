@@ -9,9 +9,10 @@ import torch
 from core.config import ConfigError, LLGConfig, SystemConfig
 from core.electrons import EDSolver
 from core.errors import DeviceError, PackingError
+from core.io import Frames, electron_attrs
 from core.model import MLFieldProvider
 from core.modelfile import load_model
-from core.simulation import Simulation
+from core.simulation import MAX_REPLICAS, Simulation
 
 SMALL = SystemConfig(n=30, seed=1)
 
@@ -400,3 +401,63 @@ def test_parameters_changed_mid_run_are_kept_with_the_time_they_took_effect(tiny
     sim.reset_spins()  # a new run: no changes yet
     sim.advance(1)
     assert sim.snapshot().changes == ()
+
+
+def saved_state(sim: Simulation, **electrons) -> Frames:
+    """The state of sim as the app's export writes it: one frame per replica."""
+    spins = sim.snapshot().spins
+    b = len(spins)
+    return Frames(
+        positions=np.repeat(sim.system.positions[None], b, axis=0),
+        box=np.full(b, sim.system.box),
+        spins=spins,
+        attrs=electron_attrs(sim.electrons.replace(**electrons)),
+    )
+
+
+def test_a_saved_state_opens_with_its_atoms_spins_replicas_and_electrons():
+    source = Simulation(SMALL.replace(seed=5), llg=LLGConfig(dt=0.05), replicas=3)
+    source.advance(4)
+    frames = saved_state(source, J=1.0)
+    sim = Simulation(SMALL, replicas=1)
+    sim.advance(2)
+    prepared = sim.prepare_state(frames)
+    assert sim.replicas == 1 and sim.step_count == 2  # nothing changed yet
+    sim.install(prepared)
+    np.testing.assert_array_equal(sim.system.positions, source.system.positions)
+    np.testing.assert_array_equal(sim.snapshot().spins, source.snapshot().spins)
+    assert sim.replicas == 3 and sim.step_count == 0 and sim.time == 0.0
+    assert sim.electrons.J == 1.0 and sim.system_config.n == SMALL.n
+    assert isinstance(sim.provider, EDSolver) and sim.provider.config.J == 1.0
+    sim.advance(2)  # the run goes on from the saved spins
+    assert sim.step_count == 2
+
+
+def test_a_saved_state_takes_the_frames_of_its_first_configuration_and_their_r_min():
+    a, b = Simulation(SMALL), Simulation(SMALL.replace(seed=9))
+    fa, fb = saved_state(a), saved_state(b)
+    both = Frames(
+        positions=np.concatenate([fa.positions, fb.positions, fa.positions]),
+        box=np.concatenate([fa.box, fb.box, fa.box]),
+        spins=np.concatenate([fa.spins, fb.spins, -fa.spins]),
+        attrs=fa.attrs,
+    )
+    sim = Simulation(SMALL.replace(r_min=0.9))  # more than these atoms keep apart
+    sim.install(sim.prepare_state(both))
+    np.testing.assert_array_equal(sim.snapshot().spins, np.concatenate([fa.spins, -fa.spins]))
+    nearest = sim.system_config.r_min
+    assert SMALL.r_min < nearest < 0.9 and sim.snapshot().r_edges[0] == pytest.approx(nearest)
+
+
+def test_a_saved_state_with_more_spin_states_than_replicas_is_refused():
+    sim = Simulation(SMALL)
+    one = saved_state(sim)
+    many = Frames(
+        positions=np.repeat(one.positions, MAX_REPLICAS + 1, axis=0),
+        box=np.repeat(one.box, MAX_REPLICAS + 1),
+        spins=np.repeat(one.spins, MAX_REPLICAS + 1, axis=0),
+    )
+    with pytest.raises(ConfigError, match=f"has {MAX_REPLICAS + 1} spin states .* at most"):
+        sim.prepare_state(many)
+    with pytest.raises(ConfigError, match="replicas must be an integer from 1 to"):
+        sim.set_replicas(MAX_REPLICAS + 1)
