@@ -205,21 +205,19 @@ class DynamicsPanel(Container):
         self.engine.enabled = False
         say(self.message, "")
         self.job = Job(
-            lambda: self.session.sim.prepare_engine(engine), self._use_engine,
+            lambda: self._switch_engine(engine), lambda _: say(self.message, ""),
             self._engine_failed, self._engine_ready, self.message, f"Preparing {label}",
             self.session.closing,
         )  # fmt: skip
 
-    def _use_engine(self, choice) -> None:
+    def _switch_engine(self, engine: str) -> None:
+        """Worker thread: prepare the engine, then switch at the next step (waiting here, not
+        in the window, for a step in progress: an ED step at large N takes seconds)."""
         sim = self.session.sim
-        try:
-            if choice.model is not sim.model:  # the Model panel loaded another one meanwhile
-                choice = sim.prepare_engine(choice.engine)
-            sim.use_engine(choice)
-        except SdglassError as err:
-            self._engine_failed(err)
-            return
-        say(self.message, "")
+        choice = sim.prepare_engine(engine)
+        if choice.model is not sim.model:  # the Model panel loaded another one meanwhile
+            choice = sim.prepare_engine(engine)
+        sim.use_engine(choice)
 
     def _engine_failed(self, err) -> None:
         say(self.message, f"⚠ {err}", error=True)
@@ -306,7 +304,9 @@ class DynamicsPanel(Container):
         self.pause_button.text = "Resume" if state in ("pausing", "paused") else "Pause"
         for w in (self.replicas, self.device):
             w.enabled = state == "stopped" and not moving
-        self.engine.enabled = state == "stopped" and not moving and self.job is None
+        # an engine switch mid-run is taken at the next step (and marked on the plots and in
+        # an exported trajectory)
+        self.engine.enabled = state != "stopping" and not moving and self.job is None
         if state in STEPPING:
             if not self._ticker.isActive():
                 self._step_seen = (self.session.sim.step_count, time.monotonic())

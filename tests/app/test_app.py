@@ -272,6 +272,28 @@ def test_pause_during_a_slow_step_says_pausing_until_the_step_has_ended(slow_rea
     assert session.sim.step_count == 1
 
 
+def test_an_engine_chosen_during_a_slow_step_is_taken_after_it_while_the_window_goes_on(
+    app_viewer, qtbot, tiny_model_file, choose_model
+):
+    from qtpy.QtCore import QTimer
+
+    _, session = app_viewer
+    dyn = session.panels["Dynamics"]
+    assert choose_model(session.panels["Model"], tiny_model_file)  # one for N = 30
+    slow_steps(session, 0.4)
+    dyn.start()
+    qtbot.wait(200)  # step 1 in progress
+    seen = []
+    dyn.engine.value = "ML (machine-learned)"  # ready at once, taken when step 1 ends
+    QTimer.singleShot(100, lambda: seen.append(session.sim.engine))
+    qtbot.waitUntil(lambda: bool(seen), timeout=TIMEOUT)
+    # the window went on meanwhile: the switch waits for the step in a worker thread
+    assert seen == ["ed"] and session.sim.step_count == 0
+    qtbot.waitUntil(lambda: dyn.job is None, timeout=TIMEOUT)
+    assert session.sim.engine == "ml" and session.sim.step_count >= 1
+    session.stop(wait=True)
+
+
 def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qtbot):
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
@@ -639,12 +661,12 @@ def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
     release.set()
     qtbot.waitUntil(lambda: dyn.job is None, timeout=TIMEOUT)
     assert session.sim.engine == "ml" and isinstance(session.sim.provider, MLFieldProvider)
-    # the menu stays locked while the run goes on, as it is for any run, until it stops
-    assert session.running and not dyn.engine.enabled and dyn.message.value == ""
+    assert session.running and dyn.engine.enabled and dyn.message.value == ""
     steps = session.sim.step_count
     qtbot.waitUntil(lambda: session.sim.step_count >= steps + 3, timeout=TIMEOUT)  # ML steps
     session.stop(wait=True)
-    assert dyn.engine.enabled
+    (change,) = session.sim.snapshot().changes  # marked on the plots, kept in an export
+    assert change["engine"] == ["ed", "ml"] and 0 < change["step"] <= steps
 
 
 def test_a_model_is_read_in_the_background_while_the_run_goes_on(
