@@ -206,7 +206,7 @@ def launch(
     if demo:
         panels["Dynamics"].preset.value = DEMO_PRESET
     if state is not None:
-        session.install(session.sim.prepare_state(read_frames(state)))
+        session.install(session.sim.prepare_state(read_frames(state), str(state)))
         panels["System"].show_system()
         panels["System"].state_path.value = state
     qt_window = getattr(viewer.window, "_qt_window", None)

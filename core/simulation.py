@@ -104,6 +104,7 @@ class Prepared:
     edges: np.ndarray
     bins: PairBins
     spins: np.ndarray | None = None  # (B, N, 3) of a saved state; None: random spins
+    state_file: str | None = None  # the frames file of a saved state
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class Simulation:
         self.stepper: LLG
         self.bins: PairBins
         self.spins: torch.Tensor
+        self.state_file: str | None  # the frames file the atoms came from (None: the seed)
         self.generate(self.system_config, self.electrons)
 
     # ------------------------------------------------------------------ set-up
@@ -282,12 +284,13 @@ class Simulation:
         system = system or self.system_config
         return self._prepared(system, electrons or self.electrons, generate_positions(system))
 
-    def prepare_state(self, frames: Frames) -> Prepared:
+    def prepare_state(self, frames: Frames, state_file: str | None = None) -> Prepared:
         """A saved state (a frames file, e.g. the app's export) made ready for `install`: the
         atoms of its first frame, the spins of every frame on those atoms as the replicas
         (at most MAX_REPLICAS), the electrons the file records (else the current ones).
-        r_min becomes the atoms' nearest distance where that is below the current r_min.
-        Changes nothing, so it may run in another thread."""
+        r_min becomes the atoms' nearest distance where that is below the current r_min;
+        state_file names the file (exports record it). Changes nothing, so it may run in
+        another thread."""
         same = np.all(frames.positions == frames.positions[0], axis=(1, 2))
         same &= frames.box == frames.box[0]
         count = int(same.sum())
@@ -301,9 +304,9 @@ class Simulation:
         r_min = min(self.system_config.r_min, nearest_distance(atoms))
         system = SystemConfig(n=atoms.n, box=atoms.box, r_min=r_min, seed=self.system_config.seed)
         electrons = frames.electron_config(self.electrons)
-        return self._prepared(system, electrons, atoms, frames.spins[same])
+        return self._prepared(system, electrons, atoms, frames.spins[same], state_file)
 
-    def _prepared(self, system, electrons, atoms, spins=None) -> Prepared:
+    def _prepared(self, system, electrons, atoms, spins=None, state_file=None) -> Prepared:
         """Provider and pair bins of atoms for the current engine, model and device."""
         with self._lock:
             engine, model, device = self.engine, self.model, self.device
@@ -311,8 +314,9 @@ class Simulation:
         edges = bin_edges(system.r_min, min(atoms.box / 2, CORR_R_MAX), self.bin_width)
         bins = pair_bins(atoms, edges, device)
         return Prepared(
-            system, electrons, atoms, engine, model, device, provider, edges, bins, spins
-        )
+            system, electrons, atoms, engine, model, device, provider, edges, bins, spins,
+            state_file,
+        )  # fmt: skip
 
     def install(self, prepared: Prepared) -> None:
         """Make a prepared configuration current, with fresh random spins at t = 0. Parts made
@@ -326,6 +330,7 @@ class Simulation:
             if p.device != self.device:
                 bins = bins.to(self.device)
             self.system_config, self.electrons, self.system = p.system_config, p.electrons, p.atoms
+            self.state_file = p.state_file  # where the atoms came from, if not from the seed
             self.edges, self.bins, self.provider = p.edges, bins, provider
             self._ml_under_ed = None
             self.stepper = LLG(provider, self._llg_config, device=self.device)

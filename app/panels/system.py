@@ -160,7 +160,7 @@ class SystemPanel(Container):
         if self.job is not None:
             return False
         path = Path(path or self.state_path.value)
-        self._build(lambda: self.session.sim.prepare_state(read_frames(path)),
+        self._build(lambda: self.session.sim.prepare_state(read_frames(path), str(path)),
                     f"Opening {path.name}", f"Opened {path.name}", show=True)  # fmt: skip
         return True
 

@@ -54,6 +54,8 @@ def test_generate_from_system_panel(app_viewer, generate):
 def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
     app_viewer, qtbot, tmp_path, generate
 ):
+    from core.io import read_trajectory
+
     viewer, session = app_viewer
     system, dyn = session.panels["System"], session.panels["Dynamics"]
     dyn.replicas.value = 2
@@ -83,6 +85,10 @@ def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
     dyn.start(max_steps=3)  # the quench goes on from the saved spins
     wait_stopped(qtbot, session)
     assert session.sim.step_count == 3
+    # its trajectory names the file the atoms came from, not the seed of other atoms
+    export.path.value = tmp_path / "again"
+    attrs = read_trajectory(export.save_trajectory()[0]).attrs
+    assert attrs["state_file"] == str(path) and "seed" not in attrs and attrs["J"] == 4.0
 
 
 def test_a_file_that_is_not_a_state_is_reported_and_the_state_stays(app_viewer, qtbot, tmp_path):
