@@ -319,8 +319,9 @@ class Simulation:
         )  # fmt: skip
 
     def install(self, prepared: Prepared) -> None:
-        """Make a prepared configuration current, with fresh random spins at t = 0. Parts made
-        for an engine, model or device that changed meanwhile are made again for the current."""
+        """Make a prepared configuration current at t = 0, with fresh random spins (a saved
+        state's spins and replicas for `prepare_state`). Parts made for an engine, model or
+        device that changed meanwhile are made again for the current."""
         p = prepared
         with self._lock:
             provider, bins = p.provider, p.bins
