@@ -20,6 +20,7 @@ from app.panels.presets import Presets
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
 from core.io import read_frames
+from core.simulation import MAX_REPLICAS
 
 #: Widget values shared by every preset: the paper's density, r_min, half filling, kT_e = 0.
 PRESET_COMMON = {"keep_density": True, "r_min": 0.5, "filling": 0.5, "kT_e": 0.0}
@@ -89,7 +90,7 @@ class SystemPanel(Container):
             label="State file", mode="r", filter="*.h5",
             tooltip="A frames file: Export's 'Save frames', or sdglass generate / label. Its "
             "first atomic configuration opens with the spins of every frame on it as the "
-            "replicas (at most 64) and the electrons it records.",
+            f"replicas (at most {MAX_REPLICAS}) and the electrons it records.",
         )  # fmt: skip
         self.open_button = PushButton(
             text="Open state",
