@@ -316,6 +316,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
             f"{a.get('configs')} configurations x {a.get('replicas')} replicas, "
             f"t = 0..{values['t_max']:g}"
         )
+        if "state_file" in a:
+            print(f"  started from the saved state {a['state_file']}")
         for change in values["parameter_changes"]:
             print(f"  changed during the run: {describe_change(change)}")
         first = ", ".join(f"{v:+.3f} (t = {t})" for t, v in values["c_first_bin"].items())

@@ -319,8 +319,9 @@ def test_summary_lists_parameters_changed_during_the_run(tmp_path, capsys):
     ]
     with h5py.File(path, "r+") as f:  # as the app writes a run whose knobs were turned
         f.attrs["parameter_changes"] = json.dumps(changes)
+        f.attrs["state_file"] = "saved.frames.h5"  # ... from a state it opened
     code, out, _ = run(capsys, "summary", path)
-    assert code == 0
+    assert code == 0 and "started from the saved state saved.frames.h5" in out
     assert "changed during the run: from t = 0.1 (step 5): temperature 0.001 -> 0.25, " in out
     assert "alpha 0.05 -> 0.5" in out and "from t = 0.15 (step 8): engine ed -> ml" in out
     code, out, _ = run(capsys, "summary", path, "--json")
