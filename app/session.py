@@ -67,6 +67,7 @@ class AppSession:
     snapshot_ready = Signal(object)
     system_changed = Signal()
     model_changed = Signal()
+    state_saved = Signal(object)  # the path of a frames file the Export panel wrote
     # "running", "pausing" / "stopping" (after this step), "paused", "stopped"
     run_state_changed = Signal(str)
     closing = Signal()  # the window closes: panels drop their background jobs

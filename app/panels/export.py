@@ -219,13 +219,11 @@ class ExportPanel(Container):
         return [rec.finish(observables)]
 
     def save_frames(self) -> list[Path]:
-        return [
-            write_frames(
-                self._base().with_suffix(".frames.h5"),
-                frames_of(self.session),
-                force=self.overwrite.value,
-            )
-        ]
+        path = write_frames(
+            self._base().with_suffix(".frames.h5"), frames_of(self.session), self.overwrite.value
+        )
+        self.session.state_saved.emit(path)  # the System panel offers it to open again
+        return [path]
 
     def save_trajectory(self) -> list[Path]:
         path = self._base().with_suffix(".traj.h5")

@@ -116,6 +116,7 @@ class SystemPanel(Container):
         self._sync_box()
         self._summarise()
         session.system_changed.connect(self._summarise)
+        session.state_saved.connect(lambda path: setattr(self.state_path, "value", path))
 
     def _sync_box(self, *_) -> None:
         self.box.enabled = not self.keep_density.value

@@ -71,7 +71,7 @@ def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
     dyn.replicas.value = 1
     system.n.value, system.J.value, system.seed.value = 40, 6.0, 1
     assert generate(system)
-    system.state_path.value = path
+    assert Path(system.state_path.value) == path  # offered to open again
     system.open_button.clicked.emit()
     qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
     assert system.message.value == f"Opened {path.name} in " + system.message.value.split(" in ")[1]
