@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -217,19 +218,22 @@ def test_pause_resume_stop(app_viewer, qtbot):
     assert session.state == "stopped" and dyn.start_button.enabled
 
 
-def slow_steps(session, seconds: float) -> None:
+def slow_steps(session, seconds: float) -> threading.Event:
     """Each field evaluation of the session's stepper sleeps `seconds` first (ED at large N:
-    seconds a step; an SIB step evaluates twice)."""
+    seconds a step; an SIB step evaluates twice). Returns an event set when the first
+    evaluation begins (a step is then in progress)."""
     import time
 
-    fast = session.sim.stepper.provider
+    fast, begun = session.sim.stepper.provider, threading.Event()
 
     class Slow:
         def fields(self, spins):
+            begun.set()
             time.sleep(seconds)
             return fast.fields(spins)
 
     session.sim.stepper.provider = Slow()
+    return begun
 
 
 @pytest.fixture
@@ -286,9 +290,9 @@ def test_an_engine_chosen_during_a_slow_step_is_taken_after_it_while_the_window_
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
     assert choose_model(session.panels["Model"], tiny_model_file)  # one for N = 30
-    slow_steps(session, 0.4)
+    begun = slow_steps(session, 0.4)
     dyn.start()
-    qtbot.wait(200)  # step 1 in progress
+    qtbot.waitUntil(begun.is_set, timeout=TIMEOUT)  # step 1 in progress
     seen = []
     dyn.engine.value = "ML (machine-learned)"  # ready at once, taken when step 1 ends
     QTimer.singleShot(100, lambda: seen.append(session.sim.engine))
@@ -303,9 +307,9 @@ def test_an_engine_chosen_during_a_slow_step_is_taken_after_it_while_the_window_
 def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qtbot):
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
-    slow_steps(session, 0.3)  # a step of 0.6 s: both clicks land within it
+    begun = slow_steps(session, 0.3)  # a step of 0.6 s: both clicks land within it
     dyn.start()
-    qtbot.wait(200)  # step 1 in progress
+    qtbot.waitUntil(begun.is_set, timeout=TIMEOUT)  # step 1 in progress
     dyn.pause_button.clicked.emit()
     assert session.state == "pausing"
     dyn.pause_button.clicked.emit()  # Resume before step 1 has ended
@@ -644,7 +648,6 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(
 def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
     app_viewer, qtbot, tiny_model_file, choose_model
 ):
-    import threading
 
     from core.model import MLFieldProvider
 
@@ -678,7 +681,6 @@ def test_the_engine_is_prepared_in_the_background_while_the_run_goes_on(
 def test_a_model_is_read_in_the_background_while_the_run_goes_on(
     app_viewer, qtbot, tiny_model_file, choose_model, choose_engine
 ):
-    import threading
 
     _, session = app_viewer
     panel, dyn = session.panels["Model"], session.panels["Dynamics"]
@@ -712,7 +714,6 @@ def test_a_model_is_read_in_the_background_while_the_run_goes_on(
 def test_an_engine_prepared_while_a_model_loads_takes_the_new_model(
     app_viewer, qtbot, tiny_model_file, choose_model
 ):
-    import threading
 
     _, session = app_viewer
     panel, dyn = session.panels["Model"], session.panels["Dynamics"]
@@ -749,7 +750,6 @@ def test_a_new_system_clears_the_results_of_the_old(
 
 
 def test_fields_of_a_system_replaced_meanwhile_are_dropped(app_viewer, qtbot, generate):
-    import threading
 
     viewer, session = app_viewer
     compute, release = session.sim.compute_fields, threading.Event()
@@ -1048,7 +1048,6 @@ def test_closing_the_window_during_a_background_job_leaves_no_traceback(
 def test_a_device_is_prepared_in_the_background_and_no_run_starts_meanwhile(
     app_viewer, qtbot, monkeypatch
 ):
-    import threading
 
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
@@ -1074,7 +1073,6 @@ def test_a_device_is_prepared_in_the_background_and_no_run_starts_meanwhile(
 
 
 def test_generate_builds_in_the_background_while_the_dynamics_runs(app_viewer, qtbot, monkeypatch):
-    import threading
 
     viewer, session = app_viewer
     panel = session.panels["System"]
