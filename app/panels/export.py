@@ -51,7 +51,7 @@ def trajectory_of(session) -> Trajectory:
     m = np.interp(snap.record_times, snap.energy_times, snap.magnetisation_history)
     attrs = {**sim.system_config.to_dict(), **sim.electrons.to_dict(), **sim.llg_config.to_dict()}
     attrs.update(box=sim.system.box, engine=sim.engine, replicas=sim.replicas, configs=1)
-    if sim.state_file is not None:  # the atoms and first spins came from this file
+    if sim.state_file is not None:  # the atoms came from this file, not from the seed
         attrs["state_file"] = sim.state_file
         del attrs["seed"]
     if sim.engine == "ml":  # the model's electrons ran, whatever the System panel says
