@@ -92,6 +92,12 @@ class FieldsPanel(Container):
         self._model_changed()
 
     def _model_changed(self) -> None:
+        self._enable_ml()
+        if self.session.scene.quantity == "local energy (ML)":  # the new model's
+            self._local_energies()
+            self.session.scene.refresh()
+
+    def _enable_ml(self) -> None:
         has = self.session.model is not None
         self.ml_button.enabled = has
         self.compare_button.enabled = has
@@ -99,14 +105,16 @@ class FieldsPanel(Container):
             self.result.value = "ML fields need a model (see the Model panel)."
 
     def _new_system(self) -> None:
-        """The results shown belong to the previous system: cleared."""
+        """The results shown belong to the previous system: cleared (a new system's snapshot
+        brings its local energies)."""
         self.result.value = ""
         self.last_comparison = None
         self.parity.clear()
-        self._model_changed()
+        self._enable_ml()
 
     def _display(self, *_) -> None:
         scene = self.session.scene
+        newly = str(self.colour_by.value) != scene.quantity
         scene.quantity = str(self.colour_by.value)
         scene.axis = {
             "x": np.array([1.0, 0, 0]), "y": np.array([0, 1.0, 0]), "z": np.array([0, 0, 1.0]),
@@ -117,15 +125,27 @@ class FieldsPanel(Container):
         if scene.field_layer is not None:
             scene.field_layer.visible = bool(self.show_fields.value)
         # while the dynamics runs, each snapshot brings the local energies of its spins
-        self.session.sim.track_local_energies = scene.quantity == "local energy (ML)"
-        if scene.quantity == "local energy (ML)" and self.session.model is not None:
-            try:
-                eps = self.session.sim.local_energies()
-            except SdglassError as err:  # e.g. a system too small for the model's cutoff
-                eps = None
-                self.result.value = f"⚠ local energies: {err}"
-            scene.local_energy = None if eps is None else eps[0]
+        energies = scene.quantity == "local energy (ML)"
+        self.session.sim.track_local_energies = energies
+        if energies and newly:
+            self._local_energies()
         scene.refresh()
+
+    def _local_energies(self) -> None:
+        """The model's eps_i of the spins shown: computed now, or while a run goes on, brought
+        by its next snapshot (the window does not wait for the step in progress)."""
+        scene = self.session.scene
+        if self.session.model is None:
+            return
+        if self.session.state == "running":
+            scene.local_energy = None  # until the next snapshot
+            return
+        try:
+            eps = self.session.sim.local_energies()
+        except SdglassError as err:  # e.g. a system too small for the model's cutoff
+            eps = None
+            self.result.value = f"⚠ local energies: {err}"
+        scene.local_energy = None if eps is None else eps[0]
 
     def _run(self, job, done, text: str) -> None:
         if self.job is not None:
@@ -144,7 +164,7 @@ class FieldsPanel(Container):
     def _finished(self) -> None:
         self.job = None
         self.ed_button.enabled = True
-        self._model_changed()
+        self._enable_ml()
 
     def compute(self, engine: str) -> None:
         """Fields of the current spins from ED or ML, shown as the Fields layer."""

@@ -1,5 +1,7 @@
 """Fixtures for the GUI tests: a small sdglass viewer (tiny_model_file is in tests/conftest.py)."""
 
+import threading
+
 import pytest
 
 
@@ -50,3 +52,21 @@ def choose_model(qtbot):
         return panel.session.model is not before
 
     return load
+
+
+def slow_steps(session, seconds: float) -> threading.Event:
+    """Each field evaluation of the session's stepper sleeps `seconds` first (ED at large N:
+    seconds a step; an SIB step evaluates twice). Returns an event set when the first
+    evaluation begins (a step is then in progress)."""
+    import time
+
+    fast, begun = session.sim.stepper.provider, threading.Event()
+
+    class Slow:
+        def fields(self, spins):
+            begun.set()
+            time.sleep(seconds)
+            return fast.fields(spins)
+
+    session.sim.stepper.provider = Slow()
+    return begun

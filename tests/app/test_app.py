@@ -13,6 +13,7 @@ from qtpy.QtWidgets import QSizePolicy
 
 from core.config import LLGConfig, SystemConfig
 from core.paths import DEFAULT_MODEL
+from tests.app.conftest import slow_steps
 
 TIMEOUT = 60_000  # ms
 
@@ -216,24 +217,6 @@ def test_pause_resume_stop(app_viewer, qtbot):
     dyn.stop_button.clicked.emit()
     wait_stopped(qtbot, session)
     assert session.state == "stopped" and dyn.start_button.enabled
-
-
-def slow_steps(session, seconds: float) -> threading.Event:
-    """Each field evaluation of the session's stepper sleeps `seconds` first (ED at large N:
-    seconds a step; an SIB step evaluates twice). Returns an event set when the first
-    evaluation begins (a step is then in progress)."""
-    import time
-
-    fast, begun = session.sim.stepper.provider, threading.Event()
-
-    class Slow:
-        def fields(self, spins):
-            begun.set()
-            time.sleep(seconds)
-            return fast.fields(spins)
-
-    session.sim.stepper.provider = Slow()
-    return begun
 
 
 @pytest.fixture

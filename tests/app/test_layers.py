@@ -119,3 +119,26 @@ def test_local_energies_a_model_cannot_give_here_are_said_not_raised(app_viewer)
     assert fields.result.value.startswith("⚠ local energies: descriptor cutoff rc = 2.5")
     assert "N >= 100" in fields.result.value
     assert "(not computed yet)" in viewer.canvas.overlays.text.text
+
+
+def test_colouring_by_local_energy_mid_step_does_not_wait_for_the_step(
+    app_viewer, tiny_model_file, qtbot, choose_model
+):
+    import time
+
+    from tests.app.conftest import slow_steps
+
+    viewer, session = app_viewer
+    assert choose_model(session.panels["Model"], tiny_model_file)
+    fields = session.panels["Fields"]
+    begun = slow_steps(session, 0.5)  # a step of 1 s
+    session.start()
+    qtbot.waitUntil(begun.is_set, timeout=60_000)
+    start = time.perf_counter()
+    fields.colour_by.value = "local energy (ML)"
+    fields.arrow_length.value = 0.6  # redisplays: nor does this wait
+    assert time.perf_counter() - start < 0.3  # the step holds the simulation for ~1 s
+    # the next snapshot brings them
+    qtbot.waitUntil(lambda: session.scene.local_energy is not None, timeout=60_000)
+    session.stop(wait=True)
+    assert "local energy (ML) from" in viewer.canvas.overlays.text.text
