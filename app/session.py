@@ -61,6 +61,10 @@ class _CloseFilter(QObject):
         return False
 
 
+#: Run states in which a step may be in progress.
+STEPPING = ("running", "pausing", "stopping")
+
+
 class AppSession:
     """One viewer's simulation state and run control."""
 
@@ -314,6 +318,13 @@ class AppSession:
         self._running.set()  # a paused worker wakes to see the quit
         self._shown.set()  # a worker waiting for its snapshot to be drawn goes on to quit
         return worker
+
+    def current_snapshot(self):
+        """The state to save: while a step may be in progress, the one last shown (the window
+        does not wait for the step, seconds with ED at large N); else the simulation's own."""
+        if self.state in STEPPING and self.last_snapshot is not None:
+            return self.last_snapshot
+        return self.sim.snapshot()
 
     def _set_state(self, state: str) -> None:
         self.state = state

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import QLabel
 
 from app.jobs import Job, say
 from app.panels.presets import Presets
+from app.session import STEPPING
 from core.config import INTEGRATORS, LLGConfig
 from core.errors import SdglassError
 from core.simulation import MAX_REPLICAS
@@ -32,8 +33,6 @@ READOUT_SAMPLE = (
 #: takes ~6 s a step on 2 cores): seconds so far, counted every TICK_MS.
 SLOW_STEP_S = 2.0
 TICK_MS = 1000
-#: Run states in which a step may be in progress.
-STEPPING = ("running", "pausing", "stopping")
 
 
 #: The paper's quench (PHYSICS.md "LLG dynamics"); its correlations build up over t ~ 100-300.

@@ -28,7 +28,7 @@ from core.model import ELECTRON_KEYS
 def frames_of(session) -> Frames:
     """The current state as a frames file: one frame per replica, no labels."""
     sim = session.sim
-    spins = sim.snapshot().spins
+    spins = session.current_snapshot().spins
     b = spins.shape[0]
     return Frames(
         positions=np.repeat(sim.system.positions[None], b, axis=0),
@@ -43,10 +43,9 @@ def trajectory_of(session) -> Trajectory:
     interpolated; under the ML engine its attributes name the model and its electrons, and
     parameters changed mid-run are listed in `parameter_changes` (core.io)."""
     sim = session.sim
-    snap = sim.snapshot()
+    snap = session.current_snapshot()
     if len(snap.record_times) < 1 or len(snap.energy_times) < 1:
         raise ValueError("nothing recorded yet: run the dynamics first")
-    acc = sim.correlations()
     e = np.interp(snap.record_times, snap.energy_times, snap.energy_history)
     m = np.interp(snap.record_times, snap.energy_times, snap.magnetisation_history)
     attrs = {**sim.system_config.to_dict(), **sim.electrons.to_dict(), **sim.llg_config.to_dict()}
@@ -64,8 +63,8 @@ def trajectory_of(session) -> Trajectory:
         energy_per_spin=e,
         magnetisation=m,
         corr=snap.corr,
-        r_centres=acc.centres,
-        r_edges=acc.edges,
+        r_centres=sim.bins.centres,
+        r_edges=sim.bins.edges,
         pair_counts=sim.bins.counts.astype(np.int64),
         xi=np.nan_to_num(snap.xi, nan=0.0),
         attrs={k: v for k, v in attrs.items() if v is not None},
@@ -200,7 +199,7 @@ class ExportPanel(Container):
         except Exception:
             self.record.value = False
             raise
-        self._snapshot(self.session.sim.snapshot())
+        self._snapshot(self.session.current_snapshot())
         say(self.message, f"recording -> {path.name}")
         return []
 
@@ -209,7 +208,7 @@ class ExportPanel(Container):
         rec = self.recorder
         if rec is None:
             return []
-        self._snapshot(self.session.sim.snapshot())
+        self._snapshot(self.session.current_snapshot())
         self.recorder = None
         try:
             observables = trajectory_of(self.session)

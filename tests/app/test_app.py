@@ -287,6 +287,33 @@ def test_an_engine_chosen_during_a_slow_step_is_taken_after_it_while_the_window_
     session.stop(wait=True)
 
 
+def test_saving_mid_step_saves_the_state_shown_without_waiting_for_the_step(
+    app_viewer, qtbot, tmp_path
+):
+    import time
+
+    from core.io import read_frames, read_trajectory
+
+    _, session = app_viewer
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "mid"
+    session.panels["Dynamics"].steps_per_frame.value = 1
+    begun = slow_steps(session, 0.5)  # a step of 1 s
+    session.start()
+    qtbot.waitUntil(lambda: session.sim.step_count >= 1, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: session.last_snapshot.step >= 1, timeout=TIMEOUT)
+    begun.clear()
+    qtbot.waitUntil(begun.is_set, timeout=TIMEOUT)  # the next step is in progress
+    shown = session.last_snapshot
+    start = time.perf_counter()
+    frames = read_frames(export.save_frames()[0])
+    traj = read_trajectory(export.save_trajectory()[0])
+    assert time.perf_counter() - start < 0.4  # the step holds the simulation for ~1 s
+    np.testing.assert_array_equal(frames.spins, shown.spins)
+    np.testing.assert_array_equal(traj.times, shown.record_times)
+    session.stop(wait=True)
+
+
 def test_pause_and_resume_within_one_long_step_keep_the_run_going(app_viewer, qtbot):
     _, session = app_viewer
     dyn = session.panels["Dynamics"]
