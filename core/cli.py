@@ -261,10 +261,38 @@ def cmd_compare(args: argparse.Namespace) -> None:
             f"{path} vs {args.runs[0]}: max |delta C(r, t)| over bins for t <= {args.t_max:g}: "
             f"{diff.max():.4f} (at t = {ref.times[keep][np.argmax(diff)]:.3g}){how}"
         )
+        differ = attribute_differences(ref.attrs, traj.attrs)
+        if differ:
+            print(f"  note: other run parameters than {args.runs[0]}: {', '.join(differ)}")
+    for path, traj in zip(args.runs, trajs, strict=True):
+        if "parameter_changes" in traj.attrs:
+            print(f"  note: the parameters of {path} changed during its run (sdglass summary)")
     if args.plot:
         labels = args.labels or [str(t.attrs.get("engine", i)).upper() for i, t in enumerate(trajs)]
         save_figure(comparison_figure(trajs, labels, args.title), args.plot, args.force)
         print(f"wrote {args.plot}")
+
+
+#: Run parameters that two runs compared should share (the engine and the model may differ).
+COMPARED_ATTRS = (
+    "n", "box", "r_min", "seed", "state_file", "t0", "ell", "J", "filling", "kT_e", "r_hop",
+    "temperature", "alpha", "dt", "gamma", "integrator", "noise_seed", "configs", "replicas",
+)  # fmt: skip
+
+
+def attribute_differences(ref: dict, other: dict) -> list[str]:
+    """ "name other vs ref" for each of COMPARED_ATTRS on which two runs differ."""
+
+    def same(a, b) -> bool:
+        if isinstance(a, float | int) and isinstance(b, float | int):
+            return bool(np.isclose(a, b, rtol=1e-9, atol=0.0))
+        return a == b
+
+    return [
+        f"{k} {other.get(k, 'unset')} vs {ref.get(k, 'unset')}"
+        for k in COMPARED_ATTRS
+        if (k in ref or k in other) and not same(ref.get(k), other.get(k))
+    ]
 
 
 def describe_change(change: dict) -> str:

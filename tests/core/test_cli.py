@@ -295,6 +295,9 @@ def test_compare_reports_largest_difference_and_plots(tmp_path, capsys):
     expected = np.abs(new.corr - ref.corr).max()
     assert f"{expected:.4f}" in other and expected > 0
     assert (tmp_path / "cmp.png").stat().st_size > 10_000
+    # the run with other noise is named as such; the identical one gets no note
+    notes = [line for line in out.splitlines() if "note:" in line]
+    assert notes == [f"  note: other run parameters than {a}: noise_seed 5 vs 0"]
 
 
 def test_compare_interpolates_runs_with_other_record_times(tmp_path, capsys):
@@ -326,6 +329,11 @@ def test_summary_lists_parameters_changed_during_the_run(tmp_path, capsys):
     assert "alpha 0.05 -> 0.5" in out and "from t = 0.15 (step 8): engine ed -> ml" in out
     code, out, _ = run(capsys, "summary", path, "--json")
     assert code == 0 and json.loads(out)["parameter_changes"] == changes
+    plain = tmp_path / "plain.h5"
+    assert run(capsys, *quench, "-o", plain)[0] == 0
+    code, out, _ = run(capsys, "compare", plain, path)
+    assert code == 0 and "state_file saved.frames.h5 vs unset" in out
+    assert out.count("changed during its run") == 1 and f"parameters of {path} changed" in out
     with h5py.File(path, "r+") as f:
         f.attrs["parameter_changes"] = "[{'t': 1"
     code, _, err = run(capsys, "summary", path)
