@@ -493,8 +493,10 @@ class Simulation:
         """Keep what changed since the previous step (temperature, alpha, engine, ...: the
         app changes them mid-run), with the time the step began."""
         used = (self.engine, self.model, self.stepper.last_config)
-        if self._used is not None:
-            change = parameter_change(t, self.step_count, self._used, used)
+        before = self._used
+        # per step, only identities are compared: a change makes new objects
+        if before is not None and any(a is not b for a, b in zip(used, before, strict=True)):
+            change = parameter_change(t, self.step_count, before, used)
             if change is not None:
                 self._history.changes.append(change)
         self._used = used
