@@ -8,6 +8,7 @@ from core.system import (
     AtomicSystem,
     distance_matrix,
     generate_positions,
+    nearest_distance,
     pairs_within,
     random_spins,
 )
@@ -83,3 +84,13 @@ def test_random_spins_are_unit_and_isotropic():
     assert s.shape == (4, 5000, 3)
     torch.testing.assert_close(s.norm(dim=-1), torch.ones(4, 5000, dtype=torch.float64))
     assert s.mean(dim=(0, 1)).abs().max() < 0.03
+
+
+def test_nearest_distance_is_the_smallest_minimum_image_distance():
+    system = generate_positions(SystemConfig(n=60, seed=4))
+    d = distance_matrix(system).numpy()
+    expected = d[~np.eye(len(d), dtype=bool)].min()
+    assert nearest_distance(system) == pytest.approx(expected, rel=1e-12)
+    # a pair across the periodic boundary: 0.1 apart through the face, not L - 0.1
+    pair = AtomicSystem(np.array([[0.05, 1.0, 1.0], [4.95, 1.0, 1.0]]), 5.0)
+    assert nearest_distance(pair) == pytest.approx(0.1)
