@@ -19,7 +19,7 @@ from app.panels.model import ModelPanel
 from app.panels.system import SystemPanel
 from app.responsiveness import ResponsivenessProbe
 from app.session import AppSession
-from core.io import read_frames
+from core.io import read_state
 
 #: The session of each viewer built by launch (keyed by id(viewer)).
 _SESSIONS: dict[int, AppSession] = {}
@@ -206,7 +206,7 @@ def launch(
     if demo:
         panels["Dynamics"].preset.value = DEMO_PRESET
     if state is not None:
-        session.install(session.sim.prepare_state(read_frames(state), str(state)))
+        session.install(session.sim.prepare_state(read_state(state), str(state)))
         panels["System"].show_system()
         panels["System"].state_path.value = state
     qt_window = getattr(viewer.window, "_qt_window", None)

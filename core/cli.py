@@ -436,7 +436,7 @@ def _require_display(environ, platform: str) -> None:
 
 def cmd_app(args: argparse.Namespace) -> int:
     """The napari explorer (imported lazily: the rest of the CLI never loads Qt)."""
-    from core.io import check_output, read_frames
+    from core.io import check_output, read_state
     from core.modelfile import load_model
 
     if args.steps is not None and args.steps < 1:
@@ -454,7 +454,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.model is not None:
         load_model(args.model)  # refused here, not as a notification in an open window
     if args.state is not None:
-        read_frames(args.state)
+        read_state(args.state)
     _require_display(os.environ, sys.platform)
     from app.launcher import launch
 
@@ -762,7 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--state",
         default=None,
-        help="open a saved state (frames file: its atoms, spins and electrons; instead of -n)",
+        help="open a saved state (a frames file, or a recorded trajectory's last snapshot; "
+        "its atoms, spins and electrons, instead of -n)",
     )
     p.add_argument("--steps", type=int, default=None, help="run K LLG steps at start")
     p.add_argument(

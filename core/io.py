@@ -400,9 +400,8 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
-@contextmanager
-def _reading(path: Path, fmt: str) -> Iterator[h5py.File]:
-    """Open an sdglass HDF5 file of format ``fmt``, turning every h5py failure into one line."""
+def _open(path: Path) -> h5py.File:
+    """An HDF5 file opened for reading; a missing or non-HDF5 file is one line."""
     if not path.exists():
         raise FileFormatError(f"no such file: {path}")
     if path.is_dir():
@@ -410,13 +409,23 @@ def _reading(path: Path, fmt: str) -> Iterator[h5py.File]:
     if not h5py.is_hdf5(path):
         raise FileFormatError(f"{path} is not an HDF5 file")
     try:
-        handle = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError as err:
         raise FileFormatError(f"{path}: cannot open HDF5 file ({_one_line(err)})") from None
+
+
+def _format_of(handle: h5py.File) -> str:
+    found = handle.attrs.get("format", "")
+    return found.decode() if isinstance(found, bytes) else str(found)
+
+
+@contextmanager
+def _reading(path: Path, fmt: str) -> Iterator[h5py.File]:
+    """Open an sdglass HDF5 file of format ``fmt``, turning every h5py failure into one line."""
+    handle = _open(path)
     try:
         with handle:
-            found = handle.attrs.get("format", "")
-            found = found.decode() if isinstance(found, bytes) else str(found)
+            found = _format_of(handle)
             if found != fmt:
                 what = f"an {found!r} file" if found else "without a 'format' attribute"
                 raise FileFormatError(f"{path} is not an {fmt} file ({what})")
@@ -723,6 +732,32 @@ def parameter_changes(traj: Trajectory) -> list[dict]:
     return changes
 
 
+def read_state(path: StrPath) -> Frames:
+    """Spin states to continue from: a frames file, or the last spin snapshot of a
+    trajectory file (its first configuration; the app's recordings and `sdglass quench
+    --snapshots` have snapshots), as frames with the run's electrons."""
+    path = Path(path)
+    with _open(path) as handle:
+        fmt = _format_of(handle)
+    if fmt != TRAJECTORY_FORMAT:
+        return read_frames(path)  # which names any other format
+    traj = read_trajectory(path)
+    if traj.snapshots is None or "box" not in traj.attrs:
+        raise FileFormatError(
+            f"{path} has no spin snapshots to continue from (the app's Record trajectory "
+            "and sdglass quench --snapshots write them)"
+        )
+    spins = traj.snapshots[-1, 0].astype(np.float64)  # stored in float32: back to unit length
+    spins /= np.linalg.norm(spins, axis=-1, keepdims=True)
+    b = len(spins)
+    return _labelled(path, lambda: Frames(
+        positions=np.repeat(traj.positions[:1], b, axis=0),
+        box=np.full(b, float(traj.attrs["box"])),
+        spins=spins,
+        attrs={k: traj.attrs[k] for k in FRAME_ATTRS if k in traj.attrs},
+    ))  # fmt: skip
+
+
 def read_trajectory(path: StrPath) -> Trajectory:
     """Read and validate a trajectory file (FileFormatError/StateError naming file and problem)."""
     path = Path(path)
@@ -751,6 +786,7 @@ __all__ = [
     "electron_attrs",
     "parameter_changes",
     "read_frames",
+    "read_state",
     "read_trajectory",
     "write_frames",
     "write_trajectory",

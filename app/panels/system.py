@@ -19,7 +19,7 @@ from app.jobs import Job, say
 from app.panels.presets import Presets
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
-from core.io import read_frames
+from core.io import read_state
 from core.simulation import MAX_REPLICAS
 
 #: Widget values shared by every preset: the paper's density, r_min, half filling, kT_e = 0.
@@ -88,9 +88,10 @@ class SystemPanel(Container):
         )
         self.state_path = FileEdit(
             label="State file", mode="r", filter="*.h5",
-            tooltip="A frames file: Export's 'Save frames', or sdglass generate / label. Its "
-            "first atomic configuration opens with the spins of every frame on it as the "
-            f"replicas (at most {MAX_REPLICAS}) and the electrons it records.",
+            tooltip="A frames file (Export's 'Save frames', sdglass generate / label): its first "
+            "atomic configuration opens with the spins of every frame on it as the replicas "
+            f"(at most {MAX_REPLICAS}) and the electrons it records. Or a recorded trajectory "
+            "(Export's 'Record trajectory'): its last spin snapshot.",
         )  # fmt: skip
         self.open_button = PushButton(
             text="Open state",
@@ -162,7 +163,7 @@ class SystemPanel(Container):
         if self.job is not None:
             return False
         path = Path(path or self.state_path.value)
-        self._build(lambda: self.session.sim.prepare_state(read_frames(path), str(path)),
+        self._build(lambda: self.session.sim.prepare_state(read_state(path), str(path)),
                     f"Opening {path.name}", f"Opened {path.name}", show=True)  # fmt: skip
         return True
 

@@ -818,6 +818,14 @@ def test_trajectory_recorded_while_running(app_viewer, qtbot, tmp_path):
     np.testing.assert_allclose(traj.snapshots[-1, 0], snap.spins, atol=1e-6)
     assert traj.n_times == len(snap.record_times)
     assert "wrote rec.traj.h5" in export.message.value
+    # the recording opens again as a state: its last snapshot, on its atoms
+    session.reset_spins()
+    system = session.panels["System"]
+    assert system.open_state(tmp_path / "rec.traj.h5")
+    qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
+    assert system.message.value.startswith("Opened rec.traj.h5")
+    np.testing.assert_allclose(session.sim.snapshot().spins, snap.spins, atol=1e-6)
+    assert session.sim.step_count == 0 and session.sim.state_file.endswith("rec.traj.h5")
 
 
 def test_closing_the_window_mid_run_stops_the_dynamics_without_a_traceback(

@@ -458,11 +458,15 @@ def test_app_refuses_an_unreadable_model_before_opening(tmp_path, capsys):
 def test_app_refuses_an_unreadable_state_before_opening(tmp_path, capsys):
     code, _, err = run(capsys, "app", "--state", tmp_path / "missing.h5")
     assert code == 2 and "no such file" in error_line(err)
-    model = tmp_path / "not-frames.h5"
-    with h5py.File(model, "w") as f:
-        f.attrs["format"] = "sdglass-trajectory"
-    code, _, err = run(capsys, "app", "--state", model)
+    other = tmp_path / "not-frames.h5"
+    with h5py.File(other, "w") as f:
+        f.attrs["format"] = "sdglass-checkpoint"
+    code, _, err = run(capsys, "app", "--state", other)
     assert code == 2 and "not an sdglass-frames file" in error_line(err)
+    plain = tmp_path / "plain.h5"  # a trajectory without spin snapshots
+    assert run(capsys, "quench", "-n", 16, "--t-max", 0.04, "-o", plain)[0] == 0
+    code, _, err = run(capsys, "app", "--state", plain)
+    assert code == 2 and "has no spin snapshots to continue from" in error_line(err)
 
 
 @pytest.mark.parametrize(

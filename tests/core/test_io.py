@@ -19,6 +19,7 @@ from core.io import (
     check_output,
     electron_attrs,
     read_frames,
+    read_state,
     read_trajectory,
     write_frames,
     write_trajectory,
@@ -433,3 +434,30 @@ def test_recorder_keeps_the_snapshots_when_finishing_fails(tmp_path: Path) -> No
     kept = Path(str(info.value).rsplit("kept in ", 1)[1])
     with h5py.File(kept) as f:
         assert f["snapshots"].shape == (1, 1, 1, 5, 3)
+
+
+def test_a_state_is_a_frames_file_or_the_last_snapshot_of_a_trajectory(tmp_path: Path) -> None:
+    frames = make_frames()
+    write_frames(tmp_path / "f.h5", frames)
+    assert_same_frames(read_state(tmp_path / "f.h5"), frames)
+    traj = make_trajectory(snapshots=True)
+    traj.attrs["J"] = 3.0
+    write_trajectory(tmp_path / "t.h5", traj)
+    state = read_state(tmp_path / "t.h5")
+    last = traj.snapshots[-1, 0].astype(np.float64)  # configuration 0 at the last time
+    np.testing.assert_allclose(state.spins, last, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(state.spins, axis=-1), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(state.positions, np.repeat(traj.positions[:1], 3, axis=0))
+    assert state.box.tolist() == [5.0] * 3 and state.attrs["J"] == 3.0
+
+
+def test_a_trajectory_without_snapshots_is_not_a_state(tmp_path: Path) -> None:
+    write_trajectory(tmp_path / "t.h5", make_trajectory())
+    with pytest.raises(FileFormatError, match=r"t\.h5 has no spin snapshots to continue from"):
+        read_state(tmp_path / "t.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "something-else"
+    with pytest.raises(FileFormatError, match="is not an sdglass-frames file"):
+        read_state(tmp_path / "other.h5")
+    with pytest.raises(FileFormatError, match="no such file"):
+        read_state(tmp_path / "none.h5")
