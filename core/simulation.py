@@ -300,7 +300,8 @@ class Simulation:
                 f"at most {MAX_REPLICAS} replicas: save fewer frames (sdglass label and eval "
                 "read files of any size)"
             )
-        atoms = AtomicSystem(frames.positions[0].copy(), float(frames.box[0]))
+        box = float(frames.box[0])
+        atoms = AtomicSystem(np.mod(frames.positions[0], box), box)  # drawn inside the box
         r_min = min(self.system_config.r_min, nearest_distance(atoms))
         system = SystemConfig(n=atoms.n, box=atoms.box, r_min=r_min, seed=self.system_config.seed)
         electrons = frames.electron_config(self.electrons)

@@ -449,6 +449,18 @@ def test_a_saved_state_takes_the_frames_of_its_first_configuration_and_their_r_m
     assert SMALL.r_min < nearest < 0.9 and sim.snapshot().r_edges[0] == pytest.approx(nearest)
 
 
+def test_a_saved_state_outside_the_box_opens_wrapped_into_it():
+    source = Simulation(SMALL)
+    frames = saved_state(source)
+    shift = np.zeros(3)
+    shift[0] = source.system.box  # the same periodic system, drawn one box over
+    frames.positions = frames.positions + shift
+    sim = Simulation(SMALL.replace(seed=3))
+    sim.install(sim.prepare_state(frames))
+    np.testing.assert_allclose(sim.system.positions, source.system.positions, atol=1e-12)
+    assert sim.system.positions.max() < sim.system.box
+
+
 def test_a_saved_state_with_more_spin_states_than_replicas_is_refused():
     sim = Simulation(SMALL)
     one = saved_state(sim)
