@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 from matplotlib import colormaps
+from napari.layers.base import ActionType
+from napari.utils.notifications import show_info
 
 #: Colour quantities: label -> (colormap, symmetric around 0).
 QUANTITIES = {
@@ -146,6 +148,31 @@ class SceneLayers:
         )  # fmt: skip
         # hidden field arrows are not updated; showing them (panel or layer list) catches up
         self.field_layer.events.visible.connect(lambda event: self._update_field_arrows())
+        for layer in (self.box_layer, self.atoms, self.spin_layer, self.field_layer):
+            layer.locked = True  # the layer list's delete button and Ctrl+Delete pass them by
+        self._fix_atoms()
+        # napari makes a Points layer editable again when the view turns 2D or 3D
+        self.atoms.events.editable.connect(lambda event: self._fix_atoms())
+        self.atoms.events.data.connect(self._keep_positions)
+
+    def _fix_atoms(self) -> None:
+        """No add, select or move mode for the atoms: their positions are the system's."""
+        self.atoms.editable = False
+
+    def _keep_positions(self, event) -> None:
+        """Undo an edit of the Atoms layer (points deleted with Delete, added or moved): atoms
+        sit at fixed positions during the dynamics, and every atom carries a spin."""
+        if event.action not in (ActionType.ADDED, ActionType.REMOVED, ActionType.CHANGED):
+            return
+        if np.array_equal(self.atoms.data, self.positions):
+            return
+        self.atoms.selected_data = set()
+        self.atoms.data = self.positions
+        self.refresh()
+        show_info(
+            "Atoms sit at fixed positions: the edit of the Atoms layer was undone "
+            "(the System panel generates or opens another system)"
+        )
 
     # -------------------------------------------------------------- updates
 

@@ -88,6 +88,31 @@ def test_arrow_length_and_width_follow_the_panel(app_viewer):
     assert viewer.layers["Spins"].edge_width == pytest.approx(0.2)
 
 
+def test_the_scene_layers_cannot_be_deleted_from_the_layer_list(app_viewer):
+    viewer, session = app_viewer
+    names = ["Box", "Atoms", "Spins", "Fields (H_perp)"]
+    viewer.layers.selection = {viewer.layers[name] for name in names}
+    viewer.layers.remove_selected()  # the layer list's delete button and Ctrl+Delete
+    assert [layer.name for layer in viewer.layers] == names
+
+
+def test_atoms_cannot_be_added_moved_or_deleted_in_the_viewer(app_viewer):
+    viewer, session = app_viewer
+    atoms = viewer.layers["Atoms"]
+    positions, before = session.sim.system.positions, atom_colours(viewer).copy()
+    for ndisplay in (2, 3):  # napari makes Points editable again when the view changes
+        viewer.dims.ndisplay = ndisplay
+        assert not atoms.editable and atoms.mode == "pan_zoom"
+    atoms.selected_data = {0, 3, 7}
+    atoms.remove_selected()  # Delete with points selected ("A" selects them all)
+    atoms.add([[1.0, 1.0, 1.0]])  # add mode
+    atoms.data[:2] += 0.5  # a drag in select mode moves points in place, then says so
+    atoms.events.data(value=atoms.data, action="changed", data_indices=(0, 1), vertex_indices=((),))
+    np.testing.assert_array_equal(atoms.data, positions)
+    np.testing.assert_allclose(atom_colours(viewer), before)  # every atom coloured as before
+    assert atoms.selected_data == set()
+
+
 def test_large_systems_draw_a_subsample_of_arrows_and_colour_every_atom(make_napari_viewer):
     viewer = make_napari_viewer()
     scene = SceneLayers(viewer)
