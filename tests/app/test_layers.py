@@ -89,7 +89,7 @@ def test_arrow_length_and_width_follow_the_panel(app_viewer):
 
 
 def test_the_scene_layers_cannot_be_deleted_from_the_layer_list(app_viewer):
-    viewer, session = app_viewer
+    viewer, _ = app_viewer
     names = ["Box", "Atoms", "Spins", "Fields (H_perp)"]
     viewer.layers.selection = {viewer.layers[name] for name in names}
     viewer.layers.remove_selected()  # the layer list's delete button and Ctrl+Delete
