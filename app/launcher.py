@@ -90,6 +90,8 @@ def show_whole(window, dock, other, extra: int = 0) -> None:
 
         def second_pass() -> None:
             area = dock.widget()
+            if area is None or not dock.isVisible():  # closed meanwhile
+                return
             short = area.widget().sizeHint().height() - area.viewport().height()
             if short > 0:
                 show_whole(window, dock, other, short)
@@ -98,7 +100,9 @@ def show_whole(window, dock, other, extra: int = 0) -> None:
 
 
 def dock_panels(viewer, session: AppSession) -> dict:
-    """Dock the panels right (tabbed) and the live plots at the bottom; returns the panels."""
+    """Dock the panels right (tabbed) and the live plots at the bottom; returns the panels.
+    A panel's close button hides it; the Window menu (or Plugins > sdglass explorer) shows it
+    again."""
     panels = {
         "System": SystemPanel(session),
         "Dynamics": DynamicsPanel(session),
@@ -106,6 +110,7 @@ def dock_panels(viewer, session: AppSession) -> dict:
         "Model": ModelPanel(session),
         "Export": ExportPanel(session),
     }
+    menu = getattr(viewer.window, "window_menu", None)  # Window menu: a toggle per panel
     docks = {}
     for name in ("System", "Model", "Export", "Dynamics", "Fields"):
         docks[name] = viewer.window.add_dock_widget(
@@ -113,9 +118,15 @@ def dock_panels(viewer, session: AppSession) -> dict:
             name=name,
             area="right",
             tabify=name not in ("System", "Dynamics"),
+            menu=menu,
         )
-
-    viewer.window.add_dock_widget(session.plots, name="Live plots", area="bottom")
+    docks["Live plots"] = viewer.window.add_dock_widget(
+        session.plots, name="Live plots", area="bottom", menu=menu
+    )
+    for dock in docks.values():
+        # napari's close button removes a dock for good; the session's panels close to hide
+        dock.destroyOnClose = dock.hide
+    session.docks = docks
     window = getattr(viewer.window, "_qt_window", None)
     if window is not None:  # the panels run down the right edge, the plots sit under the canvas
         window.setCorner(Qt.Corner.BottomRightCorner, Qt.DockWidgetArea.RightDockWidgetArea)
@@ -128,6 +139,15 @@ def dock_panels(viewer, session: AppSession) -> dict:
 
     QTimer.singleShot(0, raise_main)  # after launch has sized the window
     return panels
+
+
+def show_panels(session: AppSession) -> None:
+    """Show every panel and the live plots again (closed ones too), System and Dynamics on
+    top of their tabs."""
+    for dock in session.docks.values():
+        dock.show()
+    session.docks["System"].raise_()
+    session.docks["Dynamics"].raise_()
 
 
 def frame_view(viewer) -> None:

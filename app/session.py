@@ -87,6 +87,8 @@ class AppSession:
         self.model_message = ""
         self.model_note = ""  # what loading the model changed (e.g. a switch to ED)
         self.warnings: list[str] = []
+        self.panels: dict = {}  # name -> panel, and name -> its dock: set by app.launcher
+        self.docks: dict = {}
         self.sim: Simulation | None = None
         self.try_load_model(model_path)
         engine = engine if self.model is not None else "ed"

@@ -797,6 +797,29 @@ def test_plugins_menu_entry_docks_the_explorer(make_napari_viewer):
     session.stop(wait=True)
 
 
+def test_a_closed_panel_comes_back_from_the_window_menu_and_the_plugins_menu(app_viewer, qtbot):
+    viewer, session = app_viewer
+    window = viewer.window
+    for name in ("Dynamics", "Live plots"):
+        dock = window._wrapped_dock_widgets[name]
+        dock.title.close_button.click()  # the x in the panel's title bar
+        assert dock.isHidden()
+    qtbot.wait(50)  # a panel closed at once must not upset the first layout pass
+    dynamics = session.panels["Dynamics"]
+    dynamics.start(max_steps=6)  # the run goes on with its panels hidden
+    qtbot.waitUntil(lambda: session.state == "stopped", timeout=TIMEOUT)
+    assert session.sim.step_count == 6
+    toggles = {a.text(): a for a in window.window_menu.actions()}
+    toggles["Dynamics"].trigger()
+    assert not window._wrapped_dock_widgets["Dynamics"].isHidden()
+    assert dynamics.readout.value.startswith("step 6 ")
+    # Plugins > sdglass explorer on a viewer that has the panels: shown again, not doubled
+    _dock, widget = window.add_plugin_dock_widget("sdglass", "sdglass explorer")
+    assert "shown again" in widget.status.value
+    assert not window._wrapped_dock_widgets["Live plots"].isHidden()
+    assert [layer.name for layer in viewer.layers].count("Atoms") == 1
+
+
 def test_trajectory_recorded_while_running(app_viewer, qtbot, tmp_path):
     from core.io import read_trajectory
 
