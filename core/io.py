@@ -732,15 +732,24 @@ def parameter_changes(traj: Trajectory) -> list[dict]:
     return changes
 
 
+def file_format(path: StrPath) -> str | None:
+    """FRAMES_FORMAT or TRAJECTORY_FORMAT for an sdglass file, None for anything else (no
+    such file, not HDF5, another program's HDF5): a cheap look at its attributes."""
+    try:
+        with _open(Path(path)) as handle:
+            found = _format_of(handle)
+    except SdglassError:
+        return None
+    return found if found in (FRAMES_FORMAT, TRAJECTORY_FORMAT) else None
+
+
 def read_state(path: StrPath) -> Frames:
     """Spin states to continue from: a frames file, or the last spin snapshot of a
     trajectory file (its first configuration; the app's recordings and `sdglass quench
     --snapshots` have snapshots), as frames with the run's electrons."""
     path = Path(path)
-    with _open(path) as handle:
-        fmt = _format_of(handle)
-    if fmt != TRAJECTORY_FORMAT:
-        return read_frames(path)  # which names any other format
+    if file_format(path) != TRAJECTORY_FORMAT:
+        return read_frames(path)  # which names any other format and a missing file
     traj = read_trajectory(path)
     if traj.snapshots is None or "box" not in traj.attrs:
         raise FileFormatError(
@@ -784,6 +793,7 @@ __all__ = [
     "atomic_output",
     "check_output",
     "electron_attrs",
+    "file_format",
     "parameter_changes",
     "read_frames",
     "read_state",

@@ -820,6 +820,40 @@ def test_a_closed_panel_comes_back_from_the_window_menu_and_the_plugins_menu(app
     assert [layer.name for layer in viewer.layers].count("Atoms") == 1
 
 
+def test_file_open_and_drop_open_an_sdglass_state(
+    app_viewer, make_napari_viewer, qtbot, tmp_path, generate
+):
+    from app.launcher import session_of
+    from app.plugin import get_reader
+
+    viewer, session = app_viewer
+    system = session.panels["System"]
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "state"
+    (path,) = export.save_frames()
+    saved, positions = session.sim.snapshot().spins, session.sim.system.positions.copy()
+    system.n.value = 40
+    assert generate(system)
+    layers = [layer.name for layer in viewer.layers]
+    viewer.open(str(path), plugin="sdglass")  # File > Open, or the file dropped on the window
+    qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
+    assert system.message.value.startswith(f"Opened {path.name}")
+    assert Path(system.state_path.value) == path
+    np.testing.assert_array_equal(session.sim.system.positions, positions)
+    np.testing.assert_array_equal(session.sim.snapshot().spins, saved)
+    assert [layer.name for layer in viewer.layers] == layers  # the scene shows it, no new layer
+    # on a plain napari viewer the explorer docks with the state
+    plain = make_napari_viewer()
+    plain.open(str(path), plugin="sdglass")
+    opened = session_of(plain)
+    np.testing.assert_array_equal(opened.sim.snapshot().spins, saved)
+    opened.stop(wait=True)
+    # other files are left to napari's other readers
+    (tmp_path / "text.h5").write_text("not hdf5")
+    assert get_reader(str(tmp_path / "text.h5")) is None
+    assert get_reader([str(path), str(path)]) is None
+
+
 def test_trajectory_recorded_while_running(app_viewer, qtbot, tmp_path):
     from core.io import read_trajectory
 

@@ -12,12 +12,15 @@ from core.config import ElectronConfig
 from core.errors import FileFormatError, OutputExistsError, SdglassError, StateError
 from core.io import (
     FRAME_ATTRS,
+    FRAMES_FORMAT,
+    TRAJECTORY_FORMAT,
     Frames,
     Trajectory,
     TrajectoryRecorder,
     atomic_output,
     check_output,
     electron_attrs,
+    file_format,
     read_frames,
     read_state,
     read_trajectory,
@@ -461,3 +464,23 @@ def test_a_trajectory_without_snapshots_is_not_a_state(tmp_path: Path) -> None:
         read_state(tmp_path / "other.h5")
     with pytest.raises(FileFormatError, match="no such file"):
         read_state(tmp_path / "none.h5")
+
+
+def test_file_format_names_sdglass_files_and_nothing_else(tmp_path: Path) -> None:
+    write_frames(tmp_path / "f.h5", make_frames())
+    write_trajectory(tmp_path / "t.h5", make_trajectory())
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "something-else"
+    with h5py.File(tmp_path / "plain.h5", "w") as f:
+        f["x"] = np.zeros(3)
+    (tmp_path / "text.h5").write_text("not hdf5")
+    (tmp_path / "dir.h5").mkdir()
+    found = {
+        name: file_format(tmp_path / name)
+        for name in ("f.h5", "t.h5", "other.h5", "plain.h5", "text.h5", "dir.h5", "none.h5")
+    }
+    assert found == {
+        "f.h5": FRAMES_FORMAT,
+        "t.h5": TRAJECTORY_FORMAT,
+        **dict.fromkeys(("other.h5", "plain.h5", "text.h5", "dir.h5", "none.h5")),
+    }
