@@ -95,6 +95,7 @@ class SceneLayers:
         self.field_layer = None
         self.box_layer = None
         self.legend = ""
+        self.hovered: int | None = None  # the atom under the mouse pointer
         self._thumbnail_time = 0.0
 
     # -------------------------------------------------------------- building
@@ -105,6 +106,7 @@ class SceneLayers:
         self.positions = np.asarray(positions, float)
         self.spins = np.asarray(spins, float)
         self.fields, self.error, self.local_energy = None, None, None
+        self.hovered = None
         rgba, _ = self._colours()
         idx = arrow_subset(len(self.positions))
         arrows = spin_vectors(self.positions[idx], self.spins[idx], self.arrow_length)
@@ -154,6 +156,7 @@ class SceneLayers:
         # napari makes a Points layer editable again when the view turns 2D or 3D
         self.atoms.events.editable.connect(lambda event: self._fix_atoms())
         self.atoms.events.data.connect(self._keep_positions)
+        self.viewer.mouse_move_callbacks.append(self._on_mouse_move)
 
     def _fix_atoms(self) -> None:
         """No add, select or move mode for the atoms: their positions are the system's."""
@@ -259,6 +262,35 @@ class SceneLayers:
         self.field_layer.data = np.stack([self.positions[idx], scale * hp], axis=1)
         self.field_layer.name = f"Fields (H_perp x {scale:.3g})"
 
+    def _on_mouse_move(self, viewer, event) -> None:
+        self.hover(self.atom_at(event.position, event.view_direction, list(event.dims_displayed)))
+
+    def atom_at(self, position, view_direction, dims_displayed) -> int | None:
+        """The atom under the mouse pointer: the first sphere along the view ray (3D), or
+        the one under the cursor (2D); None where there is none."""
+        if self.atoms is None or self.atoms not in self.viewer.layers:
+            return None
+        index = self.atoms.get_value(
+            position, view_direction=view_direction, dims_displayed=dims_displayed, world=True
+        )
+        return None if index is None else int(index)
+
+    def hover(self, index: int | None) -> None:
+        """Say the spin of atom `index` (and the coloured quantity there) under the legend,
+        updated with every frame; None: the pointer is on no atom."""
+        if index != self.hovered:
+            self.hovered = index
+            self._update_legend()
+
+    def atom_text(self, index: int) -> str:
+        """One line on one atom: its spin and the value of the colour quantity."""
+        sx, sy, sz = self.spins[index]
+        text = f"Atom {index}: S = ({sx:+.2f}, {sy:+.2f}, {sz:+.2f})"
+        values = self.quantity_values()
+        if self.quantity != "S_z" and (self.quantity == "S.n" or np.any(values)):
+            text += f", {self.quantity} = {values[index]:.3g}"
+        return text
+
     def _update_legend(self) -> None:
         values = self.quantity_values()
         _, (lo, hi) = self._colours()
@@ -269,7 +301,10 @@ class SceneLayers:
             # the error belongs to the compared spins, not to those shown later
             when = f" at step {self.error_step}" if self.quantity == "ML-ED field error" else ""
             self.legend = f"Colour: {self.quantity}{when} from {lo:.3g} to {hi:.3g} ({cmap})"
+        text = self.legend
+        if self.hovered is not None and self.hovered < len(self.spins):
+            text += "\n" + self.atom_text(self.hovered)
         overlay = self.viewer.canvas.overlays.text
-        overlay.text = self.legend
+        overlay.text = text
         overlay.visible = True
         overlay.font_size = 10

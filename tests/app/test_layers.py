@@ -113,6 +113,40 @@ def test_atoms_cannot_be_added_moved_or_deleted_in_the_viewer(app_viewer):
     assert atoms.selected_data == set()
 
 
+def test_the_atom_under_the_pointer_is_named_with_its_spin(app_viewer):
+    from types import SimpleNamespace
+
+    viewer, session = app_viewer
+    scene, overlay = session.scene, viewer.canvas.overlays.text
+    along_x = np.array([1.0, 0.0, 0.0])
+    yz = scene.positions[:, 1:]
+    apart = np.linalg.norm(yz[:, None] - yz[None], axis=-1) + np.eye(len(yz)) * 10
+    k = int(np.argmax(apart.min(1)))  # the ray along x through atom k meets no other sphere
+    assert apart[k].min() > scene.atom_size
+
+    def move_to(position) -> None:
+        event = SimpleNamespace(position=position, view_direction=along_x, dims_displayed=[0, 1, 2])
+        for callback in viewer.mouse_move_callbacks:
+            callback(viewer, event)
+
+    move_to(scene.positions[k])
+    assert scene.hovered == k
+    sx, sy, sz = scene.spins[k]
+    legend, line = overlay.text.split("\n")
+    assert (
+        legend.startswith("Colour: S_z")
+        and line == f"Atom {k}: S = ({sx:+.2f}, {sy:+.2f}, {sz:+.2f})"
+    )
+    spins = -scene.spins  # the line follows every frame, with the colour quantity
+    session.panels["Fields"].colour_by.value = "S.n"
+    scene.update_spins(spins)
+    assert overlay.text.split("\n")[1] == (
+        f"Atom {k}: S = ({-sx:+.2f}, {-sy:+.2f}, {-sz:+.2f}), S.n = {spins[k] @ scene.axis:.3g}"
+    )
+    move_to(scene.positions[k] + [0.0, 0.0, 10.0])  # off every atom
+    assert scene.hovered is None and "\n" not in overlay.text
+
+
 def test_large_systems_draw_a_subsample_of_arrows_and_colour_every_atom(make_napari_viewer):
     viewer = make_napari_viewer()
     scene = SceneLayers(viewer)
