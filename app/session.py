@@ -393,7 +393,7 @@ class AppSession:
     def compare(self) -> dict:
         """ML vs ED transverse fields H_perp of one state of the spins (the dynamics may step
         on): RMSE, MAE (t0), per-atom error, both H_perp arrays (B, N, 3) for the parity plot,
-        the spins (B, N, 3), their step and their system."""
+        the spins (B, N, 3), their step, simulated time and system."""
         state = self.sim.compute_fields("ed", "ml")
         (h_ed, e_ed), (h_ml, e_ml) = state.fields["ed"], state.fields["ml"]
         s = state.spins
@@ -409,5 +409,6 @@ class AppSession:
             "hperp_ml": hp_ml,
             "spins": s,
             "step": state.step,
+            "t": state.time,
             "system": state.system,
         }

@@ -134,11 +134,12 @@ class DeviceChoice:
 
 @dataclass(frozen=True)
 class StateFields:
-    """Simulation.compute_fields: the spins evaluated (B, N, 3, a CPU copy), their step and
-    system, and (H (B, N, 3), E (B,)) per engine."""
+    """Simulation.compute_fields: the spins evaluated (B, N, 3, a CPU copy), their step,
+    simulated time and system, and (H (B, N, 3), E (B,)) per engine."""
 
     spins: np.ndarray
     step: int
+    time: float
     system: AtomicSystem
     fields: dict[str, tuple[np.ndarray, np.ndarray]]
 
@@ -511,13 +512,13 @@ class Simulation:
         for engine in engines:
             self._check_engine(engine, self.model)
         with self._lock:
-            spins, step, system = self.spins.clone(), self.step_count, self.system
+            spins, step, t, system = self.spins.clone(), self.step_count, self.time, self.system
             providers = {engine: self._provider_of(engine) for engine in engines}
         fields = {}
         for engine, provider in providers.items():
             h, e = provider.fields(spins)
             fields[engine] = (h.detach().cpu().numpy(), e.detach().cpu().numpy())
-        return StateFields(spins.cpu().numpy(), step, system, fields)
+        return StateFields(spins.cpu().numpy(), step, t, system, fields)
 
     def _provider_of(self, engine: str) -> FieldProvider:
         if engine == self.engine:

@@ -72,24 +72,30 @@ def trajectory_of(session) -> Trajectory:
     )
 
 
-def write_plots(plots, stem: Path, force: bool = False) -> list[Path]:
-    """Per plot a PNG and a CSV of its data: stem-correlation, stem-xi, stem-energy (.png, .csv).
+def write_plots(plots, stem: Path, force: bool = False, more: dict | None = None) -> list[Path]:
+    """Per plot a PNG and a CSV of its data: stem-correlation, stem-xi, stem-energy (.png,
+    .csv) from the live plots, and the plots of `more` (name -> (save PNG to a path, CSV
+    header, rows), e.g. the Fields panel's).
 
     Atomic; refuses (OutputExistsError) before writing anything if a file exists and not force.
     """
     plots.flush(force_full=True)
-    tables = plots.csv_rows()
+    tables = {
+        name: (plots.plots[name].save, header, rows)
+        for name, (header, rows) in plots.csv_rows().items()
+    }
     if not tables:
         raise ValueError("nothing to save yet: run the dynamics first")
+    tables.update(more or {})
     names = [
         (stem.with_name(f"{stem.stem}-{n}.png"), stem.with_name(f"{stem.stem}-{n}.csv"))
         for n in tables
     ]
     for png, csv in names:
         check_output(png, force), check_output(csv, force)
-    for (png, csv), (name, (header, rows)) in zip(names, tables.items(), strict=True):
+    for (png, csv), (save, header, rows) in zip(names, tables.values(), strict=True):
         with atomic_output(png, force) as tmp:
-            plots.plots[name].save(tmp)
+            save(tmp)
         with atomic_output(csv, force) as tmp:
             np.savetxt(tmp, rows, delimiter=",", header=",".join(header), comments="")
     return [p for pair in names for p in pair]
@@ -111,7 +117,7 @@ class ExportPanel(Container):
         )  # fmt: skip
         self.frames_button = PushButton(text="Save frames (.h5)", tooltip="Current spins and positions (sdglass frames file).")  # fmt: skip
         self.traj_button = PushButton(text="Save trajectory (.h5)", tooltip="C(r, t), xi(t), E/N and |m| of the run so far (sdglass trajectory file).")  # fmt: skip
-        self.plots_button = PushButton(text="Save plots (PNG + CSV)", tooltip="Each live plot as PNG and its data as CSV (base-correlation, base-xi, base-energy).")  # fmt: skip
+        self.plots_button = PushButton(text="Save plots (PNG + CSV)", tooltip="Each live plot as PNG and its data as CSV (base-correlation, base-xi, base-energy), and after a comparison the Fields panel's plots (base-parity, base-ml-error).")  # fmt: skip
         self.shot_button = PushButton(text="Save screenshot", tooltip="The whole window (canvas and panels) as PNG.")  # fmt: skip
         self.overwrite = CheckBox(
             label="Overwrite existing files", value=False,
@@ -229,7 +235,8 @@ class ExportPanel(Container):
         return [write_trajectory(path, trajectory_of(self.session), force=self.overwrite.value)]
 
     def save_plots(self) -> list[Path]:
-        return write_plots(self.session.plots, self._base(), self.overwrite.value)
+        fields = self.session.panels["Fields"].plot_tables()
+        return write_plots(self.session.plots, self._base(), self.overwrite.value, fields)
 
     def save_screenshot(self) -> list[Path]:
         path = self._base().with_suffix(".screenshot.png")

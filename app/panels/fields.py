@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -19,6 +21,11 @@ from app.jobs import Job
 from app.layers import QUANTITIES
 from app.plots import recolour, style_axes, theme_colours
 from core.errors import SdglassError
+
+#: Comparisons during a run: at least this many seconds apart, and together at most this
+#: share of the wall time (ED shares the CPU with the dynamics).
+TRACK_MIN_S = 1.0
+TRACK_SHARE = 0.2
 
 
 class FieldsPanel(Container):
@@ -62,23 +69,34 @@ class FieldsPanel(Container):
             tooltip="RMSE and MAE of the ML transverse fields H_perp against ED (t0); the "
             "paper's error width is ~1e-3. Colours atoms by the per-atom error.",
         )
+        self.track = CheckBox(
+            label="Compare during runs", value=False,
+            tooltip="While the dynamics runs, compare ML with ED again and again on the "
+            "latest spins (at least 1 s apart, ED taking at most a fifth of the time): the "
+            "plot below follows the H_perp RMSE along the quench, e.g. whether the model "
+            "holds on states unlike its training data.",
+        )  # fmt: skip
         self.result = Label(value="")
         self.job: Job | None = None
         self.last_comparison: dict | None = None
+        self.history: list[tuple[float, int, float]] = []  # (t, step, H_perp RMSE)
+        self._next_track = 0.0
         super().__init__(
             widgets=[
                 self.colour_by, self.axis, self.arrow_length, self.arrow_width,
                 self.show_fields, self.ed_button, self.ml_button, self.compare_button,
-                self.result,
+                self.track, self.result,
             ],
             label="Fields",
         )  # fmt: skip
         self.parity = ParityPlot(session.plots.colours)
+        self.error_history = ErrorHistory(session.plots.colours)
         viewer = session.viewer
-        viewer.events.theme.connect(
-            lambda event: self.parity.set_colours(theme_colours(str(viewer.theme)))
-        )
-        self.native.layout().addWidget(self.parity.canvas)
+        for plot in (self.parity, self.error_history):
+            viewer.events.theme.connect(
+                lambda event, plot=plot: plot.set_colours(theme_colours(str(viewer.theme)))
+            )
+            self.native.layout().addWidget(plot.canvas)
         self.colour_by.changed.connect(self._display)
         self.axis.changed.connect(self._display)
         self.arrow_length.changed.connect(self._display)
@@ -89,6 +107,9 @@ class FieldsPanel(Container):
         self.compare_button.clicked.connect(self.compare)
         session.model_changed.connect(self._model_changed)
         session.system_changed.connect(self._new_system)
+        session.snapshot_ready.connect(lambda snap: self._follow())
+        session.run_state_changed.connect(lambda state: self._follow())
+        self.track.changed.connect(lambda value: self._follow())
         self._model_changed()
 
     def _model_changed(self) -> None:
@@ -109,7 +130,9 @@ class FieldsPanel(Container):
         brings its local energies)."""
         self.result.value = ""
         self.last_comparison = None
+        self.history = []
         self.parity.clear()
+        self.error_history.clear()
         self._enable_ml()
 
     def _display(self, *_) -> None:
@@ -147,24 +170,30 @@ class FieldsPanel(Container):
             self.result.value = f"⚠ local energies: {err}"
         scene.local_energy = None if eps is None else eps[0]
 
-    def _run(self, job, done, text: str) -> None:
+    def _run(self, job, done, text: str, busy=None) -> None:
+        """job() in the background, then done(result); busy: the label that counts its
+        seconds (default: the result line)."""
         if self.job is not None:
             return
         for b in (self.ed_button, self.ml_button, self.compare_button):
             b.enabled = False
         self.job = Job(
-            job, done, self._fail, self._finished, self.result, text, self.session.closing
-        )
+            job, done, self._fail, self._finished, busy or self.result, text,
+            self.session.closing,
+        )  # fmt: skip
 
     def _fail(self, err: SdglassError) -> None:
-        """A computation that cannot run here (a user error, not a bug): said in one line."""
+        """A computation that cannot run here (a user error, not a bug): said in one line;
+        comparing during runs stops (it would fail again)."""
         self.result.value = f"⚠ {err}"
         show_error(f"Field computation: {err}")
+        self.track.value = False
 
     def _finished(self) -> None:
         self.job = None
         self.ed_button.enabled = True
         self._enable_ml()
+        self._follow()
 
     def compute(self, engine: str) -> None:
         """Fields of the current spins from ED or ML, shown as the Fields layer."""
@@ -189,8 +218,11 @@ class FieldsPanel(Container):
             f"Computing {engine.upper()} fields",
         )  # fmt: skip
 
-    def compare(self) -> None:
-        """RMSE / MAE of ML vs ED transverse fields; atoms coloured by the per-atom error."""
+    def compare(self, during_run: bool = False) -> None:
+        """RMSE / MAE of ML vs ED transverse fields, added to the error history; atoms
+        coloured by the per-atom error (during_run: the colouring chosen stays, and the
+        result line is not replaced by a busy count each time)."""
+        started = time.monotonic()
 
         def done(stats) -> None:
             if not self._current(stats["system"]):
@@ -202,11 +234,57 @@ class FieldsPanel(Container):
                 f"ML vs ED at step {stats['step']}\nH_perp RMSE {stats['rmse_hperp']:.3e} t0, "
                 f"MAE {stats['mae_hperp']:.3e} t0\n|dE|/N {stats['energy_error_per_spin']:.3e} t0"
             )
-            self.colour_by.value = "ML-ED field error"
+            if not during_run:
+                self.colour_by.value = "ML-ED field error"
             self.parity.show(stats)
+            self._add_to_history(stats)
+            now = time.monotonic()
+            self._next_track = now + max(TRACK_MIN_S, (now - started) / TRACK_SHARE)
             scene.refresh()
 
-        self._run(self.session.compare, done, "Computing ML and ED fields")
+        busy = Label() if during_run else None  # the last result stays in view
+        self._run(self.session.compare, done, "Computing ML and ED fields", busy)
+
+    def _follow(self) -> None:
+        """Compare during runs: while a quench runs, the next comparison starts when the
+        last one is done and its share of the time allows; when it pauses or stops (or its
+        spins are reset), one more compares the spins it shows."""
+        if not self.track.value or self.job is not None or self.session.model is None:
+            return
+        state = self.session.state
+        if state == "running":
+            if time.monotonic() >= self._next_track:
+                self.compare(during_run=True)
+        elif state in ("paused", "stopped") and self.history:
+            if self.history[-1][1] != self.session.sim.step_count:
+                self.compare(during_run=True)
+
+    def _add_to_history(self, stats: dict) -> None:
+        """One (t, step, RMSE) more; a comparison from before the last one (spins reset: a
+        new quench) starts the history again."""
+        if self.history and stats["step"] < self.history[-1][1]:
+            self.history = []
+        self.history.append((stats["t"], stats["step"], stats["rmse_hperp"]))
+        self.error_history.show(self.history)
+
+    def plot_tables(self) -> dict:
+        """The plots with data, for the Export panel: name -> (save the PNG to a path, CSV
+        header, rows). parity: every H_perp component of the last comparison; ml-error: the
+        comparisons of the current quench."""
+        tables = {}
+        stats = self.last_comparison
+        if stats is not None:
+            ed = stats["hperp_ed"]
+            replica, atom, component = (i.ravel() for i in np.indices(ed.shape))
+            rows = np.column_stack(
+                [replica, atom, component, ed.ravel(), stats["hperp_ml"].ravel()]
+            )
+            header = ["replica", "atom", "component", "hperp_ed", "hperp_ml"]
+            tables["parity"] = (self.parity.save, header, rows)
+        if self.history:
+            header = ["t", "step", "rmse_hperp"]
+            tables["ml-error"] = (self.error_history.save, header, np.array(self.history))
+        return tables
 
     def _current(self, system) -> bool:
         """Whether a result belongs to the system shown; if not, it is dropped and said so."""
@@ -216,49 +294,87 @@ class FieldsPanel(Container):
         return False
 
 
-class ParityPlot:
-    """ML vs ED H_perp components (paper Fig. 3a style) on a small canvas in the Fields panel."""
+class PanelPlot:
+    """A small matplotlib canvas in a panel, in napari's theme. Subclasses draw with
+    `_line`, which keeps each line's colour role ("text", "data") for a theme change."""
 
-    def __init__(self, colours: dict[str, str]) -> None:
+    #: Axis labels, and the title of the empty axes.
+    xlabel = ylabel = empty_title = ""
+
+    def __init__(self, colours: dict[str, str], height: int = 240) -> None:
         self.colours = colours
-        self.figure = Figure(figsize=(3, 3), facecolor=colours["background"])
+        self.figure = Figure(figsize=(3, 3 * height / 240), facecolor=colours["background"])
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(240)
+        self.canvas.setMinimumHeight(height)
         self.ax = self.figure.add_subplot()
         self.figure.subplots_adjust(left=0.24, right=0.96, bottom=0.2, top=0.88)
-        self.points = 0
+        self.roles: list[tuple[object, str]] = []
         self.clear()
 
     def clear(self) -> None:
-        """Empty axes, waiting for a comparison."""
-        self.ax.clear()
-        self._style("Compare ML vs ED to fill")
-        self.points = 0
+        """Empty axes, waiting for data."""
+        self._begin(self.empty_title)
         self.canvas.draw_idle()
 
-    def _style(self, title: str) -> None:
-        style_axes(self.ax, self.colours, title, "ED H_perp component (t0)",
-                   "ML H_perp component (t0)")  # fmt: skip
+    def _begin(self, title: str) -> None:
+        self.ax.clear()
+        self.roles = []
+        style_axes(self.ax, self.colours, title, self.xlabel, self.ylabel)
+
+    def _line(self, x, y, fmt: str, role: str, **style) -> None:
+        (line,) = self.ax.plot(x, y, fmt, color=self.colours[role], **style)
+        self.roles.append((line, role))
 
     def set_colours(self, colours: dict[str, str]) -> None:
-        """Follow a new napari theme (the points keep their colour)."""
+        """Follow a new napari theme."""
         self.colours = colours
         recolour(self.ax, colours)
-        if self.points:
-            diagonal, points = self.ax.lines
-            diagonal.set_color(colours["text"])
-            points.set_color(colours["data"])
+        for line, role in self.roles:
+            line.set_color(colours[role])
         self.canvas.draw_idle()
+
+    def save(self, path, dpi: int = 150):
+        """The plot as a PNG."""
+        self.figure.savefig(path, format="png", dpi=dpi, facecolor=self.figure.get_facecolor())
+        return path
+
+
+class ParityPlot(PanelPlot):
+    """ML vs ED H_perp components (paper Fig. 3a style) on a small canvas in the Fields panel."""
+
+    xlabel, ylabel = "ED H_perp component (t0)", "ML H_perp component (t0)"
+    empty_title = "Compare ML vs ED to fill"
+
+    @property
+    def points(self) -> int:
+        """How many components the plot shows (0 when empty)."""
+        return sum(len(line.get_xdata()) for line, role in self.roles if role == "data")
 
     def show(self, stats: dict) -> None:
         """Scatter every component of S x H, the diagonal, and the RMSE in the title."""
         ed, ml = stats["hperp_ed"].ravel(), stats["hperp_ml"].ravel()
-        self.ax.clear()
-        self._style(f"RMSE {stats['rmse_hperp']:.2e} t0 ({ed.size} components)")
+        self._begin(f"RMSE {stats['rmse_hperp']:.2e} t0 ({ed.size} components)")
         lim = 1.05 * float(max(np.abs(ed).max(), np.abs(ml).max(), 1e-12))
-        self.ax.plot([-lim, lim], [-lim, lim], "-", lw=0.8, color=self.colours["text"], alpha=0.6)
-        self.ax.plot(ed, ml, ".", ms=2, color=self.colours["data"], alpha=0.6)
+        self._line([-lim, lim], [-lim, lim], "-", "text", lw=0.8, alpha=0.6)
+        self._line(ed, ml, ".", "data", ms=2, alpha=0.6)
         self.ax.set_xlim(-lim, lim)
         self.ax.set_ylim(-lim, lim)
-        self.points = ed.size
+        self.canvas.draw_idle()
+
+
+class ErrorHistory(PanelPlot):
+    """H_perp RMSE of ML vs ED at each comparison of the current quench, against t."""
+
+    xlabel, ylabel = "t (1/gamma t0)", "H_perp RMSE (t0)"
+    empty_title = "Compare during runs to follow"
+
+    def __init__(self, colours: dict[str, str]) -> None:
+        super().__init__(colours, height=180)
+
+    def show(self, history: list[tuple[float, int, float]]) -> None:
+        """One point per comparison, joined in time; the axes start at zero error."""
+        t, _, rmse = zip(*history, strict=True)
+        self._begin(f"ML-ED error along the run ({len(history)} comparisons)")
+        self._line(t, rmse, "o-", "data", ms=3, lw=1)
+        self.ax.set_ylim(0, 1.15 * max(rmse) or 1e-12)
         self.canvas.draw_idle()

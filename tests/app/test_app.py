@@ -757,6 +757,54 @@ def test_a_new_system_clears_the_results_of_the_old(
     assert fields.last_comparison is None and fields.result.value == ""
     assert fields.parity.points == 0 and not fields.parity.ax.lines
     assert fields.parity.ax.get_title() == "Compare ML vs ED to fill"
+    assert fields.history == [] and not fields.error_history.ax.lines
+
+
+def test_compare_during_runs_follows_the_ml_error_along_the_quench(
+    app_viewer, qtbot, tiny_model_file, choose_model, monkeypatch, tmp_path
+):
+    import app.panels.fields as fields_module
+
+    monkeypatch.setattr(fields_module, "TRACK_MIN_S", 0.0)
+    _, session = app_viewer
+    assert choose_model(session.panels["Model"], tiny_model_file)
+    fields, dyn = session.panels["Fields"], session.panels["Dynamics"]
+    fields.colour_by.value = "S_z"
+    fields.track.value = True
+    slow_steps(session, 0.01)  # a run long enough for several comparisons
+    dyn.start(max_steps=300)
+    qtbot.waitUntil(lambda: len(fields.history) >= 3, timeout=TIMEOUT)
+    session.stop(wait=True)
+    # one more comparison of the spins the run stopped at
+    qtbot.waitUntil(lambda: fields.history[-1][1] == session.sim.step_count, timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
+    t, steps, rmse = (list(column) for column in zip(*fields.history, strict=True))
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # fresh spins each time
+    assert t == pytest.approx([k * session.sim.llg_config.dt for k in steps])
+    last = fields.last_comparison
+    assert (t[-1], steps[-1], rmse[-1]) == (last["t"], last["step"], last["rmse_hperp"])
+    assert all(r > 0 for r in rmse)
+    # the plot shows every comparison; the colouring chosen stays
+    (line,) = fields.error_history.ax.lines
+    np.testing.assert_allclose(line.get_xdata(), t)
+    np.testing.assert_allclose(line.get_ydata(), rmse)
+    assert fields.colour_by.value == "S_z"
+    # Save plots writes both plots of the Fields panel with their data too
+    export = session.panels["Export"]
+    export.path.value = tmp_path / "run"
+    paths = export.save_plots()
+    assert len(paths) == 10 and all(p.stat().st_size > 0 for p in paths)
+    history = np.loadtxt(tmp_path / "run-ml-error.csv", delimiter=",", skiprows=1, ndmin=2)
+    np.testing.assert_allclose(history, fields.history)
+    parity = np.loadtxt(tmp_path / "run-parity.csv", delimiter=",", skiprows=1)
+    replica, atom, component = parity[:, :3].astype(int).T
+    np.testing.assert_allclose(parity[:, 3], last["hperp_ed"][replica, atom, component])
+    np.testing.assert_allclose(parity[:, 4], last["hperp_ml"][replica, atom, component])
+    # new spins (a new quench) start the history again, from their comparison at t = 0
+    dyn.reset()
+    qtbot.waitUntil(lambda: [step for _, step, _ in fields.history] == [0], timeout=TIMEOUT)
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
+    assert len(fields.history) == 1
 
 
 def test_fields_of_a_system_replaced_meanwhile_are_dropped(app_viewer, qtbot, generate):
@@ -1231,6 +1279,12 @@ def test_ml_fields_a_model_cannot_give_here_are_one_message_without_traceback(
     ]
     assert "Traceback" not in capfd.readouterr().err
     assert fields.ed_button.enabled and fields.ml_button.enabled  # ready for the next try
+    # comparing during a run fails alike, once: it turns itself off instead of retrying
+    fields.track.value = True
+    session.panels["Dynamics"].start(max_steps=20)
+    qtbot.waitUntil(lambda: session.state == "stopped" and fields.job is None, timeout=TIMEOUT)
+    assert not fields.track.value and fields.history == []
+    assert len(notification_manager.records) == 2
 
 
 def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(
