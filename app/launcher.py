@@ -201,6 +201,7 @@ def launch(
     orbit: bool = False,
     demo: bool = False,
     state: str | Path | None = None,
+    movie: str | Path | None = None,
 ):
     """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
 
@@ -211,7 +212,8 @@ def launch(
     stalls (app.responsiveness), write them to this JSON file, print them and
     close (an existing file only with force); orbit: meanwhile turn the camera
     like a user would; demo: choose the Dynamics panel's fast demo preset; state: open
-    this frames file (its atoms, spins and electrons) instead of a random system of n.
+    this frames file (its atoms, spins and electrons) instead of a random system of n;
+    movie: film those steps into this MP4 (the Export panel's movie) and close.
     Returns the viewer when return_viewer (else runs the event loop and
     returns the exit status).
     """
@@ -254,6 +256,21 @@ def launch(
                 viewer.close()
 
         session.run_state_changed.connect(on_measured)
+
+    if movie is not None and steps:
+        export = panels["Export"]
+        export.movie_target, export.overwrite.value = Path(movie), force
+        export.movie.value = True
+
+        def on_filmed(state: str) -> None:  # after the Export panel's own handler
+            if state != "stopped":
+                return
+            if not Path(movie).is_file():
+                outcome["status"] = 1
+            if screenshot is None and probe is None and not return_viewer:
+                viewer.close()
+
+        session.run_state_changed.connect(on_filmed)
 
     if screenshot is not None:
         path = Path(screenshot)

@@ -301,9 +301,10 @@ class SceneLayers:
             # the error belongs to the compared spins, not to those shown later
             when = f" at step {self.error_step}" if self.quantity == "ML-ED field error" else ""
             self.legend = f"Colour: {self.quantity}{when} from {lo:.3g} to {hi:.3g} ({cmap})"
-        text = self.legend
+        lines = [self.legend]
         if self.hovered is not None and self.hovered < len(self.spins):
-            text += "\n" + self.atom_text(self.hovered)
+            lines.append(self.atom_text(self.hovered))
+        text = "\n".join(lines)
         overlay = self.viewer.canvas.overlays.text
         overlay.text = text
         overlay.visible = True

@@ -69,6 +69,7 @@ class AppSession:
     """One viewer's simulation state and run control."""
 
     snapshot_ready = Signal(object)
+    scene_shown = Signal(object)  # the 3D view now shows this snapshot's spins
     system_changed = Signal()
     model_changed = Signal()
     state_saved = Signal(object)  # the path of a frames file the Export panel wrote
@@ -368,6 +369,7 @@ class AppSession:
             fields = None if snap.fields is None else snap.fields[0]
             eps = None if snap.local_energies is None else snap.local_energies[0]
             self.scene.update_spins(snap.spins[0], fields, eps)
+            self.scene_shown.emit(snap)
         # the worker steps on once the window has repainted: a timer fires after the repaint
         # (a posted event of low priority)
         QTimer.singleShot(SHOWN_AFTER_MS, self._shown.set)

@@ -451,6 +451,12 @@ def cmd_app(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--screenshot writes a PNG image: name a .png file, not {args.screenshot}"
             )
+    if args.movie is not None:
+        if not args.steps:
+            raise ConfigError("--movie needs --steps K (it films while K steps run)")
+        if not str(args.movie).lower().endswith(".mp4"):
+            raise ConfigError(f"--movie writes an MP4 video: name a .mp4 file, not {args.movie}")
+        check_output(args.movie, args.force)
     if args.model is not None:
         load_model(args.model)  # refused here, not as a notification in an open window
     if args.state is not None:
@@ -461,7 +467,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     status = launch(
         steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n,
         engine=args.engine, measure=args.measure, force=args.force, orbit=args.orbit,
-        demo=args.demo, state=args.state,
+        demo=args.demo, state=args.state, movie=args.movie,
     )  # fmt: skip
     return int(status or 0)
 
@@ -789,8 +795,14 @@ def build_parser() -> argparse.ArgumentParser:
         "C(r, t) builds up some 10 times sooner than with the paper's alpha = 0.05)",
     )  # fmt: skip
     p.add_argument(
-        "--force", action="store_true", help="overwrite an existing --screenshot or --measure file"
-    )
+        "--movie", default=None,
+        help="with --steps: film the 3D view while they run into this MP4 (10 frames per "
+        "second, the time written on it) and exit",
+    )  # fmt: skip
+    p.add_argument(
+        "--force", action="store_true",
+        help="overwrite an existing --screenshot, --measure or --movie file",
+    )  # fmt: skip
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser(

@@ -1,4 +1,5 @@
-"""Export panel: frames file, trajectory, plot PNG/CSV and screenshot (core.io formats)."""
+"""Export panel: frames file, trajectory, plot PNG/CSV, screenshot (core.io formats), and a
+movie of the 3D view (app.movie)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from napari.utils.io import imsave_png
 from napari.utils.notifications import show_error, show_info
 
 from app.jobs import say
+from app.movie import MOVIE_FPS, CanvasFilm, MovieRecorder
 from core.errors import OutputExistsError
 from core.io import (
     Frames,
@@ -130,11 +132,21 @@ class ExportPanel(Container):
             "second at most) into BASE.traj.h5, with C(r, t), xi(t) and E/N added when the "
             "run stops. The file appears only when complete.",
         )  # fmt: skip
+        self.movie = CheckBox(
+            label="Record movie while running", value=False,
+            tooltip=f"Film the 3D view while the dynamics runs, at most {MOVIE_FPS} frames "
+            f"per second, each frame with its time t written on it, into BASE.mp4 (H.264, played at "
+            f"{MOVIE_FPS} frames per second). The file appears when the run stops or the box "
+            "is unticked.",
+        )  # fmt: skip
         self.recorder: TrajectoryRecorder | None = None
+        self.filming: CanvasFilm | None = None
+        self.movie_target: Path | None = None  # the movie's path, where not BASE.mp4
+        self._shown_time = 0.0
         self.message = Label(value="")
         super().__init__(
-            widgets=[self.path, self.overwrite, self.record, self.frames_button, self.traj_button, self.plots_button,
-                     self.shot_button, self.message],
+            widgets=[self.path, self.overwrite, self.record, self.movie, self.frames_button, self.traj_button,
+                     self.plots_button, self.shot_button, self.message],
             label="Export",
         )  # fmt: skip
         self.frames_button.clicked.connect(lambda: self._do(self.save_frames))
@@ -142,8 +154,10 @@ class ExportPanel(Container):
         self.plots_button.clicked.connect(lambda: self._do(self.save_plots))
         self.shot_button.clicked.connect(lambda: self._do(self.save_screenshot))
         self.record.changed.connect(self._record_toggled)
+        self.movie.changed.connect(self._movie_toggled)
         session.run_state_changed.connect(self._run_state)
         session.snapshot_ready.connect(self._snapshot)
+        session.scene_shown.connect(self._shown)
 
     def _base(self) -> Path:
         """BASE of the files written (BASE.frames.h5, BASE.png, ...). A folder (an empty path
@@ -180,11 +194,21 @@ class ExportPanel(Container):
         elif not on and self.recorder is not None:
             self._do(self.finish_recording)
 
+    def _movie_toggled(self, on: bool) -> None:
+        if on and self.session.state != "stopped":
+            self._do(self.start_movie)
+        elif not on and self.filming is not None:
+            self._do(self.finish_movie)
+
     def _run_state(self, state: str) -> None:
         if state == "running" and self.record.value and self.recorder is None:
             self._do(self.start_recording)
         elif state == "stopped" and self.recorder is not None:
             self._do(self.finish_recording)
+        if state == "running" and self.movie.value and self.filming is None:
+            self._do(self.start_movie)
+        elif state == "stopped" and self.filming is not None:
+            self._do(self.finish_movie)
 
     def _snapshot(self, snap) -> None:
         rec = self.recorder
@@ -222,6 +246,41 @@ class ExportPanel(Container):
             rec.abort()
             raise
         return [rec.finish(observables)]
+
+    def start_movie(self) -> list[Path]:
+        """Film the 3D view into BASE.mp4 (or movie_target; refused if it exists and
+        Overwrite is off), starting with the view as it is; each frame says its time."""
+        try:
+            recorder = MovieRecorder(
+                self.movie_target or self._base().with_suffix(".mp4"), force=self.overwrite.value
+            )
+        except Exception:
+            self.movie.value = False
+            raise
+        self._shown(self.session.current_snapshot())
+        self.filming = CanvasFilm(
+            self.session.viewer, recorder,
+            lambda: f"t = {self._shown_time:.2f} (1/gamma t0)", self._movie_failed,
+        )  # fmt: skip
+        say(self.message, f"filming -> {recorder.target.name}")
+        return []
+
+    def _shown(self, snap) -> None:
+        """The time of the spins the 3D view shows (the movie's caption)."""
+        if snap is not None:
+            self._shown_time = snap.time
+
+    def _movie_failed(self, err: Exception) -> None:
+        film, self.filming = self.filming, None
+        if film is not None:
+            film.abort()
+        self.movie.value = False
+        self._failed(f"Movie failed: {err}")
+
+    def finish_movie(self) -> list[Path]:
+        """Move the movie onto its file."""
+        film, self.filming = self.filming, None
+        return [] if film is None else [film.finish()]
 
     def save_frames(self) -> list[Path]:
         path = write_frames(

@@ -526,6 +526,45 @@ def test_export_frames_trajectory_plots(app_viewer, qtbot, tmp_path):
     assert frame == tmp_path / "sdglass-export.frames.h5" and frame.is_file()
 
 
+def test_a_movie_of_the_run_is_filmed_while_running(make_napari_viewer, qtbot, tmp_path):
+    import imageio_ffmpeg
+
+    from app.launcher import launch, session_of
+
+    # shown: a hidden window's canvas renders black
+    viewer = launch(viewer=make_napari_viewer(show=True), return_viewer=True, n=30)
+    session = session_of(viewer)
+    export, dyn = session.panels["Export"], session.panels["Dynamics"]
+    export.path.value = tmp_path / "run"
+    export.movie.value = True  # stopped: filming starts with the run
+    assert export.filming is None
+    slow_steps(session, 0.02)
+    dyn.start(max_steps=40)  # ~1 s: about 10 frames at MOVIE_FPS
+    qtbot.waitUntil(lambda: export.filming is not None, timeout=TIMEOUT)
+    movie = export.filming.recorder
+    wait_stopped(qtbot, session)
+    path = tmp_path / "run.mp4"
+    assert export.filming is None and path.is_file() and movie.frames >= 3
+    frames, _seconds = imageio_ffmpeg.count_frames_and_secs(str(path))
+    assert frames == movie.frames
+    reader = imageio_ffmpeg.read_frames(str(path))
+    meta = next(reader)
+    assert meta["codec"] == "h264" and meta["fps"] == 10
+    width, height = meta["size"]
+    assert width % 16 == 0 and height % 16 == 0
+    image = np.frombuffer(next(reader), np.uint8).reshape(height, width, 3)
+    assert image.std() > 0  # the scene, not a blank frame
+    reader.close()
+    assert [p.name for p in tmp_path.iterdir()] == ["run.mp4"]  # no partial file left
+    # the next run would overwrite it: refused, the box unticks and the movie stays
+    before = path.read_bytes()
+    dyn.start(max_steps=2)
+    wait_stopped(qtbot, session)
+    assert not export.movie.value and "run.mp4 exists" in export.message.value
+    assert path.read_bytes() == before
+    session.stop(wait=True)
+
+
 def test_fit_psi_button(app_viewer, qtbot):
     _, session = app_viewer
     session.panels["Dynamics"].steps_per_frame.value = 10
@@ -546,17 +585,23 @@ def test_fit_psi_button(app_viewer, qtbot):
     assert session.plots.fit is None and "at least 3 points" in session.plots.fit_label.text()
 
 
-def test_screenshot_cli_produces_nonblank_png(tmp_path):
-    out = tmp_path / "shot.png"
-    cmd = [sys.executable, "-m", "app", "-n", "30", "--steps", "6", "--screenshot", str(out)]
-    cmd.append("--demo")  # the fast demo preset: 5 steps per frame
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_screenshot_and_movie_cli_produce_nonblank_pictures(tmp_path):
+    import imageio_ffmpeg
     import matplotlib.image as mpimg
 
+    out, movie = tmp_path / "shot.png", tmp_path / "run.mp4"
+    cmd = [sys.executable, "-m", "app", "-n", "30", "--steps", "6", "--screenshot", str(out)]
+    cmd += ["--demo", "--movie", str(movie)]  # the fast demo preset: 5 steps per frame
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     img = mpimg.imread(out)
     assert img.shape[0] > 500 and img.shape[1] > 800
     assert img[..., :3].std() > 0.05
+    reader = imageio_ffmpeg.read_frames(str(movie))
+    width, height = next(reader)["size"]
+    first = np.frombuffer(next(reader), np.uint8).reshape(height, width, 3)
+    reader.close()
+    assert width > 400 and height > 300 and first.std() > 5  # the 3D view, not black
 
 
 def test_window_fits_a_laptop_screen_with_every_panel_reachable(make_napari_viewer, qtbot):

@@ -436,6 +436,18 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
     assert code == 2 and "--screenshot writes a PNG image: name a .png file" in error_line(err)
 
 
+def test_app_refuses_a_movie_it_cannot_film_before_opening(tmp_path, capsys):
+    code, _, err = run(capsys, "app", "--movie", tmp_path / "m.mp4")
+    assert code == 2 and "--movie needs --steps K" in error_line(err)
+    code, _, err = run(capsys, "app", "--steps", 2, "--movie", tmp_path / "m.gif")
+    assert code == 2 and "--movie writes an MP4 video: name a .mp4 file" in error_line(err)
+    kept = tmp_path / "m.mp4"
+    kept.write_bytes(b"a movie the user keeps")
+    code, _, err = run(capsys, "app", "--steps", 2, "--movie", kept)
+    assert code == 2 and "refusing to overwrite" in error_line(err)
+    assert kept.read_bytes() == b"a movie the user keeps"
+
+
 def test_ed_beyond_the_available_memory_is_one_error_line(tmp_path, capsys, monkeypatch):
     from core import memory
 
