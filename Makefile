@@ -22,10 +22,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/sdglass app
 
-# the README's screenshot, taken by the app's own headless capture
+# the README's screenshots and demo movie, taken by the app's own headless capture
 screenshot: $(STAMP)
 	$(XVFB) $(BIN)/sdglass app --steps 400 --screenshot assets/screenshots/app.png --force
-	$(XVFB) $(BIN)/sdglass app --engine ml --demo --steps 1500 --screenshot assets/screenshots/app-demo.png --force
+	$(XVFB) $(BIN)/sdglass app --engine ml --demo --steps 1500 --screenshot assets/screenshots/app-demo.png \
+		--movie assets/screenshots/app-demo.mp4 --force
 
 test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest
