@@ -25,6 +25,8 @@ QUANTITIES = {
 
 #: Above this many atoms only a subsample of spin arrows is drawn.
 MAX_ARROWS = 2000
+#: Width of the ring round the atom under the mouse pointer (a share of its diameter).
+HOVER_RING = 0.15
 #: Least seconds between two thumbnails of the Spins layer (napari redraws a vectors
 #: thumbnail in ~20 ms, as long as the rest of a live frame's layer update).
 THUMBNAIL_S = 1.0
@@ -123,6 +125,7 @@ class SceneLayers:
             self.spin_layer.data = arrows
             self.spin_layer.edge_color = rgba[idx]
             self.field_layer.data = np.zeros((1, 2, 3))
+        self._ring()
         v.dims.ndisplay = 3
         v.reset_view()
         self._update_legend()
@@ -138,7 +141,7 @@ class SceneLayers:
         )  # fmt: skip
         self.atoms = v.add_points(
             self.positions, name="Atoms", size=self.atom_size, shading="spherical",
-            face_color=rgba, border_width=0, ndim=3,
+            face_color=rgba, border_width=0, border_color="white", ndim=3,
         )  # fmt: skip
         self.spin_layer = v.add_vectors(
             arrows, name="Spins", edge_width=self.arrow_width, edge_color=rgba[idx],
@@ -281,6 +284,14 @@ class SceneLayers:
         if index != self.hovered:
             self.hovered = index
             self._update_legend()
+            self._ring()
+
+    def _ring(self) -> None:
+        """A white ring round the atom under the pointer (none elsewhere)."""
+        widths = np.zeros(len(self.positions))
+        if self.hovered is not None and self.hovered < len(widths):
+            widths[self.hovered] = HOVER_RING
+        self.atoms.border_width = widths
 
     def atom_text(self, index: int) -> str:
         """One line on one atom: its spin and the value of the colour quantity."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 from matplotlib import colormaps
 
-from app.layers import MAX_ARROWS, SceneLayers, colours
+from app.layers import HOVER_RING, MAX_ARROWS, SceneLayers, colours
 
 
 def atom_colours(viewer) -> np.ndarray:
@@ -131,6 +131,9 @@ def test_the_atom_under_the_pointer_is_named_with_its_spin(app_viewer):
 
     move_to(scene.positions[k])
     assert scene.hovered == k
+    ring = np.zeros(len(yz))
+    ring[k] = HOVER_RING  # a white ring round it, none elsewhere
+    np.testing.assert_allclose(viewer.layers["Atoms"].border_width, ring)
     sx, sy, sz = scene.spins[k]
     legend, line = overlay.text.split("\n")
     assert (
@@ -145,6 +148,7 @@ def test_the_atom_under_the_pointer_is_named_with_its_spin(app_viewer):
     )
     move_to(scene.positions[k] + [0.0, 0.0, 10.0])  # off every atom
     assert scene.hovered is None and "\n" not in overlay.text
+    assert not viewer.layers["Atoms"].border_width.any()
 
 
 def test_large_systems_draw_a_subsample_of_arrows_and_colour_every_atom(make_napari_viewer):
