@@ -191,13 +191,18 @@ class ExportPanel(Container):
     def _record_toggled(self, on: bool) -> None:
         if on and self.session.state != "stopped":
             self._do(self.start_recording)
-        elif not on and self.recorder is not None:
+        elif on:
+            say(self.message, f"recording starts with the run -> {self._base().name}.traj.h5")
+        elif self.recorder is not None:
             self._do(self.finish_recording)
 
     def _movie_toggled(self, on: bool) -> None:
         if on and self.session.state != "stopped":
             self._do(self.start_movie)
-        elif not on and self.filming is not None:
+        elif on:
+            target = self.movie_target or self._base().with_suffix(".mp4")
+            say(self.message, f"filming starts with the run -> {target.name}")
+        elif self.filming is not None:
             self._do(self.finish_movie)
 
     def _run_state(self, state: str) -> None:

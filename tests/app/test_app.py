@@ -537,7 +537,9 @@ def test_a_movie_of_the_run_is_filmed_while_running(make_napari_viewer, qtbot, t
     export, dyn = session.panels["Export"], session.panels["Dynamics"]
     export.path.value = tmp_path / "run"
     export.movie.value = True  # stopped: filming starts with the run
-    assert export.filming is None
+    assert (
+        export.filming is None and export.message.value == "filming starts with the run -> run.mp4"
+    )
     slow_steps(session, 0.02)
     dyn.start(max_steps=40)  # ~1 s: about 10 frames at MOVIE_FPS
     qtbot.waitUntil(lambda: export.filming is not None, timeout=TIMEOUT)
@@ -954,6 +956,7 @@ def test_trajectory_recorded_while_running(app_viewer, qtbot, tmp_path):
     export = session.panels["Export"]
     export.path.value = tmp_path / "rec"
     export.record.value = True
+    assert export.message.value == "recording starts with the run -> rec.traj.h5"
     dyn = session.panels["Dynamics"]
     dyn.steps_per_frame.value = 2
     dyn.start(max_steps=20)
