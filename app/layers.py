@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib import colormaps
 from napari.layers.base import ActionType
 from napari.utils.notifications import show_info
+from qtpy.QtCore import QTimer
 
 #: Colour quantities: label -> (colormap, symmetric around 0).
 QUANTITIES = {
@@ -27,6 +28,8 @@ QUANTITIES = {
 MAX_ARROWS = 2000
 #: Width of the ring round the atom under the mouse pointer (a share of its diameter).
 HOVER_RING = 0.15
+#: The atom under the pointer is looked up when the pointer has rested this long (ms).
+HOVER_REST_MS = 150
 #: Least seconds between two thumbnails of the Spins layer (napari redraws a vectors
 #: thumbnail in ~20 ms, as long as the rest of a live frame's layer update).
 THUMBNAIL_S = 1.0
@@ -98,6 +101,11 @@ class SceneLayers:
         self.box_layer = None
         self.legend = ""
         self.hovered: int | None = None  # the atom under the mouse pointer
+        self._pointer = None  # where the pointer last moved: (position, view direction, dims)
+        self._rest = QTimer()
+        self._rest.setSingleShot(True)
+        self._rest.setInterval(HOVER_REST_MS)
+        self._rest.timeout.connect(self._rested)
         self._thumbnail_time = 0.0
 
     # -------------------------------------------------------------- building
@@ -266,7 +274,15 @@ class SceneLayers:
         self.field_layer.name = f"Fields (H_perp x {scale:.3g})"
 
     def _on_mouse_move(self, viewer, event) -> None:
-        self.hover(self.atom_at(event.position, event.view_direction, list(event.dims_displayed)))
+        """The pointer moved: which atom it is on is looked up once it rests (HOVER_REST_MS),
+        like a tooltip. Each change of atom redraws the canvas, ~75 ms at N = 10000 with
+        software OpenGL: following every move would take the whole main thread."""
+        self._pointer = (event.position, event.view_direction, list(event.dims_displayed))
+        self._rest.start()
+
+    def _rested(self) -> None:
+        if self._pointer is not None:
+            self.hover(self.atom_at(*self._pointer))
 
     def atom_at(self, position, view_direction, dims_displayed) -> int | None:
         """The atom under the mouse pointer: the first sphere along the view ray (3D), or

@@ -113,7 +113,7 @@ def test_atoms_cannot_be_added_moved_or_deleted_in_the_viewer(app_viewer):
     assert atoms.selected_data == set()
 
 
-def test_the_atom_under_the_pointer_is_named_with_its_spin(app_viewer):
+def test_the_atom_under_the_pointer_is_named_with_its_spin(app_viewer, qtbot):
     from types import SimpleNamespace
 
     viewer, session = app_viewer
@@ -128,7 +128,12 @@ def test_the_atom_under_the_pointer_is_named_with_its_spin(app_viewer):
         event = SimpleNamespace(position=position, view_direction=along_x, dims_displayed=[0, 1, 2])
         for callback in viewer.mouse_move_callbacks:
             callback(viewer, event)
+        assert scene._rest.isActive()  # looked up once the pointer rests
+        qtbot.waitUntil(lambda: not scene._rest.isActive(), timeout=5000)
 
+    scene.hover(None)
+    move_to(scene.positions[k] + [0.0, 0.0, 10.0])  # off every atom
+    assert scene.hovered is None
     move_to(scene.positions[k])
     assert scene.hovered == k
     ring = np.zeros(len(yz))
