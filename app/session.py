@@ -88,6 +88,7 @@ class AppSession:
         self.model_message = ""
         self.model_note = ""  # what loading the model changed (e.g. a switch to ED)
         self.warnings: list[str] = []
+        self.shown_replica = 0  # the replica the 3D view shows (the plots average them all)
         self.panels: dict = {}  # name -> panel, and name -> its dock: set by app.launcher
         self.docks: dict = {}
         self.sim: Simulation | None = None
@@ -237,13 +238,31 @@ class AppSession:
     def _show_system(self, rebuild: bool = True) -> None:
         snap = self.sim.snapshot()
         self.last_snapshot = snap
+        r = self.replica(len(snap.spins))
         if rebuild:
-            self.scene.set_system(self.sim.system.positions, self.sim.system.box, snap.spins[0])
+            self.scene.set_system(self.sim.system.positions, self.sim.system.box, snap.spins[r])
         else:
             self.scene.fields = None
-            self.scene.update_spins(snap.spins[0])
+            self.scene.update_spins(snap.spins[r])
         self.plots.reset(*self._pair_range())
         self.snapshot_ready.emit(snap)
+
+    def replica(self, count: int) -> int:
+        """The replica the 3D view shows, among `count` (the last one where fewer are left)."""
+        return min(self.shown_replica, count - 1)
+
+    def show_replica(self, index: int) -> None:
+        """Show replica `index` of the state on screen; its fields and local energies come
+        with the next snapshot (or are computed again by the Fields panel)."""
+        self.shown_replica = int(index)
+        snap = self.last_snapshot
+        if snap is not None:
+            r = self.replica(len(snap.spins))
+            self.scene.fields = None if snap.fields is None else snap.fields[r]
+            self.scene.local_energy = (
+                None if snap.local_energies is None else snap.local_energies[r]
+            )
+            self.scene.update_spins(snap.spins[r])
 
     # -------------------------------------------------------------- dynamics
 
@@ -366,9 +385,10 @@ class AppSession:
 
     def _show_scene(self, snap) -> None:
         if snap is self.last_snapshot:  # not overtaken by a newer one
-            fields = None if snap.fields is None else snap.fields[0]
-            eps = None if snap.local_energies is None else snap.local_energies[0]
-            self.scene.update_spins(snap.spins[0], fields, eps)
+            r = self.replica(len(snap.spins))
+            fields = None if snap.fields is None else snap.fields[r]
+            eps = None if snap.local_energies is None else snap.local_energies[r]
+            self.scene.update_spins(snap.spins[r], fields, eps)
             self.scene_shown.emit(snap)
         # the worker steps on once the window has repainted: a timer fires after the repaint
         # (a posted event of low priority)
@@ -394,7 +414,7 @@ class AppSession:
 
     def compare(self) -> dict:
         """ML vs ED transverse fields H_perp of one state of the spins (the dynamics may step
-        on): RMSE, MAE (t0), per-atom error, both H_perp arrays (B, N, 3) for the parity plot,
+        on): RMSE, MAE (t0), per-atom error (B, N), both H_perp arrays (B, N, 3) for the parity plot,
         the spins (B, N, 3), their step, simulated time and system."""
         state = self.sim.compute_fields("ed", "ml")
         (h_ed, e_ed), (h_ml, e_ml) = state.fields["ed"], state.fields["ml"]
@@ -406,7 +426,7 @@ class AppSession:
             "rmse_hperp": float(np.sqrt(np.mean(diff**2))),
             "mae_hperp": float(np.mean(np.abs(diff))),
             "energy_error_per_spin": float(np.mean(np.abs(e_ml - e_ed)) / n),
-            "per_atom": np.linalg.norm(diff[0], axis=-1),
+            "per_atom": np.linalg.norm(diff, axis=-1),
             "hperp_ed": hp_ed,
             "hperp_ml": hp_ml,
             "spins": s,

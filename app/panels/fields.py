@@ -12,6 +12,7 @@ from magicgui.widgets import (
     FloatSpinBox,
     Label,
     PushButton,
+    SpinBox,
 )
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
@@ -44,6 +45,12 @@ class FieldsPanel(Container):
         self.axis = ComboBox(
             label="Axis n", choices=["x", "y", "z", "(1,1,1)"], value="z",
             tooltip="Axis n of the S.n colouring.",
+        )  # fmt: skip
+        self.replica = SpinBox(
+            label="Replica shown", value=0, min=0, max=max(session.sim.replicas - 1, 0),
+            tooltip="Which spin replica the atoms, arrows and colours show (0 to replicas - "
+            "1, the Dynamics panel's Replicas); the plots average over all of them. The "
+            "paper's ensembles have 20 replicas per configuration.",
         )  # fmt: skip
         self.arrow_length = FloatSpinBox(
             label="Arrow length (ell)", value=scene.arrow_length, min=0.05, max=3, step=0.05,
@@ -83,7 +90,7 @@ class FieldsPanel(Container):
         self._next_track = 0.0
         super().__init__(
             widgets=[
-                self.colour_by, self.axis, self.arrow_length, self.arrow_width,
+                self.colour_by, self.axis, self.replica, self.arrow_length, self.arrow_width,
                 self.show_fields, self.ed_button, self.ml_button, self.compare_button,
                 self.track, self.result,
             ],
@@ -98,6 +105,7 @@ class FieldsPanel(Container):
             )
             self.native.layout().addWidget(plot.canvas)
         self.colour_by.changed.connect(self._display)
+        self.replica.changed.connect(self._show_replica)
         self.axis.changed.connect(self._display)
         self.arrow_length.changed.connect(self._display)
         self.arrow_width.changed.connect(self._display)
@@ -107,10 +115,29 @@ class FieldsPanel(Container):
         self.compare_button.clicked.connect(self.compare)
         session.model_changed.connect(self._model_changed)
         session.system_changed.connect(self._new_system)
-        session.snapshot_ready.connect(lambda snap: self._follow())
+        session.snapshot_ready.connect(self._on_snapshot)
         session.run_state_changed.connect(lambda state: self._follow())
         self.track.changed.connect(lambda value: self._follow())
         self._model_changed()
+
+    def _on_snapshot(self, snap) -> None:
+        """Replica shown: as many choices as the run has replicas; then compare during runs."""
+        last = len(snap.spins) - 1
+        if self.replica.max != last:
+            self.replica.max = last  # a value beyond it comes down to it
+        self._follow()
+
+    def _show_replica(self, index: int) -> None:
+        """The 3D view shows another replica: its spins, and its share of the last
+        comparison's errors and of the local energies."""
+        session = self.session
+        session.show_replica(index)
+        stats = self.last_comparison
+        if stats is not None:
+            session.scene.error = stats["per_atom"][session.replica(len(stats["per_atom"]))]
+        if session.scene.quantity == "local energy (ML)" and session.scene.local_energy is None:
+            self._local_energies()
+        session.scene.refresh()
 
     def _model_changed(self) -> None:
         self._enable_ml()
@@ -168,7 +195,7 @@ class FieldsPanel(Container):
         except SdglassError as err:  # e.g. a system too small for the model's cutoff
             eps = None
             self.result.value = f"⚠ local energies: {err}"
-        scene.local_energy = None if eps is None else eps[0]
+        scene.local_energy = None if eps is None else eps[self.session.replica(len(eps))]
 
     def _run(self, job, done, text: str, busy=None) -> None:
         """job() in the background, then done(result); busy: the label that counts its
@@ -201,14 +228,16 @@ class FieldsPanel(Container):
         def done(state) -> None:
             if not self._current(state.system):
                 return
-            (h, e), spins = state.fields[engine], state.spins[0]
-            scene = self.session.scene
-            scene.fields = h[0]
-            hp = np.cross(spins, h[0])
+            (h, e) = state.fields[engine]
+            r = self.session.replica(len(h))
+            spins, scene = state.spins[r], self.session.scene
+            scene.fields = h[r]
+            hp = np.cross(spins, h[r])
+            which = f", replica {r}" if len(h) > 1 else ""
+            mean = np.linalg.norm(h[r], axis=-1).mean()
             self.result.value = (
-                f"{engine.upper()} at step {state.step}: E/N = {e[0] / len(spins):.5f} t0"
-                f"\n|H| mean {np.linalg.norm(h[0], axis=-1).mean():.3f} t0, "
-                f"H_perp std {hp.std():.4f} t0"
+                f"{engine.upper()} at step {state.step}{which}: E/N = {e[r] / len(spins):.5f} "
+                f"t0\n|H| mean {mean:.3f} t0, H_perp std {hp.std():.4f} t0"
             )
             self.show_fields.value = True
             scene.refresh()
@@ -229,7 +258,9 @@ class FieldsPanel(Container):
                 return
             self.last_comparison = stats
             scene = self.session.scene
-            scene.error, scene.error_step = stats["per_atom"], stats["step"]
+            per_atom = stats["per_atom"]
+            scene.error = per_atom[self.session.replica(len(per_atom))]
+            scene.error_step = stats["step"]
             self.result.value = (
                 f"ML vs ED at step {stats['step']}\nH_perp RMSE {stats['rmse_hperp']:.3e} t0, "
                 f"MAE {stats['mae_hperp']:.3e} t0\n|dE|/N {stats['energy_error_per_spin']:.3e} t0"

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from matplotlib import colormaps
 from napari.utils.notifications import notification_manager
 from qtpy.QtWidgets import QSizePolicy
 
@@ -695,7 +696,7 @@ def test_compare_during_a_run_takes_both_fields_of_one_state(
     spins = torch.from_numpy(s)
     h_ed = EDSolver(session.sim.system, session.sim.electrons).fields(spins)[0].numpy()
     h_ml = MLFieldProvider(session.model, session.sim.system).fields(spins)[0].numpy()
-    error = np.linalg.norm(np.cross(s, h_ml) - np.cross(s, h_ed), axis=-1)[0]
+    error = np.linalg.norm(np.cross(s, h_ml) - np.cross(s, h_ed), axis=-1)
     np.testing.assert_allclose(stats["per_atom"], error, rtol=1e-4, atol=1e-9)
     assert fields.result.value.startswith(f"ML vs ED at step {stats['step']}\nH_perp RMSE")
     legend = viewer.canvas.overlays.text.text
@@ -789,6 +790,39 @@ def test_an_engine_prepared_while_a_model_loads_takes_the_new_model(
     qtbot.waitUntil(lambda: dyn.job is None, timeout=TIMEOUT)
     assert session.sim.engine == "ml"
     assert session.sim.model is session.model and session.sim.provider.model is session.model
+
+
+def test_the_3d_view_shows_the_replica_chosen(app_viewer, qtbot, tiny_model_file, choose_model):
+    viewer, session = app_viewer
+    assert choose_model(session.panels["Model"], tiny_model_file)
+    fields, dyn = session.panels["Fields"], session.panels["Dynamics"]
+    dyn.replicas.value = 3
+    assert fields.replica.max == 2
+    dyn.start(max_steps=4)
+    wait_stopped(qtbot, session)
+    fields.replica.value = 2
+    snap = session.sim.snapshot()
+    np.testing.assert_array_equal(session.scene.spins, snap.spins[2])
+    np.testing.assert_allclose(np.asarray(viewer.layers["Atoms"].face_color)[:, :3],
+                               colormaps["coolwarm"]((snap.spins[2, :, 2] + 1) / 2)[:, :3],
+                               atol=1e-6)  # fmt: skip
+    fields.colour_by.value = "local energy (ML)"
+    np.testing.assert_allclose(session.scene.local_energy, session.sim.local_energies()[2])
+    fields.compute("ed")
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
+    assert fields.result.value.startswith("ED at step 4, replica 2: ")
+    h = session.sim.compute_fields("ed").fields["ed"][0]
+    np.testing.assert_allclose(session.scene.fields, h[2])
+    fields.compare()
+    qtbot.waitUntil(lambda: fields.job is None, timeout=TIMEOUT)
+    np.testing.assert_array_equal(session.scene.error, fields.last_comparison["per_atom"][2])
+    fields.replica.value = 1  # the last comparison's errors of that replica
+    np.testing.assert_array_equal(session.scene.error, fields.last_comparison["per_atom"][1])
+    np.testing.assert_array_equal(session.scene.spins, snap.spins[1])
+    dyn.replicas.value = 1  # fewer replicas: the only one is shown
+    qtbot.waitUntil(lambda: fields.replica.max == 0, timeout=TIMEOUT)
+    assert fields.replica.value == 0
+    np.testing.assert_array_equal(session.scene.spins, session.sim.snapshot().spins[0])
 
 
 def test_a_new_system_clears_the_results_of_the_old(
