@@ -20,6 +20,7 @@ from app.panels.presets import Presets
 from core.config import ElectronConfig, SystemConfig
 from core.errors import SdglassError
 from core.io import read_state
+from core.paths import EXAMPLE_STATE
 from core.simulation import MAX_REPLICAS
 
 #: Widget values shared by every preset: the paper's density, r_min, half filling, kT_e = 0.
@@ -87,11 +88,14 @@ class SystemPanel(Container):
             "(N = 10000 with the ML engine takes several seconds; the window stays usable).",
         )
         self.state_path = FileEdit(
-            label="State file", mode="r", filter="*.h5",
+            label="State file", mode="r", filter="*.h5", value=EXAMPLE_STATE,
             tooltip="A frames file (Export's 'Save frames', sdglass generate / label): its first "
             "atomic configuration opens with the spins of every frame on it as the replicas "
             f"(at most {MAX_REPLICAS}) and the electrons it records. Or a recorded trajectory "
-            "(Export's 'Record trajectory'): its last spin snapshot.",
+            "(Export's 'Record trajectory'): its last spin snapshot. It starts as the shipped "
+            f"example, {EXAMPLE_STATE.name}: the paper's system quenched by ML-LLG to t = 300 "
+            "(alpha = 0.05, 8 replicas), where C at r_min is -0.36 (the paper has -0.4 by "
+            "t = 30; see the README).",
         )  # fmt: skip
         self.open_button = PushButton(
             text="Open state",

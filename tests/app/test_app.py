@@ -94,6 +94,25 @@ def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
     assert attrs["state_file"] == str(path) and "seed" not in attrs and attrs["J"] == 4.0
 
 
+def test_the_shipped_example_state_opens_quenched(app_viewer, qtbot):
+    from core.paths import EXAMPLE_STATE
+
+    _, session = app_viewer
+    system = session.panels["System"]
+    assert Path(system.state_path.value) == EXAMPLE_STATE  # ready to open
+    assert system.open_state()
+    qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
+    assert system.message.value.startswith(f"Opened {EXAMPLE_STATE.name}")
+    snap = session.sim.snapshot()
+    assert snap.spins.shape == (8, 100, 3) and session.panels["Dynamics"].replicas.value == 8
+    assert (system.n.value, system.J.value) == (100, 6.0)
+    # its C(r) at t = 0 already has the quench's anticorrelation at the smallest distances
+    session.panels["Dynamics"].start(max_steps=1)
+    wait_stopped(qtbot, session)
+    snap = session.sim.snapshot()
+    assert snap.record_times[0] == 0 and snap.corr[0, 0] < -0.3
+
+
 def test_a_file_that_is_not_a_state_is_reported_and_the_state_stays(app_viewer, qtbot, tmp_path):
     _, session = app_viewer
     system = session.panels["System"]
