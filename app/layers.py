@@ -101,6 +101,7 @@ class SceneLayers:
         self.box_layer = None
         self.legend = ""
         self.hovered: int | None = None  # the atom under the mouse pointer
+        self.replica_note = ""  # which replica is shown, where a run has several
         self._pointer = None  # where the pointer last moved: (position, view direction, dims)
         self._rest = QTimer()
         self._rest.setSingleShot(True)
@@ -328,7 +329,7 @@ class SceneLayers:
             # the error belongs to the compared spins, not to those shown later
             when = f" at step {self.error_step}" if self.quantity == "ML-ED field error" else ""
             self.legend = f"Colour: {self.quantity}{when} from {lo:.3g} to {hi:.3g} ({cmap})"
-        lines = [self.legend]
+        lines = [self.legend + (f", {self.replica_note}" if self.replica_note else "")]
         if self.hovered is not None and self.hovered < len(self.spins):
             lines.append(self.atom_text(self.hovered))
         text = "\n".join(lines)

@@ -238,7 +238,7 @@ class AppSession:
     def _show_system(self, rebuild: bool = True) -> None:
         snap = self.sim.snapshot()
         self.last_snapshot = snap
-        r = self.replica(len(snap.spins))
+        r = self._replica_of(snap)
         if rebuild:
             self.scene.set_system(self.sim.system.positions, self.sim.system.box, snap.spins[r])
         else:
@@ -251,13 +251,20 @@ class AppSession:
         """The replica the 3D view shows, among `count` (the last one where fewer are left)."""
         return min(self.shown_replica, count - 1)
 
+    def _replica_of(self, snap) -> int:
+        """The replica of `snap` to show; the legend names it where there are several."""
+        count = len(snap.spins)
+        r = self.replica(count)
+        self.scene.replica_note = f"replica {r} of 0-{count - 1}" if count > 1 else ""
+        return r
+
     def show_replica(self, index: int) -> None:
         """Show replica `index` of the state on screen; its fields and local energies come
         with the next snapshot (or are computed again by the Fields panel)."""
         self.shown_replica = int(index)
         snap = self.last_snapshot
         if snap is not None:
-            r = self.replica(len(snap.spins))
+            r = self._replica_of(snap)
             self.scene.fields = None if snap.fields is None else snap.fields[r]
             self.scene.local_energy = (
                 None if snap.local_energies is None else snap.local_energies[r]
@@ -385,7 +392,7 @@ class AppSession:
 
     def _show_scene(self, snap) -> None:
         if snap is self.last_snapshot:  # not overtaken by a newer one
-            r = self.replica(len(snap.spins))
+            r = self._replica_of(snap)
             fields = None if snap.fields is None else snap.fields[r]
             eps = None if snap.local_energies is None else snap.local_energies[r]
             self.scene.update_spins(snap.spins[r], fields, eps)

@@ -822,6 +822,7 @@ def test_the_3d_view_shows_the_replica_chosen(app_viewer, qtbot, tiny_model_file
     fields.replica.value = 2
     snap = session.sim.snapshot()
     np.testing.assert_array_equal(session.scene.spins, snap.spins[2])
+    assert viewer.canvas.overlays.text.text.endswith("(coolwarm), replica 2 of 0-2")
     np.testing.assert_allclose(np.asarray(viewer.layers["Atoms"].face_color)[:, :3],
                                colormaps["coolwarm"]((snap.spins[2, :, 2] + 1) / 2)[:, :3],
                                atol=1e-6)  # fmt: skip
@@ -842,6 +843,7 @@ def test_the_3d_view_shows_the_replica_chosen(app_viewer, qtbot, tiny_model_file
     qtbot.waitUntil(lambda: fields.replica.max == 0, timeout=TIMEOUT)
     assert fields.replica.value == 0
     np.testing.assert_array_equal(session.scene.spins, session.sim.snapshot().spins[0])
+    assert "replica" not in viewer.canvas.overlays.text.text
 
 
 def test_a_new_system_clears_the_results_of_the_old(
