@@ -26,6 +26,8 @@ QUANTITIES = {
 
 #: Above this many atoms only a subsample of spin arrows is drawn.
 MAX_ARROWS = 2000
+#: Font size (pt) of the legend on the canvas at napari's default interface font size.
+LEGEND_PT = 10
 #: Width of the ring round the atom under the mouse pointer (a share of its diameter).
 HOVER_RING = 0.15
 #: The atom under the pointer is looked up when the pointer has rested this long (ms).
@@ -102,6 +104,7 @@ class SceneLayers:
         self.legend = ""
         self.hovered: int | None = None  # the atom under the mouse pointer
         self.replica_note = ""  # which replica is shown, where a run has several
+        self.font_scale = 1.0  # napari's interface font size over its default
         self._pointer = None  # where the pointer last moved: (position, view direction, dims)
         self._rest = QTimer()
         self._rest.setSingleShot(True)
@@ -336,4 +339,4 @@ class SceneLayers:
         overlay = self.viewer.canvas.overlays.text
         overlay.text = text
         overlay.visible = True
-        overlay.font_size = 10
+        overlay.font_size = LEGEND_PT * self.font_scale

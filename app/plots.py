@@ -22,6 +22,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
@@ -37,6 +38,36 @@ from core.observables import fit_droplet
 from core.plots import pick_times
 
 REDRAW_HZ = 4
+#: Font sizes (pt) of the docked plots at napari's default interface font size: titles,
+#: axis labels, tick labels, notes on the axes, the C(r, t) legend.
+TITLE_PT, LABEL_PT, TICK_PT, NOTE_PT, LEGEND_PT = 9, 8, 7, 7, 6
+
+
+def font_scale() -> float:
+    """napari's interface font size (Preferences > Appearance) over its theme's default: 1
+    unless the user made the interface larger (a projector) or smaller."""
+    from napari.settings import get_settings
+    from napari.utils.theme import get_theme
+
+    appearance = get_settings().appearance
+    default = float(get_theme(appearance.theme).font_size.removesuffix("pt"))
+    return appearance.font_size / default
+
+
+def pt(size: float) -> float:
+    """A plot font size at napari's current interface scale."""
+    return size * font_scale()
+
+
+def rescale_fonts(figure, ratio: float) -> None:
+    """Every text of `figure` `ratio` times its size, and tick labels drawn later at the
+    current scale (napari's font size changed)."""
+    for text in figure.findobj(Text):
+        text.set_fontsize(text.get_fontsize() * ratio)
+    for ax in figure.axes:
+        ax.tick_params(labelsize=pt(TICK_PT))
+
+
 #: Short names of changed parameters on the xi(t) and energy plots.
 SHORT_NAMES = {"temperature": "kT"}
 
@@ -101,9 +132,9 @@ def curve_colour(colours: dict, rank: int, count: int):
 
 def style_axes(ax, colours: dict[str, str], title: str, xlabel: str, ylabel: str) -> None:
     """Theme colours on an axes, with its title and axis labels (small fonts for docks)."""
-    ax.set_title(title, fontsize=9)
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
+    ax.set_title(title, fontsize=pt(TITLE_PT))
+    ax.set_xlabel(xlabel, fontsize=pt(LABEL_PT))
+    ax.set_ylabel(ylabel, fontsize=pt(LABEL_PT))
     recolour(ax, colours)
 
 
@@ -111,7 +142,7 @@ def recolour(ax, colours: dict[str, str]) -> None:
     """Theme colours on an axes and its figure, texts kept (napari's theme changed)."""
     ax.figure.set_facecolor(colours["background"])
     ax.set_facecolor(colours["canvas"])
-    ax.tick_params(colors=colours["text"], labelsize=7)
+    ax.tick_params(colors=colours["text"], labelsize=pt(TICK_PT))
     for spine in ax.spines.values():
         spine.set_color(colours["text"])
     for text in (ax.title, ax.xaxis.label, ax.yaxis.label):
@@ -297,6 +328,15 @@ class LivePlots(QWidget):
         self._mark_changes(self._changes)
         self._paint(set(), all_full=True)
 
+    def rescale_fonts(self, ratio: float) -> None:
+        """Every text `ratio` times larger or smaller (napari's font size changed), redrawn
+        in full; the axes make room for it."""
+        for plot in self.plots.values():
+            rescale_fonts(plot.figure, ratio)
+            plot.figure.tight_layout(pad=0.4)
+            plot.needs_full = True
+        self._paint(set(), all_full=True)
+
     def _initial_limits(self) -> None:
         if self.r_max is not None:  # the range of the pair bins, before any C(r, t)
             self.corr.ax.set_xlim(0.0, self.r_max)
@@ -333,7 +373,7 @@ class LivePlots(QWidget):
             (line,) = self.corr.ax.plot([], [], "o-", ms=2, lw=1, color=colour, label=" ")
             lines.append(self.corr.animate(line))
         self._legend = self.corr.ax.legend(
-            handles=lines, fontsize=6, ncol=2, loc="lower right", framealpha=0.3
+            handles=lines, fontsize=pt(LEGEND_PT), ncol=2, loc="lower right", framealpha=0.3
         )
         for text in self._legend.get_texts():
             text.set_color(self.colours["text"])
@@ -360,7 +400,7 @@ class LivePlots(QWidget):
         self._decorations = [
             ax.axvspan(0, self.r_min, color=colours["grid"], alpha=0.6, lw=0),
             ax.text(self.r_min / 2, 0.95, "r < r_min", transform=ax.get_xaxis_transform(),
-                    ha="center", va="top", fontsize=7, color=colours["text"]),
+                    ha="center", va="top", fontsize=pt(NOTE_PT), color=colours["text"]),
             ax.axhline(0, color=colours["text"], lw=0.6, alpha=0.6),
         ]  # fmt: skip
         if not keep_limits:
@@ -380,7 +420,7 @@ class LivePlots(QWidget):
             self._markers.append(
                 self.energy.ax.text(
                     t, 0.97, f" {change_label(change)}", transform=self.energy.ax.get_xaxis_transform(),
-                    rotation=90, ha="right", va="top", fontsize=6, color=colour,
+                    rotation=90, ha="right", va="top", fontsize=pt(LEGEND_PT), color=colour,
                 )
             )  # fmt: skip
         self.xi.needs_full = self.energy.needs_full = True

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from napari.settings import get_settings
 from napari.utils.notifications import show_error, show_warning
 from psygnal import Signal
 from qtpy.QtCore import QEvent, QObject, QTimer
@@ -25,6 +26,7 @@ from core.modelfile import ModelCard, load_model
 from core.paths import DEFAULT_MODEL
 from core.simulation import EngineChoice, Prepared, Simulation
 
+from . import plots as plots_module
 from .layers import SceneLayers
 from .plots import LivePlots
 from .worker import PAUSED, DynamicsError, dynamics_worker
@@ -76,6 +78,7 @@ class AppSession:
     # "running", "pausing" / "stopping" (after this step), "paused", "stopped"
     run_state_changed = Signal(str)
     closing = Signal()  # the window closes: panels drop their background jobs
+    font_scaled = Signal(float)  # napari's font size changed: texts this many times larger
 
     def __init__(
         self, viewer, model_path: str | Path | None = None, n: int = 100, engine: str = "ed"
@@ -100,6 +103,8 @@ class AppSession:
         self.check_model()
         self.plots = LivePlots(str(viewer.theme), *self._pair_range())
         viewer.events.theme.connect(lambda event: self.plots.set_theme(str(viewer.theme)))
+        self.font_scale = self.scene.font_scale = plots_module.font_scale()
+        get_settings().appearance.events.font_size.connect(self._font_size_changed)
         self.worker = None
         self._shown = threading.Event()  # set when the main thread has drawn a snapshot
         self._running = threading.Event()  # cleared while the run is paused
@@ -247,6 +252,18 @@ class AppSession:
         self.plots.reset(*self._pair_range())
         self.snapshot_ready.emit(snap)
 
+    def _font_size_changed(self, event=None) -> None:
+        """napari's interface font size changed (Preferences > Appearance, e.g. for a
+        projector): the plots, the panels' plots and the canvas legend follow."""
+        scale = plots_module.font_scale()
+        ratio, self.font_scale = scale / self.font_scale, scale
+        if ratio == 1:
+            return
+        self.scene.font_scale = scale
+        self.scene.refresh()
+        self.plots.rescale_fonts(ratio)
+        self.font_scaled.emit(ratio)
+
     def replica(self, count: int) -> int:
         """The replica the 3D view shows, among `count` (the last one where fewer are left)."""
         return min(self.shown_replica, count - 1)
@@ -329,6 +346,7 @@ class AppSession:
         would delete the widgets napari is closing while it still uses them) and without
         drawing."""
         self.closing.emit()
+        get_settings().appearance.events.font_size.disconnect(self._font_size_changed)
         worker = self._ask_to_quit()
         if worker is None:
             return

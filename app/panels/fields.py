@@ -20,7 +20,7 @@ from napari.utils.notifications import show_error
 
 from app.jobs import Job
 from app.layers import QUANTITIES
-from app.plots import recolour, style_axes, theme_colours
+from app.plots import recolour, rescale_fonts, style_axes, theme_colours
 from core.errors import SdglassError
 
 #: Comparisons during a run: at least this many seconds apart, and together at most this
@@ -115,6 +115,8 @@ class FieldsPanel(Container):
         self.compare_button.clicked.connect(self.compare)
         session.model_changed.connect(self._model_changed)
         session.system_changed.connect(self._new_system)
+        session.font_scaled.connect(self.parity.rescale_fonts)
+        session.font_scaled.connect(self.error_history.rescale_fonts)
         session.snapshot_ready.connect(self._on_snapshot)
         session.run_state_changed.connect(lambda state: self._follow())
         self.track.changed.connect(lambda value: self._follow())
@@ -362,6 +364,12 @@ class PanelPlot:
         recolour(self.ax, colours)
         for line, role in self.roles:
             line.set_color(colours[role])
+        self.canvas.draw_idle()
+
+    def rescale_fonts(self, ratio: float) -> None:
+        """napari's font size changed: texts `ratio` times larger, the axes make room."""
+        rescale_fonts(self.figure, ratio)
+        self.figure.tight_layout(pad=0.4)
         self.canvas.draw_idle()
 
     def save(self, path, dpi: int = 150):

@@ -108,6 +108,7 @@ class ModelPanel(Container):
         self.load_button.clicked.connect(lambda: self.load())
         session.model_changed.connect(self.refresh)
         session.system_changed.connect(self.refresh)
+        session.font_scaled.connect(lambda ratio: self.refresh())  # J(R) drawn anew
         session.viewer.events.theme.connect(lambda event: self.refresh())
         self.refresh()
 
@@ -169,7 +170,7 @@ class ModelPanel(Container):
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
 
-        from app.plots import style_axes, theme_colours
+        from app.plots import NOTE_PT, pt, style_axes, theme_colours
 
         c = theme_colours(str(self.session.viewer.theme))
         if self.exchange is None:
@@ -187,7 +188,7 @@ class ModelPanel(Container):
         ax.axhline(0, color=c["text"], lw=0.5)
         ax.axvspan(0, r_min, color=c["grid"], alpha=0.6, lw=0)
         ax.text(r_min / 2, 0.95, "r < r_min", transform=ax.get_xaxis_transform(),
-                ha="center", va="top", fontsize=7, color=c["text"])  # fmt: skip
+                ha="center", va="top", fontsize=pt(NOTE_PT), color=c["text"])  # fmt: skip
         ax.set_xlim(0, model.spec.rc)
         style_axes(ax, c, "Effective exchange J(R)", "R (ell)", "J(R) (t0)")
         fig.tight_layout()

@@ -210,3 +210,44 @@ def test_colouring_by_local_energy_mid_step_does_not_wait_for_the_step(
     qtbot.waitUntil(lambda: session.scene.local_energy is not None, timeout=60_000)
     session.stop(wait=True)
     assert "local energy (ML) from" in viewer.canvas.overlays.text.text
+
+
+def test_texts_follow_napari_font_size(app_viewer, tiny_model_file, choose_model, monkeypatch):
+    from napari.settings import get_settings
+
+    import app.plots as plots_module
+
+    viewer, session = app_viewer
+    assert choose_model(session.panels["Model"], tiny_model_file)
+    fields = session.panels["Fields"]
+    corr = session.plots.corr.ax
+    model_ax = session.panels["Model"].exchange.figure.axes[0]
+    before = {
+        "corr title": corr.title.get_fontsize(),
+        "corr ticks": corr.xaxis.get_ticklabels()[0].get_fontsize(),
+        "parity title": fields.parity.ax.title.get_fontsize(),
+        "J(R) title": model_ax.title.get_fontsize(),
+        "legend": viewer.canvas.overlays.text.font_size,
+    }
+    assert before["corr title"] == plots_module.TITLE_PT  # napari's default size: scale 1
+    # Preferences > Appearance > Font size doubled (the scale, not the user's settings file)
+    monkeypatch.setattr(plots_module, "font_scale", lambda: 2.0)
+    appearance = get_settings().appearance  # the event of a change; the settings file untouched
+    appearance.events.font_size(value=appearance.font_size)
+    model_ax = session.panels["Model"].exchange.figure.axes[0]  # drawn anew
+    after = {
+        "corr title": corr.title.get_fontsize(),
+        "corr ticks": corr.xaxis.get_ticklabels()[0].get_fontsize(),
+        "parity title": fields.parity.ax.title.get_fontsize(),
+        "J(R) title": model_ax.title.get_fontsize(),
+        "legend": viewer.canvas.overlays.text.font_size,
+    }
+    assert after == {key: 2 * value for key, value in before.items()}
+    # what is drawn later keeps the scale: a comparison's parity plot, new tick labels
+    session.plots.corr.ax.set_xlim(0, 7)
+    session.plots.corr.figure.canvas.draw()
+    assert {t.get_fontsize() for t in corr.xaxis.get_ticklabels()} == {2 * plots_module.TICK_PT}
+    fields.parity.show(
+        {"hperp_ed": np.ones((1, 2, 3)), "hperp_ml": np.ones((1, 2, 3)), "rmse_hperp": 0.0}
+    )
+    assert fields.parity.ax.title.get_fontsize() == 2 * plots_module.TITLE_PT
