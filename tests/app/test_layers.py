@@ -221,27 +221,24 @@ def test_texts_follow_napari_font_size(app_viewer, tiny_model_file, choose_model
     assert choose_model(session.panels["Model"], tiny_model_file)
     fields = session.panels["Fields"]
     corr = session.plots.corr.ax
-    model_ax = session.panels["Model"].exchange.figure.axes[0]
-    before = {
-        "corr title": corr.title.get_fontsize(),
-        "corr ticks": corr.xaxis.get_ticklabels()[0].get_fontsize(),
-        "parity title": fields.parity.ax.title.get_fontsize(),
-        "J(R) title": model_ax.title.get_fontsize(),
-        "legend": viewer.canvas.overlays.text.font_size,
-    }
+
+    def sizes() -> dict:
+        model_ax = session.panels["Model"].exchange.figure.axes[0]  # drawn anew on a change
+        return {
+            "corr title": corr.title.get_fontsize(),
+            "corr ticks": corr.xaxis.get_ticklabels()[0].get_fontsize(),
+            "parity title": fields.parity.ax.title.get_fontsize(),
+            "J(R) title": model_ax.title.get_fontsize(),
+            "legend": viewer.canvas.overlays.text.font_size,
+        }
+
+    before = sizes()
     assert before["corr title"] == plots_module.TITLE_PT  # napari's default size: scale 1
     # Preferences > Appearance > Font size doubled (the scale, not the user's settings file)
     monkeypatch.setattr(plots_module, "font_scale", lambda: 2.0)
     appearance = get_settings().appearance  # the event of a change; the settings file untouched
     appearance.events.font_size(value=appearance.font_size)
-    model_ax = session.panels["Model"].exchange.figure.axes[0]  # drawn anew
-    after = {
-        "corr title": corr.title.get_fontsize(),
-        "corr ticks": corr.xaxis.get_ticklabels()[0].get_fontsize(),
-        "parity title": fields.parity.ax.title.get_fontsize(),
-        "J(R) title": model_ax.title.get_fontsize(),
-        "legend": viewer.canvas.overlays.text.font_size,
-    }
+    after = sizes()
     assert after == {key: 2 * value for key, value in before.items()}
     # what is drawn later keeps the scale: a comparison's parity plot, new tick labels
     session.plots.corr.ax.set_xlim(0, 7)
