@@ -212,7 +212,12 @@ class SystemPanel(Container):
 
     def _summarise(self) -> None:
         s = self.session.sim
+        origin = (
+            f"atoms of {Path(s.state_file).name}"
+            if s.state_file
+            else f"seed {s.system_config.seed}"
+        )
         self.summary.value = (
             f"N = {s.system.n}, L = {s.system.box:.3g} ell, density {s.system.density:.3g}, "
-            f"J = {s.electrons.J:g} t0"
+            f"J = {s.electrons.J:g} t0; {origin}"
         )

@@ -74,6 +74,7 @@ def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
     dyn.replicas.value = 1
     system.n.value, system.J.value, system.seed.value = 40, 6.0, 1
     assert generate(system)
+    assert system.summary.value.endswith("; seed 1")
     assert Path(system.state_path.value) == path  # offered to open again
     system.open_button.clicked.emit()
     qtbot.waitUntil(lambda: system.job is None, timeout=TIMEOUT)
@@ -84,6 +85,7 @@ def test_a_saved_state_opens_again_with_its_atoms_spins_replicas_and_electrons(
     assert (system.n.value, system.J.value, session.sim.electrons.J) == (30, 4.0, 4.0)
     assert not system.keep_density.value and system.preset.value == "Custom"
     assert system.summary.value.startswith("N = 30, ") and "J = 4 t0" in system.summary.value
+    assert system.summary.value.endswith(f"; atoms of {path.name}")  # not the seed shown
     np.testing.assert_allclose(viewer.layers["Atoms"].data, positions)
     dyn.start(max_steps=3)  # the quench goes on from the saved spins
     wait_stopped(qtbot, session)
