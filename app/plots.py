@@ -50,8 +50,11 @@ def font_scale() -> float:
     from napari.utils.theme import get_theme
 
     appearance = get_settings().appearance
-    default = float(get_theme(appearance.theme).font_size.removesuffix("pt"))
-    return appearance.font_size / default
+    try:  # napari's themes give "9pt"; a theme from elsewhere may not: then no scaling
+        default = float(get_theme(appearance.theme).font_size.removesuffix("pt"))
+    except (ValueError, AttributeError):
+        return 1.0
+    return appearance.font_size / default if default > 0 else 1.0
 
 
 def pt(size: float) -> float:

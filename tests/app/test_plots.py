@@ -27,3 +27,25 @@ def test_a_change_is_labelled_by_its_new_values():
     assert change_label({"t": 1.0, "step": 50, "engine": ["ed", "ml"]}) == "ML"
     assert change_label({"t": 1.0, "step": 50, "model": "replaced"}) == "new model"
     assert change_label({"t": 1.0, "step": 5, "integrator": ["sib", "heun"]}) == "integrator heun"
+
+
+def test_the_font_scale_is_napari_font_size_over_its_theme_default(monkeypatch):
+    from types import SimpleNamespace
+
+    import napari.settings
+    import napari.utils.theme
+
+    from app.plots import font_scale
+
+    def with_(font_size: int, theme_size: str) -> float:
+        appearance = SimpleNamespace(theme="dark", font_size=font_size)
+        monkeypatch.setattr(
+            napari.settings, "get_settings", lambda: SimpleNamespace(appearance=appearance)
+        )
+        monkeypatch.setattr(
+            napari.utils.theme, "get_theme", lambda name: SimpleNamespace(font_size=theme_size)
+        )
+        return font_scale()
+
+    assert with_(9, "9pt") == 1.0 and with_(18, "9pt") == 2.0 and with_(12, "8pt") == 1.5
+    assert with_(18, "large") == 1.0 and with_(18, "0pt") == 1.0  # an odd theme: no scaling
