@@ -268,6 +268,10 @@ class AppSession:
         """The replica the 3D view shows, among `count` (the last one where fewer are left)."""
         return min(self.shown_replica, count - 1)
 
+    def shown(self, per_replica: np.ndarray) -> np.ndarray:
+        """The row of the replica the 3D view shows, of an array (B, ...) over replicas."""
+        return per_replica[self.replica(len(per_replica))]
+
     def _replica_of(self, snap) -> int:
         """The replica of `snap` to show; the legend names it where there are several."""
         count = len(snap.spins)

@@ -136,7 +136,7 @@ class FieldsPanel(Container):
         session.show_replica(index)
         stats = self.last_comparison
         if stats is not None:
-            session.scene.error = stats["per_atom"][session.replica(len(stats["per_atom"]))]
+            session.scene.error = session.shown(stats["per_atom"])
         if session.scene.quantity == "local energy (ML)" and session.scene.local_energy is None:
             self._local_energies()
         session.scene.refresh()
@@ -197,7 +197,7 @@ class FieldsPanel(Container):
         except SdglassError as err:  # e.g. a system too small for the model's cutoff
             eps = None
             self.result.value = f"⚠ local energies: {err}"
-        scene.local_energy = None if eps is None else eps[self.session.replica(len(eps))]
+        scene.local_energy = None if eps is None else self.session.shown(eps)
 
     def _run(self, job, done, text: str, busy=None) -> None:
         """job() in the background, then done(result); busy: the label that counts its
@@ -260,8 +260,7 @@ class FieldsPanel(Container):
                 return
             self.last_comparison = stats
             scene = self.session.scene
-            per_atom = stats["per_atom"]
-            scene.error = per_atom[self.session.replica(len(per_atom))]
+            scene.error = self.session.shown(stats["per_atom"])
             scene.error_step = stats["step"]
             self.result.value = (
                 f"ML vs ED at step {stats['step']}\nH_perp RMSE {stats['rmse_hperp']:.3e} t0, "
