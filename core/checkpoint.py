@@ -7,7 +7,9 @@
   once). Saved are the spins, the noise generators' states and the sums
   recorded so far, all exactly, so a resumed run gives the numbers of an
   uninterrupted one bit for bit (on the same device with the same thread
-  count; on another device it continues correctly, equal up to round-off).
+  count; on another GPU equal up to round-off; on another kind of device the
+  noise streams go on from seeds taken from the saved states, see
+  `LLG.set_noise_state`: the same statistics, other numbers).
 * Dataset (`sdglass dataset --checkpoint DIR`): each configuration's
   ED-labelled frames, when complete (``config-CCCCC.h5``, a frames file with
   the dataset's parameters in its ``checkpoint_run`` attribute).
@@ -130,6 +132,16 @@ class Checkpoints:
                 snapshots=_read(f, path, "snapshots", np.float32),
                 done=bool(f.attrs["done"]),
             )
+
+    def saved_pack(self) -> int | None:
+        """Configurations per group of the quench progress saved here (from the record of its
+        first group file), None when there is none."""
+        paths = sorted(self.directory.glob("group-*.h5"))
+        if not paths:
+            return None
+        with _reading(paths[0], CHECKPOINT_FORMAT) as f:
+            pack = json.loads(f.attrs["run"]).get("pack")
+        return None if pack is None else int(pack)
 
     def save(self, group: int, run: dict, progress: Progress) -> Path:
         """Write the group's progress atomically, replacing its previous checkpoint."""

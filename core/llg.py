@@ -15,6 +15,7 @@ heun +8e-3, first order in dt (from the projection onto the sphere).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +28,9 @@ from core.errors import StateError
 from core.fields import FieldProvider
 
 NORM_TOL = 1e-3
+#: Bytes of a noise generator's state on each kind of device: the CPU's Mersenne Twister,
+#: CUDA's Philox (seed and offset)
+GENERATOR_STATE_BYTES = {"cpu": 5056, "cuda": 16}
 """Largest accepted | |S|^2 - 1 | of input spins: catches unnormalised states, allows float32 drift."""
 
 
@@ -233,14 +237,28 @@ class LLG:
         return [g.get_state() for g in generators]
 
     def set_noise_state(self, states: Sequence[torch.Tensor]) -> None:
-        """Continue the noise streams from `noise_state()` of an earlier stepper (same blocks)."""
+        """Continue the noise streams from `noise_state()` of an earlier stepper (same blocks).
+        A state saved on another kind of device (a GPU run resumed on a CPU) does not fit
+        these generators: each is seeded from its state's digest instead, like
+        `continued_on`, so the noise goes on as a fresh stream (the same statistics, not the
+        same numbers)."""
         _, generators = self._snapshot(self.device or torch.device("cpu"))
         if len(states) != len(generators):
             raise StateError(
                 f"{len(states)} noise generator states for {len(generators)} noise blocks"
             )
         for generator, state in zip(generators, states, strict=True):
-            generator.set_state(torch.as_tensor(state, dtype=torch.uint8).cpu())
+            state = torch.as_tensor(state, dtype=torch.uint8).cpu()
+            if state.numel() == GENERATOR_STATE_BYTES.get(generator.device.type):
+                generator.set_state(state)
+            elif state.numel() in GENERATOR_STATE_BYTES.values():
+                digest = hashlib.blake2b(state.numpy().tobytes(), digest_size=8).digest()
+                generator.manual_seed(int.from_bytes(digest, "little") >> 2)
+            else:
+                raise StateError(
+                    f"a noise generator state of {state.numel()} bytes is neither a CPU nor "
+                    f"a CUDA generator's ({GENERATOR_STATE_BYTES})"
+                )
 
     def continued_on(self, provider: FieldProvider, device: torch.device | str) -> LLG:
         """This stepper for `provider` on `device`, its noise streams going on: the generators'

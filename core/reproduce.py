@@ -340,6 +340,11 @@ def _quench(qc, path: Path, force: bool, log: Log, what: str, cluster=None):
     from core.quench import run_quench, to_trajectory
 
     checkpoints = Checkpoints(path.parent / CHECKPOINTS / path.stem)
+    saved_pack = checkpoints.saved_pack()
+    if saved_pack not in (None, qc.pack):
+        # saved progress keeps its grouping (a GPU packs ED configurations, a CPU does not)
+        qc = replace(qc, pack=saved_pack)
+        log(f"{what}: the saved progress packs {saved_pack} configuration(s) per batch; kept")
     log(
         f"{what}: {qc.engine.upper()}-LLG, N = {qc.system.n}, {qc.configs} configurations x "
         f"{qc.replicas} replicas to t = {qc.t_max:g} ({qc.configs * qc.n_steps} steps)"

@@ -166,3 +166,44 @@ def test_noise_streams_continue_from_a_saved_state():
     torch.testing.assert_close(second.step(spins).spins, first.step(spins).spins, rtol=0, atol=0)
     with pytest.raises(Exception, match="2 noise generator states for 1 noise blocks"):
         LLG(NoField(), config).set_noise_state(first.noise_state())
+
+
+def test_a_noise_state_from_another_kind_of_device_seeds_a_fresh_stream():
+    from core.errors import StateError
+    from core.llg import LLG
+    from core.system import random_spins
+
+    class NoField:
+        def fields(self, spins):
+            return torch.zeros_like(spins), torch.zeros(spins.shape[0], dtype=spins.dtype)
+
+    config = LLGConfig(temperature=0.5, seed=9)
+    spins = random_spins(2, 6, torch.Generator().manual_seed(0))
+    cuda_state = torch.arange(16, dtype=torch.uint8)  # CUDA's Philox: seed and offset
+    a, b = LLG(NoField(), config), LLG(NoField(), config)
+    a.set_noise_state([cuda_state])
+    b.set_noise_state([cuda_state.clone()])
+    moved = a.step(spins).spins
+    torch.testing.assert_close(b.step(spins).spins, moved, rtol=0, atol=0)  # deterministic
+    fresh = LLG(NoField(), config).step(spins).spins
+    assert (moved - fresh).abs().max() > 1e-3  # not the seed's stream started over
+    with pytest.raises(StateError, match="state of 7 bytes is neither a CPU nor a CUDA"):
+        a.set_noise_state([torch.zeros(7, dtype=torch.uint8)])
+
+
+def test_a_quench_saved_on_a_gpu_continues_on_a_cpu(tmp_path, qc, reference):
+    ck = Checkpoints(tmp_path / "ck", every=1e9)
+    with pytest.raises(KeyboardInterrupt):  # group 0 stops after 8 of its 15 steps
+        run_quench(qc, on_steps=StopAt(8, lambda: signal.raise_signal(signal.SIGINT)),
+                   checkpoints=ck)  # fmt: skip
+    with h5py.File(ck.path(0), "a") as f:  # the noise state as a CUDA generator saves it
+        del f["noise/0"]
+        f["noise/0"] = np.arange(16, dtype=np.uint8)
+    resumed = run_quench(qc, checkpoints=ck)
+    # records at steps 0, 3, 6 (and the whole group 1) are the uninterrupted run's; later
+    # ones follow other noise
+    np.testing.assert_array_equal(resumed.snapshots[:3], reference.snapshots[:3])
+    np.testing.assert_array_equal(resumed.snapshots[:, 1], reference.snapshots[:, 1])
+    assert np.abs(resumed.snapshots[3:, 0] - reference.snapshots[3:, 0]).max() > 1e-6
+    norms = np.linalg.norm(resumed.snapshots, axis=-1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-6)

@@ -401,3 +401,37 @@ def test_a_model_for_other_electrons_is_refused_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="model was trained for J = 1 but is used with J = 6"):
         reproduce(TINY, tmp_path / "run", path, log=lambda line: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_keeps_the_grouping_of_the_saved_progress(tmp_path):
+    """Progress of Fig. 4's ED quench packed as on a GPU, resumed where ED runs one
+    configuration at a time (a CPU): the saved groups are continued, not refused."""
+    import signal
+    from dataclasses import replace
+
+    from core.checkpoint import Checkpoints
+    from core.config import LLGConfig, SystemConfig
+    from core.quench import QuenchConfig, run_quench, to_trajectory
+    from core.reproduce import _quench
+
+    packed = QuenchConfig(
+        system=SystemConfig(n=20, seed=5), llg=LLGConfig(seed=3), configs=2, replicas=2,
+        t_max=0.2, n_records=4, bin_width=0.2, pack=2,
+    )  # fmt: skip
+    path = tmp_path / "fig4-ed.h5"
+    ck = Checkpoints(tmp_path / "checkpoints" / "fig4-ed", every=1e9)
+    done = []
+
+    def stop_after_3_steps(k):
+        done.append(k)
+        if len(done) == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_quench(packed, on_steps=stop_after_3_steps, checkpoints=ck)
+    assert ck.saved_pack() == 2
+    lines = []
+    traj = _quench(replace(packed, pack=1), path, False, lines.append, "Fig. 4")
+    assert lines[0] == "Fig. 4: the saved progress packs 2 configuration(s) per batch; kept"
+    np.testing.assert_array_equal(traj.corr, to_trajectory(run_quench(packed)).corr)
+    assert Checkpoints(tmp_path / "none").saved_pack() is None
