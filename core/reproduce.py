@@ -1047,10 +1047,9 @@ def reproduce(
     _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),
                       "version": __version__})  # fmt: skip
     run = Setting(scale, model_path, out, force or resume, log, device, cluster)
-    done = {
-        key: _resumable(run, key, task) if key in chosen else _finished(run, key)
-        for key, task in TASKS.items()
-    }
+    ran = {key: _resumable(run, key, task) for key, task in TASKS.items() if key in chosen}
+    # the other steps as saved now: another process (`--steps`) may have finished some meanwhile
+    done = {key: ran[key] if key in ran else _finished(run, key) for key in TASKS}
     finished = {key: step for key, step in done.items() if step is not None}
     report = write_report(out, scale, finished, run.force)
     if len(finished) == len(TASKS):

@@ -435,3 +435,26 @@ def test_a_resume_keeps_the_grouping_of_the_saved_progress(tmp_path):
     assert lines[0] == "Fig. 4: the saved progress packs 2 configuration(s) per batch; kept"
     np.testing.assert_array_equal(traj.corr, to_trajectory(run_quench(packed)).corr)
     assert Checkpoints(tmp_path / "none").saved_pack() is None
+
+
+def test_steps_run_by_two_processes_at_once_end_in_the_whole_report(
+    tmp_path, tiny_model_file, monkeypatch, whole_run
+):
+    """`--steps` in two processes on one folder (say, Fig. 5's quench beside the others on a
+    GPU): the one that finishes last sees the other's steps and writes the whole report."""
+    import core.reproduce
+
+    run, growth = tmp_path / "run", core.reproduce.TASKS["fig5"]
+
+    def growth_while_the_other_process_runs_the_rest(setting):
+        other = reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True,
+                          steps=["fig2", "fig3", "fig4", "fig4late"])  # fmt: skip
+        assert "Still to run: Fig. 5." in other.read_text()  # it finished first
+        return growth(setting)
+
+    monkeypatch.setitem(core.reproduce.TASKS, "fig5", growth_while_the_other_process_runs_the_rest)
+    report = reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True,
+                       steps=["fig5"])  # fmt: skip
+    assert "Partial run" not in report.read_text()
+    assert (run / "report.json").read_text() == whole_run
+    assert not (run / "checkpoints").exists()
