@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -254,6 +255,12 @@ class LLG:
             elif state.numel() in GENERATOR_STATE_BYTES.values():
                 digest = hashlib.blake2b(state.numpy().tobytes(), digest_size=8).digest()
                 generator.manual_seed(int.from_bytes(digest, "little") >> 2)
+                warnings.warn(
+                    f"the saved noise state comes from another kind of device (not "
+                    f"{generator.device.type}): the noise goes on from a seed taken from it "
+                    "(the same statistics; the numbers differ from a run on one kind of device)",
+                    stacklevel=2,
+                )
             else:
                 raise StateError(
                     f"a noise generator state of {state.numel()} bytes is neither a CPU nor "

@@ -181,8 +181,9 @@ def test_a_noise_state_from_another_kind_of_device_seeds_a_fresh_stream():
     spins = random_spins(2, 6, torch.Generator().manual_seed(0))
     cuda_state = torch.arange(16, dtype=torch.uint8)  # CUDA's Philox: seed and offset
     a, b = LLG(NoField(), config), LLG(NoField(), config)
-    a.set_noise_state([cuda_state])
-    b.set_noise_state([cuda_state.clone()])
+    with pytest.warns(UserWarning, match=r"another kind of device \(not cpu\): the noise goes on"):
+        a.set_noise_state([cuda_state])
+        b.set_noise_state([cuda_state.clone()])
     moved = a.step(spins).spins
     torch.testing.assert_close(b.step(spins).spins, moved, rtol=0, atol=0)  # deterministic
     fresh = LLG(NoField(), config).step(spins).spins
@@ -199,7 +200,8 @@ def test_a_quench_saved_on_a_gpu_continues_on_a_cpu(tmp_path, qc, reference):
     with h5py.File(ck.path(0), "a") as f:  # the noise state as a CUDA generator saves it
         del f["noise/0"]
         f["noise/0"] = np.arange(16, dtype=np.uint8)
-    resumed = run_quench(qc, checkpoints=ck)
+    with pytest.warns(UserWarning, match="comes from another kind of device"):
+        resumed = run_quench(qc, checkpoints=ck)
     # records at steps 0, 3, 6 (and the whole group 1) are the uninterrupted run's; later
     # ones follow other noise
     np.testing.assert_array_equal(resumed.snapshots[:3], reference.snapshots[:3])
