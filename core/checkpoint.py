@@ -133,15 +133,30 @@ class Checkpoints:
                 done=bool(f.attrs["done"]),
             )
 
+    def saved_groups(self) -> list[tuple[dict, int]]:
+        """(run record, next step) of every group file saved here, in group order."""
+        groups = []
+        for path in sorted(self.directory.glob("group-*.h5")):
+            with _reading(path, CHECKPOINT_FORMAT) as f:
+                groups.append((json.loads(f.attrs["run"]), int(f.attrs["step"])))
+        return groups
+
     def saved_pack(self) -> int | None:
-        """Configurations per group of the quench progress saved here (from the record of its
-        first group file), None when there is none."""
-        paths = sorted(self.directory.glob("group-*.h5"))
-        if not paths:
-            return None
-        with _reading(paths[0], CHECKPOINT_FORMAT) as f:
-            pack = json.loads(f.attrs["run"]).get("pack")
+        """Configurations per group of the quench progress saved here, None when there is
+        none."""
+        groups = self.saved_groups()
+        pack = groups[0][0].get("pack") if groups else None
         return None if pack is None else int(pack)
+
+    def saved_share(self) -> tuple[str, float] | None:
+        """(engine, share of its configuration-steps done) of the quench progress saved
+        here, None when there is none."""
+        groups = self.saved_groups()
+        if not groups:
+            return None
+        run = groups[0][0]
+        done = sum(len(saved["configs_in_group"]) * step for saved, step in groups)
+        return run["engine"], done / (run["configs"] * run["n_steps"])
 
     def save(self, group: int, run: dict, progress: Progress) -> Path:
         """Write the group's progress atomically, replacing its previous checkpoint."""

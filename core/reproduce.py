@@ -54,6 +54,10 @@ OUTPUTS = (
     "fig3-train-frames.h5", "fig4-correlation.png", "fig4-ed.h5", "fig4-ml.h5", "fig4-late.png",
     "fig4-ml-late.h5", "fig5-xi.png", "fig5-ml.h5", "report.md", "report.json",
 )  # fmt: skip
+#: The quench files of each step that runs dynamics (their progress: checkpoints/STEM/).
+QUENCH_FILES = {
+    "fig4": ("fig4-ed.h5", "fig4-ml.h5"), "fig4late": ("fig4-ml-late.h5",), "fig5": ("fig5-ml.h5",),
+}  # fmt: skip
 #: Folder of a run's saved progress (finished steps, quench checkpoints), inside its output.
 CHECKPOINTS = "checkpoints"
 #: Paper Fig. 4 times (1/(gamma t0)).
@@ -374,7 +378,7 @@ def dynamics_step(run: Setting) -> Step:
     start = time.perf_counter()
     seed = REPRODUCE_SEEDS["fig4"]
     runs = {}
-    for engine in ("ed", "ml"):
+    for engine, name in zip(("ed", "ml"), QUENCH_FILES["fig4"], strict=True):
         qc = _ensemble(
             engine, 100, seed, scale.fig4_configs, scale.fig4_replicas, scale.fig4_t_max,
             scale, run.model_path, run.device,
@@ -382,7 +386,7 @@ def dynamics_step(run: Setting) -> Step:
         spread = run.cluster if engine == "ed" else None
         if engine == "ed":
             qc = replace(qc, pack=ed_pack(qc.configs, run.device, spread))
-        runs[engine] = _quench(qc, out / f"fig4-{engine}.h5", force, log, "Fig. 4", spread)
+        runs[engine] = _quench(qc, out / name, force, log, "Fig. 4", spread)
     ed, ml = runs["ed"], runs["ml"]
     fig = comparison_figure(
         [ed, ml], ["ED-LLG", "ML-LLG"],
@@ -485,7 +489,7 @@ def late_step(run: Setting) -> Step:
         "ml", 100, REPRODUCE_SEEDS["fig4"], scale.fig4_configs, scale.fig4_replicas,
         scale.late_t_max, scale, run.model_path, run.device,
     )  # fmt: skip
-    traj = _quench(qc, out / "fig4-ml-late.h5", force, log, "Fig. 4 continued")
+    traj = _quench(qc, out / QUENCH_FILES["fig4late"][0], force, log, "Fig. 4 continued")
     history, features = correlation_history(traj), correlation_features(traj)
     times, r0, noise = traj.times, history["r_first_bin"], features["noise"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -526,7 +530,7 @@ def growth_step(run: Setting) -> Step:
         "ml", scale.fig5_n, seed, scale.fig5_configs, scale.fig5_replicas, scale.fig5_t_max,
         scale, run.model_path, run.device,
     )  # fmt: skip
-    traj = _quench(qc, out / "fig5-ml.h5", force, log, "Fig. 5")
+    traj = _quench(qc, out / QUENCH_FILES["fig5"][0], force, log, "Fig. 5")
     fit, values = droplet_values(traj)
     values.update(noise_floor_values(traj))
     title = (
@@ -896,11 +900,27 @@ def sizes(scale: Scale) -> dict[str, tuple[str, str]]:
     }  # fmt: skip
 
 
+def saved_progress(out: Path, key: str) -> str:
+    """How far the quenches of an unfinished step got, from their saved progress: e.g.
+    " (saved: ED-LLG 57 %)"; "" when none has any."""
+    from core.checkpoint import Checkpoints
+
+    shares = []
+    for name in QUENCH_FILES.get(key, ()):
+        saved = Checkpoints(out / CHECKPOINTS / Path(name).stem).saved_share()
+        if saved is not None:
+            engine, share = saved
+            shares.append(f"{engine.upper()}-LLG {math.floor(100 * share)} %")
+    return f" (saved: {', '.join(shares)})" if shares else ""
+
+
 def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -> Path:
     """report.md: what ran (and where), the figures, and the statement table; a run with
-    steps still to do gets a report of the finished ones that says how to continue."""
+    steps still to do gets a report of the finished ones that says how far the others got
+    and how to continue."""
     table = sizes(scale)
-    pending = [title for key, (title, _) in table.items() if key not in steps]
+    progress = {key: saved_progress(out, key) for key in table if key not in steps}
+    pending = [title + progress[key] for key, (title, _) in table.items() if key in progress]
     lines = [
         f"# Reproduction of Shi, Zhang and Chern (2023): scale `{scale.name}`",
         "",
@@ -912,7 +932,10 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
     ]
     for key, (title, size) in table.items():
         step = steps.get(key)
-        done = f"{step.seconds:.0f} | {step.machine or 'not recorded'}" if step else "not run yet |"
+        if step is not None:
+            done = f"{step.seconds:.0f} | {step.machine or 'not recorded'}"
+        else:
+            done = f"in progress{progress[key]} |" if progress[key] else "not run yet |"
         lines.append(f"| {title} | {size} | {done} |")
     lines += [
         "",
@@ -1056,8 +1079,9 @@ def reproduce(
         shutil.rmtree(progress, ignore_errors=True)  # complete: the progress is no longer needed
     else:
         log(
-            f"steps still to run: {', '.join(k for k in TASKS if k not in finished)}; the "
-            f"progress stays in {progress} (--resume continues)"
+            "steps still to run: "
+            + ", ".join(k + saved_progress(out, k) for k in TASKS if k not in finished)
+            + f"; the progress stays in {progress} (--resume continues)"
         )
     return report
 

@@ -458,3 +458,43 @@ def test_steps_run_by_two_processes_at_once_end_in_the_whole_report(
     assert "Partial run" not in report.read_text()
     assert (run / "report.json").read_text() == whole_run
     assert not (run / "checkpoints").exists()
+
+
+def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
+    tmp_path, tiny_model_file, monkeypatch
+):
+    import signal
+
+    import core.reproduce
+    from core import llg
+
+    # Ctrl-C in the 5th of the 20 steps of Fig. 4's ED-LLG quench (1 configuration)
+    calls, step, dynamics = {"n": None}, llg.LLG.step, core.reproduce.TASKS["fig4"]
+
+    def counting(self, spins):
+        if calls["n"] is not None:
+            calls["n"] += 1
+            if calls["n"] == 5:
+                signal.raise_signal(signal.SIGINT)
+        return step(self, spins)
+
+    def armed(*args, **kwargs):
+        calls["n"] = 0
+        return dynamics(*args, **kwargs)
+
+    monkeypatch.setattr(llg.LLG, "step", counting)
+    monkeypatch.setitem(core.reproduce.TASKS, "fig4", armed)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        reproduce(TINY, run, tiny_model_file, log=lambda line: None, steps=["fig2", "fig4"])
+    lines = []
+    text = reproduce(
+        TINY, run, tiny_model_file, log=lines.append, resume=True, steps=["fig2"]
+    ).read_text()
+    assert "Still to run: Fig. 3, Fig. 4 (saved: ED-LLG 25 %), Fig. 4 continued, Fig. 5." in text
+    assert "| in progress (saved: ED-LLG 25 %) |" in text
+    assert (
+        "| Fig. 5 | N = 100, 1 configurations x 2 replicas, t <= 0.4, ML-LLG | not run yet |"
+        in text
+    )
+    assert lines[-1].startswith("steps still to run: fig3, fig4 (saved: ED-LLG 25 %), fig4late")
