@@ -149,16 +149,21 @@ def test_second_ctrl_c_or_sigterm_stops_at_once(first):
         signal.raise_signal(signal.SIGINT)
 
 
+class NoField:
+    """A field provider without fields: steps move spins by their noise alone."""
+
+    def fields(self, spins):
+        return torch.zeros_like(spins), torch.zeros(spins.shape[0], dtype=spins.dtype)
+
+
 def test_noise_streams_continue_from_a_saved_state():
     from core.llg import LLG
     from core.system import random_spins
 
-    class NoField:
-        def fields(self, spins):
-            return torch.zeros_like(spins), torch.zeros(spins.shape[0], dtype=spins.dtype)
-
-    config = LLGConfig(temperature=0.5, seed=9)
-    spins = random_spins(2, 6, torch.Generator().manual_seed(0))
+    config, spins = (
+        LLGConfig(temperature=0.5, seed=9),
+        random_spins(2, 6, torch.Generator().manual_seed(0)),
+    )
     first = LLG(NoField(), config, blocks=[3, 3])
     spins = first.step(spins).spins
     second = LLG(NoField(), config, blocks=[3, 3])
@@ -173,12 +178,10 @@ def test_a_noise_state_from_another_kind_of_device_seeds_a_fresh_stream():
     from core.llg import LLG
     from core.system import random_spins
 
-    class NoField:
-        def fields(self, spins):
-            return torch.zeros_like(spins), torch.zeros(spins.shape[0], dtype=spins.dtype)
-
-    config = LLGConfig(temperature=0.5, seed=9)
-    spins = random_spins(2, 6, torch.Generator().manual_seed(0))
+    config, spins = (
+        LLGConfig(temperature=0.5, seed=9),
+        random_spins(2, 6, torch.Generator().manual_seed(0)),
+    )
     cuda_state = torch.arange(16, dtype=torch.uint8)  # CUDA's Philox: seed and offset
     a, b = LLG(NoField(), config), LLG(NoField(), config)
     with pytest.warns(UserWarning, match=r"another kind of device \(not cpu\): the noise goes on"):

@@ -85,31 +85,37 @@ def not_again(*args, **kwargs):
     raise AssertionError("finished work ran again")
 
 
-def test_interrupted_reproduction_resumes_to_the_same_report(
-    tmp_path, tiny_model_file, monkeypatch, whole_run
-):
+def ctrl_c_in_llg_step(monkeypatch, key: str, nth: int = 5) -> None:
+    """Ctrl-C in the nth LLG step of reproduction step `key` (in its first run only)."""
     import signal
 
     import core.reproduce
     from core import llg
 
-    # Ctrl-C in the 5th LLG step of Fig. 5's quench
-    calls, step, growth = {"n": None}, llg.LLG.step, core.reproduce.TASKS["fig5"]
+    calls, step, task = {"n": None}, llg.LLG.step, core.reproduce.TASKS[key]
 
     def counting(self, spins):
         if calls["n"] is not None:
             calls["n"] += 1
-            if calls["n"] == 5:
+            if calls["n"] == nth:
                 signal.raise_signal(signal.SIGINT)
         return step(self, spins)
 
     def armed(*args, **kwargs):
         calls["n"] = 0
-        monkeypatch.setitem(core.reproduce.TASKS, "fig5", growth)  # once
-        return growth(*args, **kwargs)
+        monkeypatch.setitem(core.reproduce.TASKS, key, task)  # once
+        return task(*args, **kwargs)
 
     monkeypatch.setattr(llg.LLG, "step", counting)
-    monkeypatch.setitem(core.reproduce.TASKS, "fig5", armed)
+    monkeypatch.setitem(core.reproduce.TASKS, key, armed)
+
+
+def test_interrupted_reproduction_resumes_to_the_same_report(
+    tmp_path, tiny_model_file, monkeypatch, whole_run
+):
+    import core.reproduce
+
+    ctrl_c_in_llg_step(monkeypatch, "fig5")
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
@@ -463,27 +469,7 @@ def test_steps_run_by_two_processes_at_once_end_in_the_whole_report(
 def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
     tmp_path, tiny_model_file, monkeypatch
 ):
-    import signal
-
-    import core.reproduce
-    from core import llg
-
-    # Ctrl-C in the 5th of the 20 steps of Fig. 4's ED-LLG quench (1 configuration)
-    calls, step, dynamics = {"n": None}, llg.LLG.step, core.reproduce.TASKS["fig4"]
-
-    def counting(self, spins):
-        if calls["n"] is not None:
-            calls["n"] += 1
-            if calls["n"] == 5:
-                signal.raise_signal(signal.SIGINT)
-        return step(self, spins)
-
-    def armed(*args, **kwargs):
-        calls["n"] = 0
-        return dynamics(*args, **kwargs)
-
-    monkeypatch.setattr(llg.LLG, "step", counting)
-    monkeypatch.setitem(core.reproduce.TASKS, "fig4", armed)
+    ctrl_c_in_llg_step(monkeypatch, "fig4")  # the 5th of the 20 steps of its ED-LLG quench
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None, steps=["fig2", "fig4"])
