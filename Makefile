@@ -27,6 +27,8 @@ screenshot: $(STAMP)
 	$(XVFB) $(BIN)/sdglass app --steps 400 --screenshot assets/screenshots/app.png --force
 	$(XVFB) $(BIN)/sdglass app --engine ml --demo --steps 1500 --screenshot assets/screenshots/app-demo.png \
 		--movie assets/screenshots/app-demo.mp4 --force
+	$(XVFB) $(BIN)/sdglass app --engine ml --demo --steps 1500 --compare \
+		--screenshot assets/screenshots/app-compare.png --force
 
 test: $(STAMP)
 	$(XVFB) $(BIN)/python -m pytest

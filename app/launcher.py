@@ -6,6 +6,7 @@ Used by `python -m app`, `sdglass app` and the GUI tests (return_viewer=True).
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import napari
@@ -37,6 +38,9 @@ SWITCH_INTERVAL_S = 0.0005
 
 #: Delay after the last dynamics step before the screenshot (ms): plots and canvas redraw.
 SETTLE_MS = 800
+
+#: --compare: the longest wait after the run for the comparison of its final spins (s).
+COMPARE_WAIT_S = 120.0
 
 #: --steps presses Start this long after the window is on screen with every plot drawn (ms),
 #: as a user would: the window's first layout and paint (~0.5 s with software OpenGL: every
@@ -188,6 +192,35 @@ def when_shown(viewer, session: AppSession, action) -> None:
     timer.start(50)
 
 
+def when_compared(session, action) -> None:
+    """Call action once the Fields panel has compared ML with ED on the run's final spins
+    (or comparing stopped after a failure, or COMPARE_WAIT_S passed), with the atoms
+    coloured by the ML error and the Fields panel raised."""
+    fields, give_up = session.panels["Fields"], time.monotonic() + COMPARE_WAIT_S
+
+    def check() -> None:
+        final = fields.history and fields.history[-1][1] == session.sim.step_count
+        if (fields.job is not None or (fields.track.value and not final)) and (
+            time.monotonic() < give_up
+        ):
+            QTimer.singleShot(100, check)
+            return
+        if fields.last_comparison is not None:
+            fields.colour_by.value = "ML-ED field error"
+        docks = session.docks
+        docks["Fields"].raise_()
+        window = getattr(session.viewer.window, "_qt_window", None)
+        if window is not None:  # the right column to Fields, scrolled to its plots
+            window.resizeDocks([docks["System"], docks["Fields"]], [1, 10**4], Qt.Vertical)
+            scroll = fields.native.parent().parent()
+            QTimer.singleShot(
+                0, lambda: scroll.verticalScrollBar().setValue(scroll.verticalScrollBar().maximum())
+            )
+        QTimer.singleShot(SETTLE_MS, action)
+
+    check()
+
+
 def launch(
     viewer=None,
     return_viewer: bool = False,
@@ -202,6 +235,7 @@ def launch(
     demo: bool = False,
     state: str | Path | None = None,
     movie: str | Path | None = None,
+    compare: bool = False,
 ):
     """Open the sdglass explorer: paper system, random spins, panels docked, ready to Start.
 
@@ -213,7 +247,10 @@ def launch(
     close (an existing file only with force); orbit: meanwhile turn the camera
     like a user would; demo: choose the Dynamics panel's fast demo preset; state: open
     this frames file (its atoms, spins and electrons) instead of a random system of n;
-    movie: film those steps into this MP4 (the Export panel's movie) and close.
+    movie: film those steps into this MP4 (the Export panel's movie) and close;
+    compare: compare ML with ED while they run (the Fields panel's "Compare during runs"),
+    and show the result (the Fields panel, atoms coloured by the ML error) before the
+    screenshot.
     Returns the viewer when return_viewer (else runs the event loop and
     returns the exit status).
     """
@@ -227,6 +264,8 @@ def launch(
     session.panels = panels
     if demo:
         panels["Dynamics"].preset.value = DEMO_PRESET
+    if compare:
+        panels["Fields"].track.value = True
     if state is not None:
         session.install(session.sim.prepare_state(read_state(state), str(state)))
         panels["System"].show_system()
@@ -281,13 +320,15 @@ def launch(
             _dismiss_notifications(viewer)
             QApplication.processEvents()
             save_window(viewer, path, force)
-            if session.errors:
+            if session.errors or (compare and panels["Fields"].last_comparison is None):
                 outcome["status"] = 1
             if not return_viewer:
                 viewer.close()
 
         def on_state(state: str) -> None:
-            if state == "stopped":
+            if state == "stopped" and compare:
+                when_compared(session, capture)
+            elif state == "stopped":
                 QTimer.singleShot(SETTLE_MS, capture)
 
         if steps:

@@ -457,6 +457,8 @@ def cmd_app(args: argparse.Namespace) -> int:
         if not str(args.movie).lower().endswith(".mp4"):
             raise ConfigError(f"--movie writes an MP4 video: name a .mp4 file, not {args.movie}")
         check_output(args.movie, args.force)
+    if args.compare and not args.steps:
+        raise ConfigError("--compare needs --steps K (it compares while K steps run)")
     if args.model is not None:
         load_model(args.model)  # refused here, not as a notification in an open window
     if args.state is not None:
@@ -467,7 +469,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     status = launch(
         steps=args.steps, screenshot=args.screenshot, model_path=args.model, n=args.n,
         engine=args.engine, measure=args.measure, force=args.force, orbit=args.orbit,
-        demo=args.demo, state=args.state, movie=args.movie,
+        demo=args.demo, state=args.state, movie=args.movie, compare=args.compare,
     )  # fmt: skip
     return int(status or 0)
 
@@ -798,6 +800,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--movie", default=None,
         help="with --steps: film the 3D view while they run into this MP4 (10 frames per "
         "second, the time written on it) and exit",
+    )  # fmt: skip
+    p.add_argument(
+        "--compare", action="store_true",
+        help="with --steps: compare the ML fields with ED while they run (Fields panel, "
+        "'Compare during runs'); a --screenshot then shows the Fields panel, its parity plot "
+        "and error history, and the atoms coloured by the ML error",
     )  # fmt: skip
     p.add_argument(
         "--force", action="store_true",

@@ -614,8 +614,9 @@ def test_screenshot_and_movie_cli_produce_nonblank_pictures(tmp_path):
     import matplotlib.image as mpimg
 
     out, movie = tmp_path / "shot.png", tmp_path / "run.mp4"
-    cmd = [sys.executable, "-m", "app", "-n", "30", "--steps", "6", "--screenshot", str(out)]
+    cmd = [sys.executable, "-m", "app", "--steps", "6", "--screenshot", str(out)]
     cmd += ["--demo", "--movie", str(movie)]  # the fast demo preset: 5 steps per frame
+    cmd += ["--compare"]  # exit status 1 without a comparison of the final spins
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     img = mpimg.imread(out)
@@ -653,6 +654,29 @@ def test_launch_with_steps_runs_them_on_a_viewer_that_is_not_shown(make_napari_v
 
     session = session_of(launch(viewer=make_napari_viewer(), return_viewer=True, n=30, steps=5))
     qtbot.waitUntil(lambda: session.sim.step_count == 5 and session.worker is None, timeout=TIMEOUT)
+
+
+def test_launch_with_compare_shows_the_ml_error_of_the_final_spins(
+    make_napari_viewer, qtbot, tmp_path
+):
+    from app.launcher import launch, session_of
+
+    shot = tmp_path / "compare.png"
+    viewer = launch(
+        viewer=make_napari_viewer(show=True), return_viewer=True, steps=10, engine="ml",
+        compare=True, screenshot=shot,
+    )  # fmt: skip
+    session = session_of(viewer)
+    fields, docks = session.panels["Fields"], session.docks
+    assert fields.track.value  # "Compare during runs"
+    qtbot.waitUntil(shot.is_file, timeout=TIMEOUT)
+    assert fields.last_comparison["step"] == session.sim.step_count == 10
+    assert fields.history[-1][1] == 10 and fields.parity.points > 0
+    assert fields.colour_by.value == "ML-ED field error"
+    assert docks["Dynamics"].visibleRegion().isEmpty()  # behind the Fields tab, raised
+    assert not docks["Fields"].visibleRegion().isEmpty()
+    bar = fields.native.parent().parent().verticalScrollBar()
+    assert bar.value() == bar.maximum()  # scrolled down to the parity plot and error history
 
 
 def test_measure_cli_starts_once_the_window_is_drawn_and_writes_the_report(tmp_path):

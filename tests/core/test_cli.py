@@ -434,6 +434,8 @@ def test_app_refuses_bad_steps_and_an_existing_screenshot_before_opening(tmp_pat
     assert code == 2 and "no such directory" in error_line(err)
     code, _, err = run(capsys, "app", "--steps", 2, "--screenshot", tmp_path / "s.jpg")
     assert code == 2 and "--screenshot writes a PNG image: name a .png file" in error_line(err)
+    code, _, err = run(capsys, "app", "--compare")
+    assert code == 2 and "--compare needs --steps K" in error_line(err)
 
 
 def test_app_refuses_a_movie_it_cannot_film_before_opening(tmp_path, capsys):
