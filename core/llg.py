@@ -29,10 +29,10 @@ from core.errors import StateError
 from core.fields import FieldProvider
 
 NORM_TOL = 1e-3
+"""Largest accepted | |S|^2 - 1 | of input spins: catches unnormalised states, allows float32 drift."""
 #: Bytes of a noise generator's state on each kind of device: the CPU's Mersenne Twister,
 #: CUDA's Philox (seed and offset)
 GENERATOR_STATE_BYTES = {"cpu": 5056, "cuda": 16}
-"""Largest accepted | |S|^2 - 1 | of input spins: catches unnormalised states, allows float32 drift."""
 
 
 @dataclass(frozen=True)
