@@ -1070,6 +1070,13 @@ def reproduce(
     _claim(progress, {"scale": asdict(scale), "model_sha256": file_digest(model_path),
                       "version": __version__})  # fmt: skip
     run = Setting(scale, model_path, out, force or resume, log, device, cluster)
+    dynamics = [key for key in QUENCH_FILES if key in chosen and _finished(run, key) is None]
+    if scale.name == "paper" and dynamics and not device.startswith("cuda"):
+        log(
+            f"note: the paper scale's dynamics ({', '.join(dynamics)}) are meant for a GPU and "
+            "take days on a CPU; --device cuda runs them there, and --steps fig2 fig3 runs the "
+            "steps that suit a CPU"
+        )
     ran = {key: _resumable(run, key, task) for key, task in TASKS.items() if key in chosen}
     # the other steps as saved now: another process (`--steps`) may have finished some meanwhile
     done = {key: ran[key] if key in ran else _finished(run, key) for key in TASKS}

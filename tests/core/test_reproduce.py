@@ -484,3 +484,23 @@ def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
         in text
     )
     assert lines[-1].startswith("steps still to run: fig3, fig4 (saved: ED-LLG 25 %), fig4late")
+
+
+def test_the_paper_scale_on_a_cpu_says_its_dynamics_are_meant_for_a_gpu(
+    tmp_path, tiny_model_file, monkeypatch
+):
+    from dataclasses import replace
+
+    import core.reproduce
+
+    for key in ("fig4", "fig4late", "fig5"):
+        monkeypatch.setitem(core.reproduce.TASKS, key, not_again)
+    paper_named = replace(TINY, name="paper")
+    lines = []
+    reproduce(paper_named, tmp_path / "a", tiny_model_file, log=lines.append, steps=["fig2"])
+    assert not any(line.startswith("note:") for line in lines)  # no dynamics asked for
+    with pytest.raises(AssertionError, match="ran again"):
+        reproduce(paper_named, tmp_path / "b", tiny_model_file, log=lines.append, steps=["fig5"])
+    assert lines[-1].startswith(
+        "note: the paper scale's dynamics (fig5) are meant for a GPU and take days on a CPU"
+    )
