@@ -414,10 +414,13 @@ def zero_crossing(r: np.ndarray, c: np.ndarray) -> float | None:
     return float(r[k] - c[k] * (r[k + 1] - r[k]) / (c[k + 1] - c[k]))
 
 
-def far_peak(r: np.ndarray, c: np.ndarray, c0: np.ndarray) -> dict[str, float]:
+def far_peak(r: np.ndarray, c: np.ndarray, c0: np.ndarray) -> dict[str, float] | None:
     """The largest C(r) beyond r = PEAK_FROM (where the paper sees its weak late peak), and C
-    in that bin at t = 0 (c0: the sampling noise of the random start, which a bin keeps)."""
+    in that bin at t = 0 (c0: the sampling noise of the random start, which a bin keeps);
+    None when no bin lies beyond PEAK_FROM (a box with L/2 below it)."""
     far = np.flatnonzero(r > PEAK_FROM)
+    if not far.size:
+        return None
     j = far[int(np.argmax(c[far]))]
     return {"r": float(r[j]), "c": float(c[j]), "c_t0": float(c0[j])}
 
@@ -445,8 +448,9 @@ def correlation_features(traj) -> dict[str, Any]:
         out["zero_crossing_t"] = float(times[early[-1]])
         out["zero_crossing_r"] = zero_crossing(r, corr[early[-1]])
     late = np.flatnonzero(times >= 150)
-    if late.size:
-        out["late_peak"] = {"t": float(times[late[-1]]), **far_peak(r, corr[late[-1]], corr[0])}
+    peak = far_peak(r, corr[late[-1]], corr[0]) if late.size else None
+    if peak is not None:
+        out["late_peak"] = {"t": float(times[late[-1]]), **peak}
     return out
 
 
@@ -789,9 +793,10 @@ def history_table(history: dict[str, Any]) -> list[str]:
     ]
     for row in history["at"]:
         peak = row["peak"]
+        far = "no bin there" if peak is None else f"{peak['c']:+.3f} at r = {peak['r']:.2f}"
         lines.append(
             f"| {row['t']:.3g} | {row['c_first_bin']:+.3f} | {_fmt(row['zero_crossing_r'])} "
-            f"| {peak['c']:+.3f} at r = {peak['r']:.2f} |"
+            f"| {far} |"
         )
     reach, end = history["reaches_paper_value_at"], history["at"][-1]["t"]
     lines.append("")

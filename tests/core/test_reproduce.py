@@ -10,7 +10,15 @@ import pytest
 
 from core.errors import FileFormatError, OutputExistsError
 from core.io import read_trajectory
-from core.reproduce import OUTPUTS, SCALES, Scale, correlation_features, reproduce
+from core.reproduce import (
+    OUTPUTS,
+    SCALES,
+    Scale,
+    correlation_features,
+    correlation_history,
+    history_table,
+    reproduce,
+)
 
 TINY = Scale(
     "tiny", dos_configs=2, train_configs=3, test_configs=1, frames_per_config=6,
@@ -277,6 +285,12 @@ def test_correlation_features_measure_first_bin_zero_crossing_and_late_peak():
     assert f["zero_crossing_r"] == pytest.approx(1.30)
     assert f["late_peak"] == {"t": 200.0, "r": 1.45, "c": pytest.approx(0.08), "c_t0": 0.0}
     assert f["noise"] == 0.0  # C(r, 0) = 0 in every bin
+    # a small box (L/2 below r = 1.2): no bin where the late peak could be, and no crash
+    small = SimpleNamespace(times=times, corr=corr[:, :4], r_centres=r[:4])
+    assert "late_peak" not in correlation_features(small)
+    history = correlation_history(small)
+    assert [row["peak"] for row in history["at"]] == [None] * len(history["at"])
+    assert history_table(history)[2].endswith("| no bin there |")
 
 
 def test_late_peak_verdict_needs_a_peak_above_the_sampling_noise():
