@@ -237,14 +237,14 @@ def corr_at_times(traj, times: np.ndarray, path: str) -> np.ndarray:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     """C(r, t) of two or more quench runs: largest difference per time, and one figure."""
-    from core.io import read_trajectory
     from core.plots import check_figure_output, comparison_figure, save_figure
+    from core.quench import read_run
 
     if len(args.runs) < 2:
         raise ConfigError(f"compare needs two or more runs, got {len(args.runs)}")
     if args.plot:
         check_figure_output(args.plot, args.force)
-    trajs = [read_trajectory(p) for p in args.runs]
+    trajs = [read_run(p) for p in args.runs]
     ref = trajs[0]
     keep = ref.times <= args.t_max
     for path, traj in zip(args.runs[1:], trajs[1:], strict=True):
@@ -309,8 +309,9 @@ def describe_change(change: dict) -> str:
 
 def cmd_summary(args: argparse.Namespace) -> None:
     """What the paper quotes about one quench run: C(r_min), zero crossing, late peak, psi."""
-    from core.io import parameter_changes, read_trajectory
+    from core.io import parameter_changes
     from core.plots import check_figure_output, quench_figure, save_figure
+    from core.quench import read_run
     from core.reproduce import (
         PAPER_C_FIRST_BIN,
         PEAK_FROM,
@@ -329,7 +330,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
         raise ConfigError(f"--fit-from ({lo:g}) must be below --fit-to ({hi:g})")
     if args.plot:
         check_figure_output(args.plot, args.force)
-    traj = read_trajectory(args.run)
+    traj = read_run(args.run)
     fit, growth = droplet_values(traj, args.fit_from, args.fit_to)
     values = {
         **correlation_features(traj), "history": correlation_history(traj), **growth,
@@ -344,6 +345,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
             f"{a.get('configs')} configurations x {a.get('replicas')} replicas, "
             f"t = 0..{values['t_max']:g}"
         )
+        if "partial" in a:
+            print(f"  unfinished: {a['partial']}")
         if "state_file" in a:
             print(f"  started from the saved state {a['state_file']}")
         for change in values["parameter_changes"]:
@@ -818,7 +821,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the paper's quantities of one quench run (C(r_min), zero crossing, psi)",
         formatter_class=fmt,
     )
-    p.add_argument("run", help="trajectory file (.h5) written by quench")
+    p.add_argument(
+        "run",
+        help="trajectory file (.h5) written by quench, or a quench checkpoint directory "
+        "(--checkpoint DIR; a reproduction's checkpoints/NAME): what it has recorded so far",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", default=None, help="write C(r, t) and xi(t) with the droplet fit")
     p.add_argument("--title", default="", help="figure title")
@@ -833,7 +840,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "compare", help="compare C(r, t) of quench runs (e.g. ED vs ML)", formatter_class=fmt
     )
-    p.add_argument("runs", nargs="+", help="trajectory files (.h5); the first is the reference")
+    p.add_argument(
+        "runs", nargs="+",
+        help="trajectory files (.h5) or quench checkpoint directories; the first is the reference",
+    )  # fmt: skip
     p.add_argument("--t-max", type=float, default=100.0, help="compare record times t <= t-max")
     p.add_argument("--plot", default=None, help="write C(r, t) of all runs in one figure")
     p.add_argument("--labels", nargs="+", default=None, help="legend labels (default: engines)")

@@ -13,7 +13,7 @@ numbers up to floating-point round-off in the batched products.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 
 import numpy as np
@@ -29,6 +29,7 @@ from core.checkpoint import (
 from core.cluster import ClusterSpec, map_configurations
 from core.config import ConfigError, ElectronConfig, LLGConfig, SystemConfig, _require
 from core.electrons import EDSolver, PackedEDSolver, resolve_method
+from core.errors import FileFormatError
 from core.fields import FieldProvider
 from core.io import Trajectory
 from core.llg import LLG
@@ -390,3 +391,69 @@ def to_trajectory(result: QuenchResult) -> Trajectory:
         snapshot_times=result.times if snaps is not None else None,
         positions=result.positions,
     )
+
+
+def config_of_run(run: dict) -> QuenchConfig:
+    """The quench that a checkpoint's run record describes (the device it ran on aside)."""
+
+    def part(cls, **fixed):
+        names = {f.name for f in fields(cls)}
+        return cls.from_dict({**{k: run[k] for k in names if k in run}, **fixed})
+
+    return QuenchConfig(
+        system=part(SystemConfig, seed=run["seed"]), electrons=part(ElectronConfig),
+        llg=part(LLGConfig, seed=run["noise_seed"]), engine=run["engine"],
+        configs=run["configs"], replicas=run["replicas"], t_max=run["t_max"],
+        n_records=run["n_records"], bin_width=run["bin_width"], model_path=run.get("model"),
+        pack=run["pack"],
+    )  # fmt: skip
+
+
+def saved_trajectory(checkpoints: Checkpoints) -> Trajectory:
+    """What an unfinished quench has recorded so far, from its saved progress: the
+    configurations of the groups saved, up to the last record every one of them reached.
+    attrs["partial"] says how much of the run that is."""
+    groups = checkpoints.saved_groups()
+    if not groups:
+        raise FileFormatError(
+            f"{checkpoints.directory} holds no saved quench progress (group-*.h5)"
+        )
+    qc = config_of_run(groups[0][0])
+    parts, reached = [], []
+    for run, _ in groups:
+        progress = checkpoints.load(run["group"], run)
+        configs = qc.group(run["group"])
+        positions = [generate_positions(qc.system.replace(seed=qc.system.seed + c)).positions
+                     for c in configs]  # fmt: skip
+        parts.append(GroupResult(
+            np.stack(positions), progress.energy_sum, progress.magnetisation_sum,
+            len(configs) * qc.replicas, _correlations(qc, progress), None,
+        ))  # fmt: skip
+        reached.append(progress.t_index)
+    k = min(reached)
+    if k < 1:
+        raise FileFormatError(
+            f"{checkpoints.directory}: no record reached yet (t = 0 is the first)"
+        )
+    traj = to_trajectory(merge_results(qc, parts))
+    done = sum(len(run["configs_in_group"]) * step for run, step in groups)
+    traj.attrs["partial"] = (
+        f"saved progress: {sum(len(qc.group(run['group'])) for run, _ in groups)} of "
+        f"{qc.configs} configurations, records to t = {traj.times[k - 1]:.4g} of {qc.t_max:g} "
+        f"({done} of {qc.configs * qc.n_steps} configuration-steps)"
+    )
+    cut = {name: getattr(traj, name)[:k] for name in
+           ("times", "energy_per_spin", "magnetisation", "corr", "xi")}  # fmt: skip
+    return replace(traj, **cut)
+
+
+def read_run(path: str) -> Trajectory:
+    """A quench run's observables: a trajectory file, or what a quench checkpoint
+    directory (`--checkpoint DIR`, a reproduction's checkpoints/NAME) has recorded so far."""
+    from pathlib import Path
+
+    from core.io import read_trajectory
+
+    if Path(path).is_dir():
+        return saved_trajectory(Checkpoints(Path(path)))
+    return read_trajectory(path)

@@ -212,3 +212,29 @@ def test_a_quench_saved_on_a_gpu_continues_on_a_cpu(tmp_path, qc, reference):
     assert np.abs(resumed.snapshots[3:, 0] - reference.snapshots[3:, 0]).max() > 1e-6
     norms = np.linalg.norm(resumed.snapshots, axis=-1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+
+
+def test_saved_progress_reads_as_the_run_so_far(tmp_path, qc, reference):
+    from dataclasses import replace
+
+    from core.quench import saved_trajectory, to_trajectory
+
+    ck = Checkpoints(tmp_path / "ck", every=1e9)
+    with pytest.raises(FileFormatError, match="holds no saved quench progress"):
+        saved_trajectory(ck)
+    with pytest.raises(KeyboardInterrupt):  # group 1 stops after 5 of its 15 steps
+        run_quench(qc, on_steps=StopAt(qc.n_steps + 5, lambda: signal.raise_signal(signal.SIGINT)),
+                   checkpoints=ck)  # fmt: skip
+    so_far, whole = saved_trajectory(ck), to_trajectory(reference)
+    # records at steps 0, 1, 2, 4 of both configurations: the uninterrupted run's
+    np.testing.assert_array_equal(so_far.times, whole.times[:4])
+    for name in ("energy_per_spin", "magnetisation", "corr", "xi"):
+        np.testing.assert_array_equal(getattr(so_far, name), getattr(whole, name)[:4])
+    np.testing.assert_array_equal(so_far.positions, whole.positions)
+    assert so_far.attrs["partial"] == (
+        "saved progress: 2 of 2 configurations, records to t = 0.08 of 0.3 "
+        "(20 of 30 configuration-steps)"
+    )
+    ck.path(1).unlink()  # only the first configuration saved: it alone, to its end
+    alone = to_trajectory(run_quench(replace(qc, configs=1)))
+    np.testing.assert_array_equal(saved_trajectory(ck).corr, alone.corr)

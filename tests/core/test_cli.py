@@ -217,6 +217,9 @@ def test_quench_checkpoint_continues_after_ctrl_c(tmp_path, capsys, monkeypatch)
     code, _, err = run(capsys, *quench, *ck, "-o", tmp_path / "q.h5")
     assert code == 130 and f"progress saved in {tmp_path / 'ck'}" in err
     assert not (tmp_path / "q.h5").exists() and (tmp_path / "ck" / "group-00000.h5").exists()
+    code, out, _ = run(capsys, "summary", tmp_path / "ck")  # what it has recorded so far
+    assert code == 0 and "t = 0..0.04" in out
+    assert "unfinished: saved progress: 1 of 2 configurations, records to t = 0.04 of 0.2 (3 of 20 configuration-steps)" in out  # fmt: skip
     monkeypatch.setattr(llg.LLG, "step", original)
     code, out, _ = run(capsys, *quench, *ck, "-o", tmp_path / "q.h5")
     # 2 configurations x 10 steps; the Ctrl-C let step 3 finish before the save
@@ -224,6 +227,8 @@ def test_quench_checkpoint_continues_after_ctrl_c(tmp_path, capsys, monkeypatch)
     np.testing.assert_array_equal(
         read_trajectory(tmp_path / "q.h5").corr, read_trajectory(tmp_path / "whole.h5").corr
     )
+    code, out, _ = run(capsys, "compare", tmp_path / "whole.h5", tmp_path / "ck")
+    assert code == 0 and "max |delta C(r, t)| over bins for t <= 100: 0.0000" in out
     code, _, err = run(capsys, *quench[:-1], 0.3, *ck, "-o", tmp_path / "longer.h5")
     assert code == 2 and "t_max 0.3 here, 0.2 there" in error_line(err)
 
