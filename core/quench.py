@@ -415,8 +415,12 @@ def saved_trajectory(checkpoints: Checkpoints) -> Trajectory:
     attrs["partial"] says how much of the run that is."""
     groups = checkpoints.saved_groups()
     if not groups:
+        inside = sorted(
+            d.name for d in checkpoints.directory.glob("*/") if any(d.glob("group-*.h5"))
+        )
         raise FileFormatError(
             f"{checkpoints.directory} holds no saved quench progress (group-*.h5)"
+            + (f"; its folders {', '.join(inside)} do" if inside else "")
         )
     qc = config_of_run(groups[0][0])
     parts, reached = [], []

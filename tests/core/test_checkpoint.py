@@ -225,6 +225,10 @@ def test_saved_progress_reads_as_the_run_so_far(tmp_path, qc, reference):
     with pytest.raises(KeyboardInterrupt):  # group 1 stops after 5 of its 15 steps
         run_quench(qc, on_steps=StopAt(qc.n_steps + 5, lambda: signal.raise_signal(signal.SIGINT)),
                    checkpoints=ck)  # fmt: skip
+    with pytest.raises(
+        FileFormatError, match=r"holds no saved quench progress .*; its folders ck do"
+    ):
+        saved_trajectory(Checkpoints(tmp_path))  # a reproduction's checkpoints/, say
     so_far, whole = saved_trajectory(ck), to_trajectory(reference)
     # records at steps 0, 1, 2, 4 of both configurations: the uninterrupted run's
     np.testing.assert_array_equal(so_far.times, whole.times[:4])
