@@ -148,15 +148,15 @@ class Checkpoints:
         pack = groups[0][0].get("pack") if groups else None
         return None if pack is None else int(pack)
 
-    def saved_share(self) -> tuple[str, float] | None:
-        """(engine, share of its configuration-steps done) of the quench progress saved
+    def saved_steps(self) -> tuple[str, int, int] | None:
+        """(engine, configuration-steps done, all of them) of the quench progress saved
         here, None when there is none."""
         groups = self.saved_groups()
         if not groups:
             return None
         run = groups[0][0]
         done = sum(len(saved["configs_in_group"]) * step for saved, step in groups)
-        return run["engine"], done / (run["configs"] * run["n_steps"])
+        return run["engine"], done, run["configs"] * run["n_steps"]
 
     def save(self, group: int, run: dict, progress: Progress) -> Path:
         """Write the group's progress atomically, replacing its previous checkpoint."""

@@ -237,7 +237,7 @@ def run_group(
     """Quench all replicas of the configurations of group `index`, packed into one system
     (PHYSICS.md "LLG dynamics"); with checkpoints, continue from and save its progress."""
     configs = qc.group(index)
-    systems = [generate_positions(qc.system.replace(seed=qc.system.seed + c)) for c in configs]
+    systems = _systems(qc, configs)
     store, progress = None, None
     if checkpoints is not None:
         store = GroupCheckpoint(checkpoints, index, run_identity(qc, index))
@@ -253,6 +253,11 @@ def run_group(
         progress.magnetisation_sum, len(configs) * qc.replicas, _correlations(qc, progress),
         progress.snapshots, resumed,
     )  # fmt: skip
+
+
+def _systems(qc: QuenchConfig, configs: range) -> list[AtomicSystem]:
+    """The atoms of configurations `configs` (configuration c: atomic seed system.seed + c)."""
+    return [generate_positions(qc.system.replace(seed=qc.system.seed + c)) for c in configs]
 
 
 def _start(qc: QuenchConfig, configs: range) -> Progress:
@@ -427,11 +432,10 @@ def saved_trajectory(checkpoints: Checkpoints) -> Trajectory:
     for run, _ in groups:
         progress = checkpoints.load(run["group"], run)
         configs = qc.group(run["group"])
-        positions = [generate_positions(qc.system.replace(seed=qc.system.seed + c)).positions
-                     for c in configs]  # fmt: skip
         parts.append(GroupResult(
-            np.stack(positions), progress.energy_sum, progress.magnetisation_sum,
-            len(configs) * qc.replicas, _correlations(qc, progress), None,
+            np.stack([system.positions for system in _systems(qc, configs)]),
+            progress.energy_sum, progress.magnetisation_sum, len(configs) * qc.replicas,
+            _correlations(qc, progress), None,
         ))  # fmt: skip
         reached.append(progress.t_index)
     k = min(reached)
@@ -440,11 +444,10 @@ def saved_trajectory(checkpoints: Checkpoints) -> Trajectory:
             f"{checkpoints.directory}: no record reached yet (t = 0 is the first)"
         )
     traj = to_trajectory(merge_results(qc, parts))
-    done = sum(len(run["configs_in_group"]) * step for run, step in groups)
+    _, done, total = checkpoints.saved_steps()
     traj.attrs["partial"] = (
-        f"saved progress: {sum(len(qc.group(run['group'])) for run, _ in groups)} of "
-        f"{qc.configs} configurations, records to t = {traj.times[k - 1]:.4g} of {qc.t_max:g} "
-        f"({done} of {qc.configs * qc.n_steps} configuration-steps)"
+        f"saved progress: {len(traj.positions)} of {qc.configs} configurations, records to "
+        f"t = {traj.times[k - 1]:.4g} of {qc.t_max:g} ({done} of {total} configuration-steps)"
     )
     cut = {name: getattr(traj, name)[:k] for name in
            ("times", "energy_per_spin", "magnetisation", "corr", "xi")}  # fmt: skip

@@ -912,10 +912,10 @@ def saved_progress(out: Path, key: str) -> str:
 
     shares = []
     for name in QUENCH_FILES.get(key, ()):
-        saved = Checkpoints(out / CHECKPOINTS / Path(name).stem).saved_share()
+        saved = Checkpoints(out / CHECKPOINTS / Path(name).stem).saved_steps()
         if saved is not None:
-            engine, share = saved
-            shares.append(f"{engine.upper()}-LLG {math.floor(100 * share)} %")
+            engine, done, total = saved
+            shares.append(f"{engine.upper()}-LLG {math.floor(100 * done / total)} %")
     return f" (saved: {', '.join(shares)})" if shares else ""
 
 
