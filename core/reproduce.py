@@ -58,6 +58,8 @@ OUTPUTS = (
 QUENCH_FILES = {
     "fig4": ("fig4-ed.h5", "fig4-ml.h5"), "fig4late": ("fig4-ml-late.h5",), "fig5": ("fig5-ml.h5",),
 }  # fmt: skip
+#: Ending of the picture that a partial report draws of an unfinished quench so far.
+SO_FAR = "-so-far.png"
 #: Folder of a run's saved progress (finished steps, quench checkpoints), inside its output.
 CHECKPOINTS = "checkpoints"
 #: Paper Fig. 4 times (1/(gamma t0)).
@@ -919,6 +921,26 @@ def saved_progress(out: Path, key: str) -> str:
     return f" (saved: {', '.join(shares)})" if shares else ""
 
 
+def progress_pictures(out: Path, key: str) -> list[str]:
+    """Report lines with a picture of what each saved quench of an unfinished step has
+    recorded so far (OUT/STEM-so-far.png, C(r, t) and xi(t))."""
+    from core.checkpoint import Checkpoints
+    from core.plots import quench_figure, save_figure
+    from core.quench import saved_trajectory
+
+    lines = []
+    for name in QUENCH_FILES.get(key, ()):
+        checkpoints = Checkpoints(out / CHECKPOINTS / Path(name).stem)
+        if checkpoints.saved_steps() is None:
+            continue
+        traj = saved_trajectory(checkpoints)
+        what, picture = f"{str(traj.attrs['engine']).upper()}-LLG", Path(name).stem + SO_FAR
+        fig = quench_figure(traj, f"{what} so far: {traj.attrs['partial']}")
+        save_figure(fig, out / picture, force=True)
+        lines += ["", f"{what} so far ({traj.attrs['partial']}):", "", f"![{what}]({picture})"]
+    return lines
+
+
 def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -> Path:
     """report.md: what ran (and where), the figures, and the statement table; a run with
     steps still to do gets a report of the finished ones that says how far the others got
@@ -953,6 +975,12 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
             f"`{CHECKPOINTS}/`; `sdglass reproduce --scale {scale.name} -o DIR --resume` "
             "continues in this folder (with `--device cuda` on a GPU) and rewrites this report.",
         ]
+    for picture in out.glob("*" + SO_FAR):  # of an earlier report: redrawn below if still due
+        picture.unlink()
+    for key, (title, _) in table.items():
+        if progress.get(key):
+            lines += ["", f"## {title}: the saved progress so far"]
+            lines += progress_pictures(out, key)
     lines += [
         "",
         "## Quantitative statements",

@@ -498,6 +498,16 @@ def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
         in text
     )
     assert lines[-1].startswith("steps still to run: fig3, fig4 (saved: ED-LLG 25 %), fig4late")
+    # a picture of what the quench has recorded so far
+    assert "## Fig. 4: the saved progress so far" in text
+    assert (
+        "ED-LLG so far (saved progress: 1 of 1 configurations, records to t = 0.06 of 0.4 "
+        "(5 of 20 configuration-steps)):" in text
+    )
+    assert "![ED-LLG](fig4-ed-so-far.png)" in text
+    assert (run / "fig4-ed-so-far.png").stat().st_size > 0
+    reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)  # the rest
+    assert not list(run.glob("*-so-far.png"))  # gone with the finished report
 
 
 def test_the_paper_scale_on_a_cpu_says_its_dynamics_are_meant_for_a_gpu(
