@@ -975,8 +975,9 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
             f"`{CHECKPOINTS}/`; `sdglass reproduce --scale {scale.name} -o DIR --resume` "
             "continues in this folder (with `--device cuda` on a GPU) and rewrites this report.",
         ]
-    for picture in out.glob("*" + SO_FAR):  # of an earlier report: redrawn below if still due
-        picture.unlink()
+    for name in (name for names in QUENCH_FILES.values() for name in names):
+        # an earlier report's picture: drawn again below while its quench is unfinished
+        (out / (Path(name).stem + SO_FAR)).unlink(missing_ok=True)
     for key, (title, _) in table.items():
         if progress.get(key):
             lines += ["", f"## {title}: the saved progress so far"]

@@ -506,8 +506,9 @@ def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
     )
     assert "![ED-LLG](fig4-ed-so-far.png)" in text
     assert (run / "fig4-ed-so-far.png").stat().st_size > 0
+    (run / "mine-so-far.png").write_bytes(b"a user's file")
     reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)  # the rest
-    assert not list(run.glob("*-so-far.png"))  # gone with the finished report
+    assert [p.name for p in run.glob("*-so-far.png")] == ["mine-so-far.png"]  # ours are gone
 
 
 def test_the_paper_scale_on_a_cpu_says_its_dynamics_are_meant_for_a_gpu(
