@@ -242,3 +242,21 @@ def test_saved_progress_reads_as_the_run_so_far(tmp_path, qc, reference):
     ck.path(1).unlink()  # only the first configuration saved: it alone, to its end
     alone = to_trajectory(run_quench(replace(qc, configs=1)))
     np.testing.assert_array_equal(saved_trajectory(ck).corr, alone.corr)
+
+
+def test_a_checkpoints_run_record_gives_back_its_quench(tiny_model_file):
+    from dataclasses import replace
+
+    from core.config import ElectronConfig
+    from core.quench import config_of_run, run_identity
+
+    qc = QuenchConfig(
+        system=SystemConfig(n=30, box=4.0, r_min=0.6, seed=11),
+        electrons=ElectronConfig(J=2.0, kT_e=0.05, r_hop=1.9),
+        llg=LLGConfig(temperature=0.01, alpha=0.2, dt=0.01, integrator="heun", seed=23),
+        configs=4, replicas=3, t_max=0.5, n_records=7, bin_width=0.15, pack=2,
+    )  # fmt: skip
+    for group in (0, 1):
+        assert config_of_run(run_identity(qc, group)) == qc
+    ml = replace(qc, engine="ml", model_path=str(tiny_model_file))
+    assert config_of_run(run_identity(ml, 0)) == ml
