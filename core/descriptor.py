@@ -95,6 +95,13 @@ then takes N = 10000 from 0.36 to 0.15 s per evaluation and the set-up to
 6.8 s. A per-triplet formulation (~6 d-part entries x angular numbers through
 one d-part map) was 6x slower for training batches of 16 states, because its
 (triplet x batch x column) intermediates do not amortise over the batch.
+Since then the pair ends are gathered by one sparse 0/1 product (``pair_ends``),
+and the pair terms and the feature assembly are custom autograd functions
+(``_PairTerms``, ``_Assemble``) that write each block once as a row scale over
+contiguous rows: in one process, against the previous code in interleaved
+rounds, features + backward at N = 500, B = 1 went from 6.28 to 5.58 ms and a
+SIB step of the shipped model from 16.5 to 14.2 ms (best of 5 rounds); at B = 20
+and 200 the change is within the machine's noise (172 -> 174 ms, 1.94 -> 2.00 s).
 """
 
 from __future__ import annotations
