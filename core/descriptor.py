@@ -644,7 +644,10 @@ def _triplets(spec, n, centre, neighbour, vec, dist, fc, a, b, radii):
 
 
 def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a x b over dim 1 (for (P, 3, B) on the CPU: 2x faster than rolls, 20x than torch.linalg.cross)."""
+    """a x b over dim 1. On the CPU by components: for (P, 3, B) 2x faster than rolls and
+    3x than torch.linalg.cross at B = 20; elsewhere torch.linalg.cross, one kernel."""
+    if a.device.type != "cpu":
+        return torch.linalg.cross(a, b, dim=1)
     a0, a1, a2 = a.unbind(1)
     b0, b1, b2 = b.unbind(1)
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
@@ -671,9 +674,9 @@ class _PairTerms(torch.autograd.Function):
         x = y.new_empty(n_pairs, slots, n_dp, y.shape[1])
         for d in range(n_dp):
             torch.mul(y, jk[:, d, None], out=x[:, 0, d])
-            if slots == SIGN_SLOTS:  # the -1 slot: the cross product changes sign
-                x[:, 1, d, :batch] = x[:, 0, d, :batch]
-                torch.neg(x[:, 0, d, batch:], out=x[:, 1, d, batch:])
+        if slots == SIGN_SLOTS:  # the -1 slot: the cross product changes sign
+            x[:, 1, :, :batch] = x[:, 0, :, :batch]
+            torch.neg(x[:, 0, :, batch:], out=x[:, 1, :, batch:])
         ctx.slots = slots
         ctx.save_for_backward(ends, jk)
         return bond, x.view(n_pairs * slots, -1)
@@ -684,17 +687,22 @@ class _PairTerms(torch.autograd.Function):
         sa, sb = ends.unbind(1)
         n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
         g = g_x.reshape(n_pairs, ctx.slots, n_dp, -1)
-        # sums over slots and d' of F2(R_ab; d') x slot sign x g, bond and cross parts
-        g_dot, cross_terms = g_bond, []
-        for slot, sign in enumerate((1.0, -1.0)[: ctx.slots]):
-            for d in range(n_dp):
-                g_dot = torch.addcmul(g_dot, g[:, slot, d, :batch], jk[:, d, None])
-                if ctx.slots == SIGN_SLOTS:
-                    cross_terms.append(g[:, slot, d, batch:] * (sign * jk[:, d, None]))
+        if ctx.slots == SIGN_SLOTS:  # sums over the slots, with the sign of the cross product
+            g_dot_d = g[:, 0, :, :batch] + g[:, 1, :, :batch]
+            g_cross_d = g[:, 0, :, batch:] - g[:, 1, :, batch:]
+        else:
+            g_dot_d, g_cross_d = g[:, 0], None
+        # sums over d' of F2(R_ab; d') x g
+        g_dot = g_bond
+        for d in range(n_dp):
+            g_dot = torch.addcmul(g_dot, g_dot_d[:, d], jk[:, d, None])
         g_dot = g_dot[:, None]
         g_sa, g_sb = g_dot * sb, g_dot * sa
-        if cross_terms:  # d(a x b) . g = da . (b x g) + db . (g x a)
-            g_cross = sum(cross_terms).view(n_pairs, 3, batch)
+        if g_cross_d is not None:  # d(a x b) . g = da . (b x g) + db . (g x a)
+            g_cross = g_cross_d[:, 0] * jk[:, 0, None]
+            for d in range(1, n_dp):
+                g_cross = torch.addcmul(g_cross, g_cross_d[:, d], jk[:, d, None])
+            g_cross = g_cross.view(n_pairs, 3, batch)
             g_sa, g_sb = g_sa + _cross(sb, g_cross), g_sb + _cross(g_cross, sa)
         return torch.stack([g_sa, g_sb], 1), None, None
 
