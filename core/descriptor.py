@@ -81,10 +81,12 @@ Three factorisations keep the maps few and small:
 Because F3, the bond and the signed chirality are all symmetric under
 j <-> k, each unordered triplet carries the factor 2 of the ordered sum. The
 maps (rows (atom, d)) are CSR matrices stored with their transposes. Per step
-``features`` forms the pair bonds and cross products (P x B), applies the maps
-through ``core.sparse.SparseApply``, whose backward applies the precomputed
-transposes (and is itself differentiable, so losses on fields -dE/dS can be
-trained), and contracts with S_i for G3chi. No step loops over atoms, pairs or
+``features`` gathers both ends of every pair with a 0/1 map, forms the pair
+bonds and cross products (P x B) and their right-hand sides (``_PairTerms``),
+applies the maps through ``core.sparse.SparseApply``, whose backward applies the
+precomputed transposes, and contracts with S_i for G3chi while writing the
+feature rows (``_Assemble``). Every backward is itself differentiable, so
+losses on fields -dE/dS can be trained. No step loops over atoms, pairs or
 triplets.
 
 Measured (shipped wide-shell spec, 2-core CPU, one field evaluation = features,
