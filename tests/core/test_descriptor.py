@@ -336,10 +336,20 @@ def test_time_reversal_keeps_g2m_g3m_and_flips_g3chi(small):
 # ---------------------------------------------------------------- derivatives
 
 
-def test_autograd_gradient_equals_central_differences(small):
-    g = build_geometry(small, SMALL, dtype=torch.float64)
+#: Each family on and off: the custom backwards take other paths without G3chi or G3m.
+FAMILIES = [
+    SMALL,
+    SMALL.replace(include_chi=False),
+    SMALL.replace(include_g3m=False),
+    SMALL.replace(include_g3m=False, include_chi=False),
+]
+
+
+@pytest.mark.parametrize("spec", FAMILIES, ids=["all", "no-chi", "no-g3m", "g2m-only"])
+def test_autograd_gradient_equals_central_differences(small, spec):
+    g = build_geometry(small, spec, dtype=torch.float64)
     s = spins(2, small.n)
-    weights = torch.randn(2, small.n, SMALL.n_features, dtype=torch.float64)
+    weights = torch.randn(2, small.n, spec.n_features, dtype=torch.float64)
 
     def loss(x):
         return (features(g, x) * weights).sum()
@@ -358,10 +368,11 @@ def test_autograd_gradient_equals_central_differences(small):
         assert grad[b, i, c].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-8)
 
 
-def test_fields_are_differentiable_again_for_training(small):
-    """H = -dE/dS with create_graph, then d(H . U)/dS: the custom backward's backward."""
-    g = build_geometry(small, SMALL, dtype=torch.float64)
-    weights = torch.randn(1, small.n, SMALL.n_features, dtype=torch.float64)
+@pytest.mark.parametrize("spec", FAMILIES, ids=["all", "no-chi", "no-g3m", "g2m-only"])
+def test_fields_are_differentiable_again_for_training(small, spec):
+    """H = -dE/dS with create_graph, then d(H . U)/dS: the custom backwards' backwards."""
+    g = build_geometry(small, spec, dtype=torch.float64)
+    weights = torch.randn(1, small.n, spec.n_features, dtype=torch.float64)
     u = torch.randn(1, small.n, 3, dtype=torch.float64)
 
     def field_loss(x, create_graph):
