@@ -725,8 +725,8 @@ class _Assemble(torch.autograd.Function):
     def forward(ctx, geometry: DescriptorGeometry, s: torch.Tensor, g2: torch.Tensor, *triplet):
         spec, (n, _, batch) = geometry.spec, s.shape
         n_d, n_dp = spec.n_radii, len(spec.d_prime)
-        res = g2.new_empty(batch, n, spec.n_features)
-        res[:, :, :n_d] = g2.view(n, n_d, batch).permute(2, 0, 1)
+        res = g2.new_empty(n, spec.n_features, batch)  # (N, F, B): B innermost, like the maps'
+        res[:, :n_d] = g2.view(n, n_d, batch)
         blocks = _triplet_blocks(res, spec)  # (N, n_d, n_d', B) views of the G3m and G3chi columns
         for lam, o in enumerate(triplet):
             o = o.view(n, n_d, n_dp, -1, batch)
@@ -739,7 +739,7 @@ class _Assemble(torch.autograd.Function):
                 chi.addcmul_(o[:, :, :, 3], s[:, None, None, 2])
         ctx.geometry = geometry
         ctx.save_for_backward(s, *triplet)
-        return res.index_select(1, geometry.inverse)
+        return res.index_select(0, geometry.inverse).permute(2, 0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -748,8 +748,8 @@ class _Assemble(torch.autograd.Function):
         s, *triplet = ctx.saved_tensors
         n, _, batch = s.shape
         n_d, n_dp = spec.n_radii, len(spec.d_prime)
-        grad = grad.index_select(1, geometry.order)  # internal order
-        g_g2 = grad[:, :, :n_d].permute(1, 2, 0).reshape(n * n_d, batch)
+        grad = grad.permute(1, 2, 0).index_select(0, geometry.order)  # (N, F, B), internal order
+        g_g2 = grad[:, :n_d].reshape(n * n_d, batch)
         blocks = _triplet_blocks(grad, spec)
         g_s, g_triplet = None, []
         for lam, o in enumerate(triplet):
@@ -769,15 +769,15 @@ class _Assemble(torch.autograd.Function):
 
 
 def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec) -> dict[str, list[torch.Tensor]]:
-    """Views (N, n_d, n_d', B) of the G3m and G3chi columns of feature rows (B, N, F), per lambda."""
-    batch, n = rows.shape[:2]
+    """Views (N, n_d, n_d', B) of the G3m and G3chi columns of feature rows (N, F, B), per lambda."""
+    n, _, batch = rows.shape
     size = len(spec.d_prime) * spec.n_radii
     blocks: dict[str, list[torch.Tensor]] = {"G3m": [], "G3chi": []}
     col = spec.n_radii
     for family, on in (("G3m", spec.include_g3m), ("G3chi", spec.include_chi)):
         for _ in spec.lambdas if on else ():
-            block = rows[:, :, col : col + size].view(batch, n, len(spec.d_prime), spec.n_radii)
-            blocks[family].append(block.permute(1, 3, 2, 0))
+            block = rows[:, col : col + size].view(n, len(spec.d_prime), spec.n_radii, batch)
+            blocks[family].append(block.transpose(1, 2))
             col += size
     return blocks
 
