@@ -101,9 +101,9 @@ Since then the pair ends are gathered by one sparse 0/1 product (``pair_ends``),
 and the pair terms and the feature assembly are custom autograd functions
 (``_PairTerms``, ``_Assemble``) that write each block once as a row scale over
 contiguous rows: in one process, against the previous code in interleaved
-rounds (best of 5, a busy hour), a SIB step of the shipped model at N = 500 went
-from 21.0 to 18.5 ms at B = 1 (features + backward 8.4 -> 7.3 ms) and from 186
-to 175 ms at B = 20; at B = 200 it stayed at 1.95-1.97 s. A training step (16
+rounds (best of 5), a SIB step of the shipped model at N = 500 went from 20.0 to
+18.2 ms at B = 1 (features + backward 6.60 -> 5.88 ms), from 186 to 167 ms at
+B = 20 and from 1.91 to 1.77 s at B = 200. A training step (16
 frames, N = 100, fields with create_graph) is unchanged: 33.2 against 33.3 ms.
 """
 
