@@ -715,15 +715,17 @@ class _Assemble(torch.autograd.Function):
     """Feature rows (B, N, F) in the caller's atom order from the maps' outputs.
 
     g2: (N n_d, B) G2m; triplet: per lambda (N n_d, n_d' comps B) [G3m, V] with
-    G3chi_i = S_i . V_i, s (N, 3, B) in internal order. Each block is written once
+    G3chi_i = S_i . V_i, s (N, 3, B) in internal order (None without G3chi). Each block is written once
     into its place, where autograd would chain slices, permuted copies, a
     concatenation and their backwards. The backward uses differentiable operations
     only, so fields stay differentiable for training.
     """
 
     @staticmethod
-    def forward(ctx, geometry: DescriptorGeometry, s: torch.Tensor, g2: torch.Tensor, *triplet):
-        spec, (n, _, batch) = geometry.spec, s.shape
+    def forward(
+        ctx, geometry: DescriptorGeometry, s: torch.Tensor | None, g2: torch.Tensor, *triplet
+    ):
+        spec, n, batch = geometry.spec, geometry.n_atoms, g2.shape[1]
         n_d, n_dp = spec.n_radii, len(spec.d_prime)
         res = g2.new_empty(n, spec.n_features, batch)  # (N, F, B): B innermost, like the maps'
         res[:, :n_d] = g2.view(n, n_d, batch)
@@ -746,7 +748,7 @@ class _Assemble(torch.autograd.Function):
         geometry = ctx.geometry
         spec = geometry.spec
         s, *triplet = ctx.saved_tensors
-        n, _, batch = s.shape
+        n, batch = geometry.n_atoms, grad.shape[0]
         n_d, n_dp = spec.n_radii, len(spec.d_prime)
         grad = grad.permute(1, 2, 0).index_select(0, geometry.order)  # (N, F, B), internal order
         g_g2 = grad[:, :n_d].reshape(n * n_d, batch)
@@ -810,7 +812,9 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
         bond = ends.prod(1).sum(1)
     g2 = SparseApply.apply(bond, *geometry.g2)
     triplet = [SparseApply.apply(x, *maps) for maps in geometry.triplet]  # one map per lambda
-    s = spins.index_select(1, geometry.order).permute(1, 2, 0)  # (N, 3, B), internal order
+    s = None
+    if geometry.spec.include_chi and geometry.triplet:
+        s = spins.index_select(1, geometry.order).permute(1, 2, 0)  # (N, 3, B), internal order
     result = _Assemble.apply(geometry, s, g2, *triplet)
     return result[0] if squeeze else result
 
