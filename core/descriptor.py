@@ -69,13 +69,13 @@ Three factorisations keep the maps few and small:
 
 * F3 = d-part(R_ij, R_ik; d) x angular(cos theta; lambda) x F2(R_jk; d', w'),
   and the last factor belongs to the pair (j, k): it multiplies the per-pair
-  right-hand side, so there is one map per lambda, not per (lambda, d').
+  right-hand side, so the map has rows per (atom, lambda, d), not per d'.
 * The G3chi weight is the G3m weight times the triplet's sign (+1, -1; 0 for a
   tie), so one map serves both: each pair owns two columns (2 p + slot, slot 0
   for sign +1, 1 for -1; a tie is split into half weights on both slots) that
   multiply [S_a . S_b, s S_a x S_b] for s = +1, -1.
-* Hence one product per lambda, with 4 n_d' right-hand columns per spin state,
-  gives G3m and V (G3chi_i = S_i . V_i) for every d' at once; a sparse product
+* Hence one product, with 4 n_d' right-hand columns per spin state, gives G3m
+  and V (G3chi_i = S_i . V_i) for every lambda and d' at once; a sparse product
   costs little more for several right-hand columns than for one.
 
 Because F3, the bond and the signed chirality are all symmetric under
@@ -346,12 +346,13 @@ class DescriptorGeometry:
 
     Atoms are stored in a spatial order: internal atom k is atom order[k], and
     inverse maps back. pairs (2, P): unordered pairs a < b within Rc (internal
-    indices, int64). Sparse CSR maps to rows (internal atom, d), each with its
-    transpose for the backward pass: g2 (N n_d, P) takes bonds S_a . S_b to
-    G2m; triplet[l], one per lambda, takes the per-pair right-hand sides of the
-    module docstring to [G3m, V] for every d', with G3chi_i = S_i . V_i. jk holds
-    F2(R_ab; d', w') per pair, (P, n_d'). Entries are the d-part x angular part of
-    F3, summed over ordered j != k; the triplet maps share one index pattern.
+    indices, int64). Sparse CSR maps, each with its transpose for the backward
+    pass: g2 (N n_d, P), rows (internal atom, d), takes bonds S_a . S_b to G2m;
+    triplet (N n_lambda n_d, P slots), rows (internal atom, lambda, d), takes the
+    per-pair right-hand sides of the module docstring to [G3m, V] for every
+    lambda and d', with G3chi_i = S_i . V_i (None without triplet features). jk
+    holds F2(R_ab; d', w') per pair, (P, n_d'). Entries are the d-part x angular
+    part of F3, summed over ordered j != k.
     atom_offsets: first atom of each concatenated configuration; n_triplets:
     unordered triplets (i; j, k) with at least one kept entry.
     """
@@ -361,7 +362,7 @@ class DescriptorGeometry:
     pairs: torch.Tensor
     ends: tuple[torch.Tensor, torch.Tensor]
     g2: tuple[torch.Tensor, torch.Tensor]
-    triplet: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    triplet: tuple[torch.Tensor, torch.Tensor] | None
     jk: torch.Tensor
     order: torch.Tensor
     inverse: torch.Tensor
@@ -386,15 +387,15 @@ class DescriptorGeometry:
 
     def stats(self) -> dict[str, int]:
         """Sizes: atoms, pairs, unordered triplets, stored nonzeros of all maps (one direction)."""
-        nnz = self.g2[0].values().numel()
-        nnz += sum(m.values().numel() for m, _ in self.triplet)
+        g2_nnz = self.g2[0].values().numel()
+        triplet_nnz = self.triplet[0].values().numel() if self.triplet else 0
         return {
             "atoms": self.n_atoms,
             "pairs": self.n_pairs,
             "triplets": self.n_triplets,
-            "g2_nnz": int(self.g2[0].values().numel()),
-            "triplet_nnz": int(self.triplet[0][0].values().numel()) if self.triplet else 0,
-            "nnz": int(nnz),
+            "g2_nnz": int(g2_nnz),
+            "triplet_nnz": int(triplet_nnz),
+            "nnz": int(g2_nnz + triplet_nnz),
         }
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> DescriptorGeometry:
@@ -411,7 +412,7 @@ class DescriptorGeometry:
             order=self.order.to(device),
             inverse=self.inverse.to(device),
             g2=move(self.g2),
-            triplet=tuple(move(p) for p in self.triplet),
+            triplet=move(self.triplet) if self.triplet else None,
         )
 
 
@@ -493,20 +494,21 @@ def build_geometry(
     g2_pattern = Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
     (g2,) = g2_pattern.maps(value[:, None], dtype, device)
 
-    triplet, n_triplets = [], 0
+    triplet, n_triplets = None, 0
     if spec.include_g3m or spec.include_chi:
         rows, cols, weights, n_triplets = _triplet_entries(
             spec, n, centre, neighbour, vec, dist, fc, a, b, dtype
         )
+        n_rows = n * len(spec.lambdas) * n_d
         n_cols = len(a) * (SIGN_SLOTS if spec.include_chi else 1)
-        triplet = Pattern(rows, cols, (n * n_d, n_cols)).maps(weights, dtype, device)
+        (triplet,) = Pattern(rows, cols, (n_rows, n_cols)).maps(weights[:, None], dtype, device)
     return DescriptorGeometry(
         spec=spec,
         n_atoms=n,
         pairs=torch.from_numpy(np.stack([a, b])).to(device),
         ends=pair_ends(a, b, order, dtype, device),
         g2=g2,
-        triplet=tuple(triplet),
+        triplet=triplet,
         jk=torch.from_numpy(jk_part(spec, r)).to(device=device, dtype=dtype),
         order=torch.from_numpy(order).to(device),
         inverse=torch.from_numpy(np.argsort(order)).to(device),
@@ -521,19 +523,19 @@ TRIPLET_CHUNK = 1000
 
 
 def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
-    """Entries (row (i, d), column, weight per (lambda, d')) of the F3 maps.
+    """Entries (row (i, lambda, d), column, weight) of the F3 map.
 
-    Per entry: d-part x angular part for each lambda; the column is the pair
+    Per (triplet, d) and lambda: d-part x angular part; the column is the pair
     p of (j, k), or with G3chi its sign slot 2 p + (0 for chi sign +1, 1 for
     -1); a tie (sign 0) is split into half weights on both slots, which add for
     G3m and cancel for G3chi. Centres are processed in chunks of TRIPLET_CHUNK
-    in a thread pool (numpy releases the GIL). Returns rows, cols, weights
-    (E, n_lambda) and the number of triplets.
+    in a thread pool (numpy releases the GIL). Returns rows, cols, weights (E,)
+    and the number of triplets.
     """
-    n_d, radii = spec.n_radii, np.asarray(spec.radii)
+    n_d, n_lam, radii = spec.n_radii, len(spec.lambdas), np.asarray(spec.radii)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
     # int32 entry indices where they fit: half the memory traffic of the set-up
-    index = np.int32 if max(n * n_d, SIGN_SLOTS * len(a)) < 2**31 else np.int64
+    index = np.int32 if max(n * n_lam * n_d, SIGN_SLOTS * len(a)) < 2**31 else np.int64
     chunk_of = centre // TRIPLET_CHUNK
     order = np.argsort(chunk_of, kind="stable")
     bounds = np.searchsorted(chunk_of[order], np.arange(-(-n // TRIPLET_CHUNK) + 1))
@@ -546,16 +548,20 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
         # owner is sorted, so these gathers stream
         weights = np.take(angular.astype(np_dtype), owner, axis=0)
         weights *= value.astype(np_dtype)[:, None]
-        rows = (t_centre[owner] * n_d + d_idx).astype(index)
+        atom, d_idx = t_centre[owner].astype(index), d_idx.astype(index)
         cols = t_pair[owner].astype(index)
         if spec.include_chi:
             sign = chi_sign[owner]
             cols = cols * SIGN_SLOTS + (sign < 0)
             tie = sign == 0
             weights[tie] *= 0.5
-            rows, cols = np.concatenate([rows, rows[tie]]), np.concatenate([cols, cols[tie] + 1])
+            atom, d_idx = np.concatenate([atom, atom[tie]]), np.concatenate([d_idx, d_idx[tie]])
+            cols = np.concatenate([cols, cols[tie] + 1])
             weights = np.concatenate([weights, weights[tie]])
-        return rows, cols, weights, len(t_centre)
+        # every entry once per lambda, in row (atom, lambda, d)
+        lam = np.arange(n_lam, dtype=index)
+        rows = ((atom[:, None] * n_lam + lam) * n_d + d_idx[:, None]).ravel()
+        return rows, np.repeat(cols, n_lam), weights.ravel(), len(t_centre)
 
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         parts = list(pool.map(chunk, range(len(bounds) - 1)))
@@ -714,73 +720,74 @@ class _PairTerms(torch.autograd.Function):
 class _Assemble(torch.autograd.Function):
     """Feature rows (B, N, F) in the caller's atom order from the maps' outputs.
 
-    g2: (N n_d, B) G2m; triplet: per lambda (N n_d, n_d' comps B) [G3m, V] with
-    G3chi_i = S_i . V_i, s (N, 3, B) in internal order (None without G3chi). Each block is written once
-    into its place, where autograd would chain slices, permuted copies, a
-    concatenation and their backwards. The backward uses differentiable operations
-    only, so fields stay differentiable for training.
+    g2: (N n_d, B) G2m; triplet: (N n_lambda n_d, n_d' comps B) [G3m, V] with
+    G3chi_i = S_i . V_i (None without triplet features); s (N, 3, B) in internal
+    order (None without G3chi). Each block is written once into its place, where
+    autograd would chain slices, permuted copies, a concatenation and their
+    backwards. The backward uses differentiable operations only, so fields stay
+    differentiable for training.
     """
 
     @staticmethod
-    def forward(
-        ctx, geometry: DescriptorGeometry, s: torch.Tensor | None, g2: torch.Tensor, *triplet
-    ):
+    def forward(ctx, geometry: DescriptorGeometry, s, g2: torch.Tensor, triplet):
         spec, n, batch = geometry.spec, geometry.n_atoms, g2.shape[1]
-        n_d, n_dp = spec.n_radii, len(spec.d_prime)
+        n_d = spec.n_radii
         res = g2.new_empty(n, spec.n_features, batch)  # (N, F, B): B innermost, like the maps'
         res[:, :n_d] = g2.view(n, n_d, batch)
-        blocks = _triplet_blocks(res, spec)  # (N, n_d, n_d', B) views of the G3m and G3chi columns
-        for lam, o in enumerate(triplet):
-            o = o.view(n, n_d, n_dp, -1, batch)
+        if triplet is not None:
+            blocks = _triplet_blocks(res, spec)  # (N, n_lambda, n_d, n_d', B) column views
+            o = triplet.view(*blocks["shape"], -1, batch)
             if spec.include_g3m:
-                blocks["G3m"][lam].copy_(o[:, :, :, 0])
+                blocks["G3m"].copy_(o[..., 0, :])
             if spec.include_chi:  # S_i . V_i
-                chi = blocks["G3chi"][lam]
-                torch.mul(o[:, :, :, 1], s[:, None, None, 0], out=chi)
-                chi.addcmul_(o[:, :, :, 2], s[:, None, None, 1])
-                chi.addcmul_(o[:, :, :, 3], s[:, None, None, 2])
+                chi, s_i = blocks["G3chi"], s[:, None, None, None]
+                torch.mul(o[..., 1, :], s_i[..., 0, :], out=chi)
+                chi.addcmul_(o[..., 2, :], s_i[..., 1, :])
+                chi.addcmul_(o[..., 3, :], s_i[..., 2, :])
         ctx.geometry = geometry
-        ctx.save_for_backward(s, *triplet)
+        ctx.save_for_backward(s, triplet)
         return res.index_select(0, geometry.inverse).permute(2, 0, 1).contiguous()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         geometry = ctx.geometry
         spec = geometry.spec
-        s, *triplet = ctx.saved_tensors
+        s, triplet = ctx.saved_tensors
         n, batch = geometry.n_atoms, grad.shape[0]
-        n_d, n_dp = spec.n_radii, len(spec.d_prime)
+        n_d = spec.n_radii
         grad = grad.permute(1, 2, 0).index_select(0, geometry.order)  # (N, F, B), internal order
         g_g2 = grad[:, :n_d].reshape(n * n_d, batch)
+        if triplet is None:
+            return None, None, g_g2, None
         blocks = _triplet_blocks(grad, spec)
-        g_s, g_triplet = None, []
-        for lam, o in enumerate(triplet):
-            g3m = blocks["G3m"][lam] if spec.include_g3m else None
-            if not spec.include_chi:
-                g_triplet.append(g3m.unsqueeze(3).reshape(n * n_d, -1))
-                continue
-            g_chi = blocks["G3chi"][lam].unsqueeze(3)
-            o = o.view(n, n_d, n_dp, 4, batch)
-            term = (g_chi * o[:, :, :, 1:]).sum((1, 2))
-            g_s = term if g_s is None else g_s + term
-            if g3m is None:
-                g3m = torch.zeros_like(g_chi[:, :, :, 0])
-            g_o = torch.cat([g3m.unsqueeze(3), g_chi * s[:, None, None]], 3)
-            g_triplet.append(g_o.reshape(n * n_d, -1))
-        return None, g_s, g_g2, *g_triplet
+        rows = math.prod(blocks["shape"][:3])  # N n_lambda n_d
+        g3m = blocks["G3m"].unsqueeze(-2) if spec.include_g3m else None
+        if not spec.include_chi:
+            return None, None, g_g2, g3m.reshape(rows, -1)
+        g_chi = blocks["G3chi"].unsqueeze(-2)  # (N, n_lambda, n_d, n_d', 1, B)
+        o = triplet.view(*blocks["shape"], 4, batch)
+        g_s = (g_chi * o[..., 1:, :]).sum((1, 2, 3))
+        if g3m is None:
+            g3m = torch.zeros_like(g_chi)
+        g_o = torch.cat([g3m, g_chi * s[:, None, None, None]], -2)
+        return None, g_s, g_g2, g_o.reshape(rows, -1)
 
 
-def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec) -> dict[str, list[torch.Tensor]]:
-    """Views (N, n_d, n_d', B) of the G3m and G3chi columns of feature rows (N, F, B), per lambda."""
+def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec) -> dict[str, Any]:
+    """Views (N, n_lambda, n_d, n_d', B) of the G3m and G3chi columns of feature rows (N, F, B)
+    (None for a family not included), and their shape without B."""
     n, _, batch = rows.shape
-    size = len(spec.d_prime) * spec.n_radii
-    blocks: dict[str, list[torch.Tensor]] = {"G3m": [], "G3chi": []}
+    shape = (n, len(spec.lambdas), spec.n_radii, len(spec.d_prime))
+    size = math.prod(shape[1:])
+    blocks: dict[str, Any] = {"shape": shape}
     col = spec.n_radii
     for family, on in (("G3m", spec.include_g3m), ("G3chi", spec.include_chi)):
-        for _ in spec.lambdas if on else ():
-            block = rows[:, col : col + size].view(n, len(spec.d_prime), spec.n_radii, batch)
-            blocks[family].append(block.transpose(1, 2))
+        block = None
+        if on:  # columns (lambda, d', d)
+            block = rows[:, col : col + size].view(n, shape[1], shape[3], shape[2], batch)
+            block = block.transpose(2, 3)
             col += size
+        blocks[family] = block
     return blocks
 
 
@@ -811,11 +818,12 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     else:
         bond = ends.prod(1).sum(1)
     g2 = SparseApply.apply(bond, *geometry.g2)
-    triplet = [SparseApply.apply(x, *maps) for maps in geometry.triplet]  # one map per lambda
-    s = None
-    if geometry.spec.include_chi and geometry.triplet:
-        s = spins.index_select(1, geometry.order).permute(1, 2, 0)  # (N, 3, B), internal order
-    result = _Assemble.apply(geometry, s, g2, *triplet)
+    triplet = s = None
+    if geometry.triplet:  # every lambda in one product
+        triplet = SparseApply.apply(x, *geometry.triplet)
+        if geometry.spec.include_chi:
+            s = spins.index_select(1, geometry.order).permute(1, 2, 0)  # (N, 3, B), internal
+    result = _Assemble.apply(geometry, s, g2, triplet)
     return result[0] if squeeze else result
 
 
@@ -849,9 +857,7 @@ def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometr
         order=torch.cat([g.order + int(o) for g, o in zip(geometries, atom_off, strict=False)]),
         inverse=torch.cat([g.inverse + int(o) for g, o in zip(geometries, atom_off, strict=False)]),
         g2=block_diag_maps([g.g2 for g in geometries]),
-        triplet=tuple(
-            block_diag_maps([g.triplet[l] for g in geometries]) for l in range(len(first.triplet))
-        ),
+        triplet=block_diag_maps([g.triplet for g in geometries]) if first.triplet else None,
         n_triplets=sum(g.n_triplets for g in geometries),
         atom_offsets=tuple(offsets),
     )

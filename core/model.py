@@ -118,8 +118,10 @@ class EnergyModel(nn.Module):
     def local_energies(self, g: torch.Tensor) -> torch.Tensor:
         """eps_i of every atom, (B, N) in float64, from descriptor features (B, N, F)."""
         g = g[..., : self.n_inputs]
+        # standardised in the network's precision: float64 copies of (B, N, F) features
+        # took ~5 % of a batched step
         dtype = next(self.net.parameters()).dtype
-        x = ((g.to(torch.float64) - self.feature_mean) / self.feature_scale).to(dtype)
+        x = (g.to(dtype) - self.feature_mean.to(dtype)) / self.feature_scale.to(dtype)
         return self.net(x).squeeze(-1).to(torch.float64) + self.energy_offset
 
     def energy(self, g: torch.Tensor) -> torch.Tensor:
