@@ -196,10 +196,22 @@ def test_cutoff_beyond_half_box_is_refused(small):
 # ---------------------------------------------------------------- definition
 
 
-def test_fast_path_equals_brute_force_triple_sum_for_every_feature(small):
+@pytest.mark.parametrize(
+    "spec",
+    [
+        EXACT,
+        # lambdas and d' of different counts and orders: the map's rows (atom, lambda, d)
+        # and the feature columns (lambda, d', d) must not be confused
+        EXACT.replace(lambdas=(-1.0,), d_prime=(0.9, 1.3, 1.6)),
+        EXACT.replace(lambdas=(-1.0, 1.0), d_prime=(1.3,), include_g3m=False),
+        EXACT.replace(d_prime=(1.6, 0.9, 1.3), include_chi=False),
+    ],
+    ids=["default", "one-lambda-three-d'", "chi-only", "g3m-only"],
+)
+def test_fast_path_equals_brute_force_triple_sum_for_every_feature(small, spec):
     s = spins(2, small.n)
-    fast = feats(small, s, EXACT).numpy()
-    slow = brute_force(small.positions, small.box, s, EXACT)
+    fast = feats(small, s, spec).numpy()
+    slow = brute_force(small.positions, small.box, s, spec)
     assert np.abs(slow).max() > 0.1
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-12)
 
