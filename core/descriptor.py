@@ -128,6 +128,7 @@ from scipy.spatial import cKDTree
 
 from core.config import ConfigError, _require
 from core.errors import StateError
+from core.memory import require_memory
 from core.sparse import Pattern, SparseApply, block_diag_maps
 from core.system import AtomicSystem
 
@@ -495,18 +496,25 @@ def build_geometry(
     half = w * math.sqrt(math.log(1 / PAIR_TOLERANCE))
     lo = np.searchsorted(radii, dist - half, side="left")
     hi = np.searchsorted(radii, dist + half, side="right")
+    g2_entries = int((hi - lo).sum())
+
+    # the triplets first: their first chunk tells whether the whole set-up fits in memory
+    triplet, n_triplets = None, 0
+    with_triplets = spec.include_g3m or spec.include_chi
+    if with_triplets:
+        rows, cols, weights, n_triplets = _triplet_entries(
+            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, g2_entries
+        )
+    else:
+        _require_setup_memory(n, g2_entries, 0)
+
     owner, d_idx = _expand(lo, hi)
     value = np.exp(-(((dist[owner] - radii[d_idx]) / w) ** 2)) * fc[owner]
     keep = value >= PAIR_TOLERANCE
     owner, d_idx, value = owner[keep], d_idx[keep], value[keep]
     g2_pattern = Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
     (g2,) = g2_pattern.maps(value[:, None], dtype, device)
-
-    triplet, n_triplets = None, 0
-    if spec.include_g3m or spec.include_chi:
-        rows, cols, weights, n_triplets = _triplet_entries(
-            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype
-        )
+    if with_triplets:
         n_rows = n * len(spec.lambdas) * n_d
         n_cols = len(a) * (SIGN_SLOTS if spec.include_chi else 1)
         (triplet,) = Pattern(rows, cols, (n_rows, n_cols)).maps(weights[:, None], dtype, device)
@@ -528,17 +536,32 @@ def build_geometry(
 SIGN_SLOTS = 2
 #: Centres per chunk of the triplet enumeration (bounds its memory; chunks run in threads).
 TRIPLET_CHUNK = 1000
+#: Peak memory of the set-up per map entry (bytes; measured 51-62 at N = 5000 and 20000
+#: with the shipped spec, from the process's peak resident size per triplet map entry).
+SETUP_BYTES_PER_ENTRY = 64
 
 
-def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
+def _require_setup_memory(n: int, g2_entries: int, triplet_entries: float) -> None:
+    """MemoryLimitError, before the maps are made, when their set-up cannot fit in memory
+    (an N too large would otherwise end in the system's out-of-memory kill)."""
+    require_memory(
+        SETUP_BYTES_PER_ENTRY * (g2_entries + triplet_entries), "cpu",
+        f"the ML descriptor's set-up at N = {n} ({g2_entries:.3g} G2m and about "
+        f"{triplet_entries:.3g} triplet map entries)",
+        "use a smaller N, or a machine with more memory",
+    )  # fmt: skip
+
+
+def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, g2_entries):
     """Entries (row (i, lambda, d), column, weight) of the F3 map.
 
     Per (triplet, d) and lambda: d-part x angular part; the column is the pair
     p of (j, k), or with G3chi its sign slot 2 p + (0 for chi sign +1, 1 for
     -1); a tie (sign 0) is split into half weights on both slots, which add for
     G3m and cancel for G3chi. Centres are processed in chunks of TRIPLET_CHUNK
-    in a thread pool (numpy releases the GIL). Returns rows, cols, weights (E,)
-    and the number of triplets.
+    in a thread pool (numpy releases the GIL), after the first: its entries per
+    centre, with the g2_entries of G2m, check that the set-up fits in memory.
+    Returns rows, cols, weights (E,) and the number of triplets.
     """
     n_d, n_lam, radii = spec.n_radii, len(spec.lambdas), np.asarray(spec.radii)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
@@ -571,8 +594,10 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype):
         rows = ((atom[:, None] * n_lam + lam) * n_d + d_idx[:, None]).ravel()
         return rows, np.repeat(cols, n_lam), weights.ravel(), len(t_centre)
 
+    parts = [chunk(0)]
+    _require_setup_memory(n, g2_entries, len(parts[0][0]) * n / min(TRIPLET_CHUNK, n))
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        parts = list(pool.map(chunk, range(len(bounds) - 1)))
+        parts += pool.map(chunk, range(1, len(bounds) - 1))
     rows, cols, weights = (np.concatenate([p[k] for p in parts]) for k in range(3))
     return rows, cols, weights, sum(p[3] for p in parts)
 

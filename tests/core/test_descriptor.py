@@ -464,3 +464,31 @@ def test_spin_gathers_backpropagate_in_a_fixed_order():
     names = {type(node).__name__ for node in seen}
     assert "IndexBackward0" not in names
     assert "IndexSelectBackward0" in names
+
+
+def test_a_set_up_larger_than_the_memory_is_refused_before_the_maps_are_made(monkeypatch):
+    from core import memory
+    from core.errors import MemoryLimitError
+
+    atoms = system(n=300, seed=1)
+    made = []
+    monkeypatch.setattr(descriptor, "TRIPLET_CHUNK", 100)  # three chunks: two after the check
+    real_chunks = descriptor._triplets
+    monkeypatch.setattr(descriptor, "_triplets", lambda *a: made.append(1) or real_chunks(*a))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**20)  # 1 MiB
+    with pytest.raises(MemoryLimitError, match=r"^the ML descriptor's set-up at N = 300 \("):
+        build_geometry(atoms, SMALL)
+    assert len(made) == 1  # only the first chunk, which measures the entries per centre
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: no refusal
+    build_geometry(atoms, SMALL)
+
+
+def test_the_set_up_memory_estimate_follows_the_map_entries(monkeypatch):
+    needs = []
+    monkeypatch.setattr(descriptor, "TRIPLET_CHUNK", 100)
+    monkeypatch.setattr(descriptor, "require_memory", lambda needed, *a: needs.append(needed))
+    geometry = build_geometry(system(n=600, seed=2), SMALL)
+    stats = geometry.stats()
+    entries = needs[0] / descriptor.SETUP_BYTES_PER_ENTRY
+    # the G2m count is exact before the PAIR_TOLERANCE cut; the triplets are extrapolated
+    assert 0.9 < entries / (stats["g2_nnz"] + stats["triplet_nnz"]) < 1.15
