@@ -1442,3 +1442,24 @@ def test_a_model_the_ml_engine_cannot_use_here_switches_to_ed(
     assert "switched to ED" not in model_panel.card.value
     choose_engine(dyn, "ML (machine-learned)")
     assert session.sim.engine == "ml" and dyn.message.value == ""
+
+
+def test_a_system_too_large_for_the_memory_is_refused_inline_and_the_old_stays(
+    app_viewer, tiny_model_file, generate, choose_engine, choose_model, monkeypatch
+):
+    from core import memory
+
+    viewer, session = app_viewer
+    assert choose_model(session.panels["Model"], tiny_model_file)
+    choose_engine(session.panels["Dynamics"], "ML (machine-learned)")
+    assert session.sim.engine == "ml"
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 2**10)  # 1 kiB
+    panel = session.panels["System"]
+    panel.n.value = 60
+    assert not generate(panel)
+    assert "the ML descriptor's set-up at N = 60" in panel.message.value
+    assert "use a smaller N, or a machine with more memory" in panel.message.value
+    assert viewer.layers["Atoms"].data.shape == (30, 3) and session.sim.engine == "ml"
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)
+    assert generate(panel)  # the same request, with the memory there: built
+    assert viewer.layers["Atoms"].data.shape == (60, 3)
