@@ -503,10 +503,10 @@ def build_geometry(
     with_triplets = spec.include_g3m or spec.include_chi
     if with_triplets:
         rows, cols, weights, n_triplets = _triplet_entries(
-            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, g2_entries
+            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device, g2_entries
         )
     else:
-        _require_setup_memory(n, g2_entries, 0)
+        _require_setup_memory(n, g2_entries, 0, device, dtype)
 
     owner, d_idx = _expand(lo, hi)
     value = np.exp(-(((dist[owner] - radii[d_idx]) / w) ** 2)) * fc[owner]
@@ -541,18 +541,28 @@ TRIPLET_CHUNK = 1000
 SETUP_BYTES_PER_ENTRY = 64
 
 
-def _require_setup_memory(n: int, g2_entries: int, triplet_entries: float) -> None:
+def _require_setup_memory(
+    n: int, g2_entries: int, triplet_entries: float, device, dtype: torch.dtype
+) -> None:
     """MemoryLimitError, before the maps are made, when their set-up cannot fit in memory
-    (an N too large would otherwise end in the system's out-of-memory kill)."""
+    (an N too large would otherwise end in the system's out-of-memory kill), or the maps
+    in the memory of another device they go to."""
+    entries = g2_entries + triplet_entries
+    what = f"at N = {n} ({g2_entries:.3g} G2m and about {triplet_entries:.3g} triplet map entries)"
     require_memory(
-        SETUP_BYTES_PER_ENTRY * (g2_entries + triplet_entries), "cpu",
-        f"the ML descriptor's set-up at N = {n} ({g2_entries:.3g} G2m and about "
-        f"{triplet_entries:.3g} triplet map entries)",
+        SETUP_BYTES_PER_ENTRY * entries, "cpu", f"the ML descriptor's set-up {what}",
         "use a smaller N, or a machine with more memory",
     )  # fmt: skip
+    if torch.device(device).type != "cpu":
+        # values and int32 columns, of each map and its transpose
+        per_entry = 2 * (torch.finfo(dtype).bits // 8 + 4)
+        require_memory(
+            per_entry * entries, device, f"the ML descriptor's maps {what}",
+            "use a smaller N, or a device with more memory",
+        )  # fmt: skip
 
 
-def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, g2_entries):
+def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device, g2_entries):
     """Entries (row (i, lambda, d), column, weight) of the F3 map.
 
     Per (triplet, d) and lambda: d-part x angular part; the column is the pair
@@ -560,7 +570,8 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, g2_
     -1); a tie (sign 0) is split into half weights on both slots, which add for
     G3m and cancel for G3chi. Centres are processed in chunks of TRIPLET_CHUNK
     in a thread pool (numpy releases the GIL), after the first: its entries per
-    centre, with the g2_entries of G2m, check that the set-up fits in memory.
+    centre, with the g2_entries of G2m, check that the set-up fits in memory (and
+    the maps in the memory of the device they go to).
     Returns rows, cols, weights (E,) and the number of triplets.
     """
     n_d, n_lam, radii = spec.n_radii, len(spec.lambdas), np.asarray(spec.radii)
@@ -595,7 +606,8 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, g2_
         return rows, np.repeat(cols, n_lam), weights.ravel(), len(t_centre)
 
     parts = [chunk(0)]
-    _require_setup_memory(n, g2_entries, len(parts[0][0]) * n / min(TRIPLET_CHUNK, n))
+    expected = len(parts[0][0]) * n / min(TRIPLET_CHUNK, n)
+    _require_setup_memory(n, g2_entries, expected, device, dtype)
     with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
         parts += pool.map(chunk, range(1, len(bounds) - 1))
     rows, cols, weights = (np.concatenate([p[k] for p in parts]) for k in range(3))

@@ -492,3 +492,13 @@ def test_the_set_up_memory_estimate_follows_the_map_entries(monkeypatch):
     entries = needs[0] / descriptor.SETUP_BYTES_PER_ENTRY
     # the G2m count is exact before the PAIR_TOLERANCE cut; the triplets are extrapolated
     assert 0.9 < entries / (stats["g2_nnz"] + stats["triplet_nnz"]) < 1.15
+
+
+def test_maps_too_large_for_the_device_they_go_to_are_refused_before_it_is_touched(monkeypatch):
+    from core import memory
+    from core.errors import MemoryLimitError
+
+    free = {"cpu": None, "cuda": 2**10}  # the set-up fits here; the maps do not fit there
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free[torch.device(device).type])
+    with pytest.raises(MemoryLimitError, match=r"^the ML descriptor's maps at N = 40 .* on cuda"):
+        build_geometry(system(), SMALL, device="cuda")
