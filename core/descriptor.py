@@ -780,12 +780,12 @@ class _Assemble(torch.autograd.Function):
         res = g2.new_empty(n, spec.n_features, batch)  # (N, F, B): B innermost, like the maps'
         res[:, :n_d] = g2.view(n, n_d, batch)
         if triplet is not None:
-            blocks = _triplet_blocks(res, spec)  # (N, n_lambda, n_d, n_d', B) column views
-            o = triplet.view(*blocks["shape"], -1, batch)
-            if spec.include_g3m:
-                blocks["G3m"].copy_(o[..., 0, :])
-            if spec.include_chi:  # S_i . V_i
-                chi, s_i = blocks["G3chi"], s[:, None, None, None]
+            g3m, chi = _triplet_blocks(res, spec)  # (N, n_lambda, n_d, n_d', B) column views
+            o = triplet.view(*_triplet_shape(spec, n), -1, batch)
+            if g3m is not None:
+                g3m.copy_(o[..., 0, :])
+            if chi is not None:  # S_i . V_i
+                s_i = s[:, None, None, None]
                 torch.mul(o[..., 1, :], s_i[..., 0, :], out=chi)
                 chi.addcmul_(o[..., 2, :], s_i[..., 1, :])
                 chi.addcmul_(o[..., 3, :], s_i[..., 2, :])
@@ -804,15 +804,17 @@ class _Assemble(torch.autograd.Function):
         g_g2 = grad[:, :n_d].reshape(n * n_d, batch)
         if triplet is None:
             return None, None, g_g2, None
-        blocks = _triplet_blocks(grad, spec)
-        rows = math.prod(blocks["shape"][:3])  # N n_lambda n_d
-        g3m = blocks["G3m"].unsqueeze(-2) if spec.include_g3m else None
-        if not spec.include_chi:
+        shape = _triplet_shape(spec, n)
+        rows = math.prod(shape[:3])  # N n_lambda n_d
+        g3m, g_chi = _triplet_blocks(grad, spec)
+        if g3m is not None:
+            g3m = g3m.unsqueeze(-2)
+        if g_chi is None:
             return None, None, g_g2, g3m.reshape(rows, -1)
         # contiguous (N, n_lambda, n_d, n_d', 1, B): the products below broadcast over
         # strided views of the feature columns ~2x slower
-        g_chi = blocks["G3chi"].contiguous().unsqueeze(-2)
-        o = triplet.view(*blocks["shape"], 4, batch)
+        g_chi = g_chi.contiguous().unsqueeze(-2)
+        o = triplet.view(*shape, 4, batch)
         g_s = (g_chi * o[..., 1:, :]).sum((1, 2, 3))
         if g3m is None:
             g3m = torch.zeros_like(g_chi)
@@ -820,22 +822,25 @@ class _Assemble(torch.autograd.Function):
         return None, g_s, g_g2, g_o.reshape(rows, -1)
 
 
-def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec) -> dict[str, Any]:
-    """Views (N, n_lambda, n_d, n_d', B) of the G3m and G3chi columns of feature rows (N, F, B)
-    (None for a family not included), and their shape without B."""
+def _triplet_shape(spec: DescriptorSpec, n: int) -> tuple[int, int, int, int]:
+    """(N, n_lambda, n_d, n_d'): the triplet map's rows (atom, lambda, d) by d'."""
+    return n, len(spec.lambdas), spec.n_radii, len(spec.d_prime)
+
+
+def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec):
+    """Views (N, n_lambda, n_d, n_d', B) of the G3m and the G3chi columns of feature rows
+    (N, F, B), each None when its family is not included."""
     n, _, batch = rows.shape
-    shape = (n, len(spec.lambdas), spec.n_radii, len(spec.d_prime))
-    size = math.prod(shape[1:])
-    blocks: dict[str, Any] = {"shape": shape}
-    col = spec.n_radii
-    for family, on in (("G3m", spec.include_g3m), ("G3chi", spec.include_chi)):
+    _, n_lam, n_d, n_dp = _triplet_shape(spec, n)
+    size = n_lam * n_d * n_dp
+    blocks, col = [], n_d
+    for on in (spec.include_g3m, spec.include_chi):
         block = None
         if on:  # columns (lambda, d', d)
-            block = rows[:, col : col + size].view(n, shape[1], shape[3], shape[2], batch)
-            block = block.transpose(2, 3)
+            block = rows[:, col : col + size].view(n, n_lam, n_dp, n_d, batch).transpose(2, 3)
             col += size
-        blocks[family] = block
-    return blocks
+        blocks.append(block)
+    return tuple(blocks)
 
 
 def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
