@@ -81,12 +81,12 @@ Three factorisations keep the maps few and small:
 Because F3, the bond and the signed chirality are all symmetric under
 j <-> k, each unordered triplet carries the factor 2 of the ordered sum. The
 maps (rows (atom, d) for G2m, (atom, lambda, d) for the triplets) are CSR
-matrices stored with their transposes. Per step
-``features`` gathers both ends of every pair with a 0/1 map, forms the pair
-bonds and cross products (P x B) and their right-hand sides (``_PairTerms``),
-applies the maps through ``core.sparse.SparseApply``, whose backward applies the
-precomputed transposes, and contracts with S_i for G3chi while writing the
-feature rows (``_Assemble``). Every backward is itself differentiable, so
+matrices stored with their transposes. Per step ``features`` gathers both
+ends of every pair with a 0/1 map, forms the pair bonds and cross products
+(P x B) and their right-hand sides (``_PairTerms``), applies the maps through
+``core.sparse.SparseApply``, whose backward applies the precomputed
+transposes, and contracts with S_i for G3chi while writing the feature rows
+(``_Assemble``). Every backward is itself differentiable, so
 losses on fields -dE/dS can be trained. No step loops over atoms, pairs or
 triplets.
 
@@ -107,8 +107,8 @@ rounds (best of 5), a SIB step of the shipped model at N = 500 went from 20.0 to
 B = 20 and from 1.91 to 1.77 s at B = 200. A training step (16
 frames, N = 100, fields with create_graph) is unchanged: 33.2 against 33.3 ms.
 Then the two lambdas' triplet maps became one, with rows (atom, lambda, d):
-one product forward and one backward, where the two backward products were
-also added, and one write per feature block. It stores each entry's column
+one product forward and one backward (no sum of two backward products), and
+one write per feature block. It stores each entry's column
 index once per lambda (the two maps had shared one index array), 16 instead
 of 12 bytes per (triplet, d) entry, and is still faster (same A/B, best of 3-5):
 a SIB step at N = 500 from 14.6 to 13.6 ms at B = 1 and from 160 to 157 ms at
