@@ -129,7 +129,7 @@ from scipy.spatial import cKDTree
 from core.config import ConfigError, _require
 from core.errors import StateError
 from core.memory import require_memory
-from core.sparse import Pattern, SparseApply, block_diag_maps
+from core.sparse import Pattern, SparseApply, block_diag_maps, moved
 from core.system import AtomicSystem
 
 #: The paper's 50 radii d, evenly spaced in [0.5, 2.46] (ell).
@@ -411,7 +411,7 @@ class DescriptorGeometry:
         """A copy on another device and/or floating dtype of the weights."""
 
         def move(pair):
-            return tuple(m.to(device=device, dtype=dtype) for m in pair)
+            return tuple(moved(m, device, dtype) for m in pair)
 
         return replace(
             self,

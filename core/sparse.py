@@ -21,11 +21,29 @@ def index_dtype(*sizes: int) -> torch.dtype:
     return torch.int32 if max(sizes, default=0) < 2**31 - 1 else torch.int64
 
 
-def csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape) -> torch.Tensor:
-    """torch CSR tensor; our constructions keep the invariants (sorted, in range)."""
+def csr(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape, device=None
+) -> torch.Tensor:
+    """torch CSR tensor on `device` (default: where the parts are); our constructions keep
+    the invariants (sorted, in range), so torch's checks are switched off explicitly. The
+    parts move before the tensor is made: torch 2.11 warned about implicit invariant checks
+    when a CSR tensor was copied to a GPU."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, size=shape, check_invariants=False)
+        warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly")
+        return torch.sparse_csr_tensor(
+            crow.to(device),
+            col.to(device),
+            values.to(device),
+            size=shape,
+            check_invariants=False,
+        )
+
+
+def moved(matrix: torch.Tensor, device=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A CSR matrix on another device and/or with values of another dtype."""
+    values = matrix.values().to(dtype=dtype)
+    return csr(matrix.crow_indices(), matrix.col_indices(), values, matrix.shape, device)
 
 
 class Pattern:
@@ -64,8 +82,8 @@ class Pattern:
             out.append(taken.t().contiguous().to(dtype))
         return [
             (
-                csr(self.crow, self.col, f, self.shape).to(device),
-                csr(self.crow_t, self.col_t, b, self.shape[::-1]).to(device),
+                csr(self.crow, self.col, f, self.shape, device),
+                csr(self.crow_t, self.col_t, b, self.shape[::-1], device),
             )
             for f, b in zip(out[0], out[1], strict=True)
         ]

@@ -430,6 +430,14 @@ def test_float32_ml_path_matches_float64(small):
     assert (f32.double() - f64).abs().max() < 1e-5 * f64.abs().max()
 
 
+def test_geometry_moved_to_another_dtype_gives_the_features_of_one_built_in_it(small):
+    s = spins(2, small.n)
+    moved = build_geometry(small, SMALL).to(dtype=torch.float64)
+    assert moved.triplet[0].values().dtype == torch.float64
+    assert moved.triplet[0].layout == torch.sparse_csr
+    torch.testing.assert_close(features(moved, s), feats(small, s))
+
+
 def test_single_configuration_input_and_bad_shapes(small):
     g = build_geometry(small, SMALL, dtype=torch.float64)
     s = spins(1, small.n)
