@@ -34,7 +34,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -126,13 +126,16 @@ SCALES = {
 class Step:
     """What one step measured: figure and data files, the values for the report, seconds,
     and the machine it ran on (steps of one run may run on different machines; empty when
-    not recorded)."""
+    not recorded). A step resumed after interruptions took several calls (machine and
+    seconds of each, in `calls`): its seconds are theirs summed and `machine` names each
+    machine with its calls and seconds."""
 
     figure: str
     data: list[str]
     values: dict[str, Any]
     seconds: float
     machine: str = ""
+    calls: list[dict[str, Any]] = field(default_factory=list)
 
 
 Log = Callable[[str], None]
@@ -1143,8 +1146,7 @@ def _claim(progress: Path, run: dict) -> None:
             )
         return
     progress.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path, force=True) as tmp:
-        Path(tmp).write_text(json.dumps(run) + "\n")
+    _write_json(path, run)
 
 
 def _finished(run: Setting, key: str) -> Step | None:
@@ -1165,18 +1167,55 @@ def _finished(run: Setting, key: str) -> Step | None:
 
 def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
     """A step read back from an earlier session of this run, else computed (recording the
-    machine) and saved for later sessions."""
+    machine and the seconds of this and of any interrupted earlier calls) and saved for
+    later sessions."""
     from core.bench import hardware
 
     step = _finished(run, key)
     if step is not None:
         run.log(f"{key}: done in an earlier session of this run, read back")
         return step
-    step = task(run)
-    step.machine = hardware(run.device)
-    with atomic_output(run.out / CHECKPOINTS / f"{key}.json", force=True) as tmp:
-        Path(tmp).write_text(json.dumps(asdict(step)) + "\n")
+    ledger = run.out / CHECKPOINTS / f"{key}-calls.json"
+    calls, machine, start = _calls(ledger), hardware(run.device), time.perf_counter()
+    try:
+        step = task(run)
+    except BaseException:  # interrupted (or failed): its time still counts for the step
+        _write_json(ledger, [*calls, {"machine": machine, "seconds": time.perf_counter() - start}])
+        raise
+    step.calls = [*calls, {"machine": machine, "seconds": step.seconds}]
+    step.seconds = sum(call["seconds"] for call in step.calls)
+    step.machine = machines(step.calls)
+    _write_json(run.out / CHECKPOINTS / f"{key}.json", asdict(step))
     return step
+
+
+def _calls(path: Path) -> list[dict[str, Any]]:
+    """The earlier calls of a step (machine, seconds) saved at `path`; [] when none."""
+    if not path.exists():
+        return []
+    try:
+        calls = json.loads(path.read_text())
+        return [{"machine": str(c["machine"]), "seconds": float(c["seconds"])} for c in calls]
+    except (ValueError, TypeError, KeyError):
+        raise FileFormatError(f"{path}: not a list of a step's calls") from None
+
+
+def _write_json(path: Path, value: Any) -> None:
+    with atomic_output(path, force=True) as tmp:
+        Path(tmp).write_text(json.dumps(value) + "\n")
+
+
+def machines(calls: list[dict[str, Any]]) -> str:
+    """The 'ran on' of a step: its one machine, or each machine with its calls and seconds."""
+    if len(calls) == 1:
+        return calls[0]["machine"]
+    share: dict[str, list[float]] = {}
+    for call in calls:
+        share.setdefault(call["machine"], []).append(call["seconds"])
+    return "; ".join(
+        f"{name} ({len(secs)} call{'s' if len(secs) > 1 else ''}, {sum(secs):.0f} s)"
+        for name, secs in share.items()
+    )
 
 
 def _int_keys(values: dict) -> dict:

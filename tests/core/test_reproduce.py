@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from core.bench import hardware
 from core.errors import FileFormatError, OutputExistsError
 from core.io import read_trajectory
 from core.reproduce import (
@@ -17,6 +18,7 @@ from core.reproduce import (
     correlation_features,
     correlation_history,
     history_table,
+    machines,
     reproduce,
 )
 
@@ -206,9 +208,9 @@ def test_fig_3_resumes_after_its_frames_and_first_network(
     with pytest.raises(KeyboardInterrupt):
         reproduce(TINY, run, tiny_model_file, log=lambda line: None)
     saved = {p.name for p in (run / "checkpoints").iterdir()}
-    # the frames per configuration, the first network and its training state
+    # the frames per configuration, the first network and its training state, the call
     assert saved == {"run.json", "fig2.json", "fig3-test", "fig3-train", "fig3-chi.safetensors",
-                     "fig3-chi"}  # fmt: skip
+                     "fig3-chi", "fig3-calls.json"}  # fmt: skip
     assert len(list((run / "checkpoints" / "fig3-train").iterdir())) == TINY.train_configs
     monkeypatch.setattr(core.dataset, "_configuration", not_again)
     monkeypatch.setattr(core.training, "train", train)  # trains the second network only
@@ -506,9 +508,24 @@ def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
     )
     assert "![ED-LLG](fig4-ed-so-far.png)" in text
     assert (run / "fig4-ed-so-far.png").stat().st_size > 0
+    # the interrupted call's time is kept for the step
+    (interrupted,) = json.loads((run / "checkpoints" / "fig4-calls.json").read_text())
+    assert interrupted["machine"] == hardware("cpu") and interrupted["seconds"] > 0
     (run / "mine-so-far.png").write_bytes(b"a user's file")
-    reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True)  # the rest
+    text = reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True).read_text()
     assert [p.name for p in run.glob("*-so-far.png")] == ["mine-so-far.png"]  # ours are gone
+    (row,) = [line for line in text.splitlines() if line.startswith("| Fig. 4 | N = 100")]
+    seconds, machine = row.split(" | ")[-2:]
+    total = float(machine.rsplit(", ", 1)[1].removesuffix(" s) |"))
+    assert machine.startswith(hardware("cpu") + " (2 calls, ")
+    assert float(seconds) == pytest.approx(total, abs=1) and total >= interrupted["seconds"] - 0.5
+
+
+def test_a_step_of_several_calls_names_each_machine_with_its_calls_and_seconds():
+    assert machines([{"machine": "cpu box", "seconds": 12.4}]) == "cpu box"
+    calls = [{"machine": "gpu", "seconds": 500.2}, {"machine": "cpu box", "seconds": 30.0},
+             {"machine": "gpu", "seconds": 20.1}]  # fmt: skip
+    assert machines(calls) == "gpu (2 calls, 520 s); cpu box (1 call, 30 s)"
 
 
 def test_the_paper_scale_on_a_cpu_says_its_dynamics_are_meant_for_a_gpu(
