@@ -971,6 +971,14 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
         "",
         "The paper's ensembles are 10 configurations x 20 replicas, N = 500, t up to ~10^3.",
     ]
+    moved = [table[key][0] for key, step in steps.items() if len(device_kinds(step.calls)) > 1]
+    if moved:
+        lines += [
+            "",
+            f"{', '.join(moved)} ran on more than one kind of device. A quench resumed on "
+            "another kind continues its noise from a seed taken from the saved state: the same "
+            "statistics, not the numbers of an uninterrupted run on one device.",
+        ]
     if pending:
         lines += [
             "",
@@ -1176,13 +1184,14 @@ def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
         run.log(f"{key}: done in an earlier session of this run, read back")
         return step
     ledger = run.out / CHECKPOINTS / f"{key}-calls.json"
-    calls, machine, start = _calls(ledger), hardware(run.device), time.perf_counter()
+    calls, start = _calls(ledger), time.perf_counter()
+    call = {"machine": hardware(run.device), "device": run.device}
     try:
         step = task(run)
     except BaseException:  # interrupted (or failed): its time still counts for the step
-        _write_json(ledger, [*calls, {"machine": machine, "seconds": time.perf_counter() - start}])
+        _write_json(ledger, [*calls, {**call, "seconds": time.perf_counter() - start}])
         raise
-    step.calls = [*calls, {"machine": machine, "seconds": step.seconds}]
+    step.calls = [*calls, {**call, "seconds": step.seconds}]
     step.seconds = sum(call["seconds"] for call in step.calls)
     step.machine = machines(step.calls)
     _write_json(run.out / CHECKPOINTS / f"{key}.json", asdict(step))
@@ -1190,12 +1199,19 @@ def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
 
 
 def _calls(path: Path) -> list[dict[str, Any]]:
-    """The earlier calls of a step (machine, seconds) saved at `path`; [] when none."""
+    """The earlier calls of a step (machine, device, seconds) saved at `path`; [] when none."""
     if not path.exists():
         return []
     try:
         calls = json.loads(path.read_text())
-        return [{"machine": str(c["machine"]), "seconds": float(c["seconds"])} for c in calls]
+        return [
+            {
+                "machine": str(c["machine"]),
+                "device": str(c["device"]),
+                "seconds": float(c["seconds"]),
+            }
+            for c in calls
+        ]
     except (ValueError, TypeError, KeyError):
         raise FileFormatError(f"{path}: not a list of a step's calls") from None
 
@@ -1203,6 +1219,11 @@ def _calls(path: Path) -> list[dict[str, Any]]:
 def _write_json(path: Path, value: Any) -> None:
     with atomic_output(path, force=True) as tmp:
         Path(tmp).write_text(json.dumps(value) + "\n")
+
+
+def device_kinds(calls: list[dict[str, Any]]) -> set[str]:
+    """The kinds of device (cpu, cuda) a step's calls ran on."""
+    return {call["device"].split(":")[0] for call in calls}
 
 
 def machines(calls: list[dict[str, Any]]) -> str:

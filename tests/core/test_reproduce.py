@@ -509,8 +509,11 @@ def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
     assert "![ED-LLG](fig4-ed-so-far.png)" in text
     assert (run / "fig4-ed-so-far.png").stat().st_size > 0
     # the interrupted call's time is kept for the step
-    (interrupted,) = json.loads((run / "checkpoints" / "fig4-calls.json").read_text())
+    ledger = run / "checkpoints" / "fig4-calls.json"
+    (interrupted,) = json.loads(ledger.read_text())
     assert interrupted["machine"] == hardware("cpu") and interrupted["seconds"] > 0
+    assert interrupted["device"] == "cpu"
+    ledger.write_text(json.dumps([{**interrupted, "device": "cuda:0"}]))  # as if on a GPU
     (run / "mine-so-far.png").write_bytes(b"a user's file")
     text = reproduce(TINY, run, tiny_model_file, log=lambda line: None, resume=True).read_text()
     assert [p.name for p in run.glob("*-so-far.png")] == ["mine-so-far.png"]  # ours are gone
@@ -519,6 +522,8 @@ def test_a_report_of_some_steps_says_how_far_an_interrupted_quench_got(
     total = float(machine.rsplit(", ", 1)[1].removesuffix(" s) |"))
     assert machine.startswith(hardware("cpu") + " (2 calls, ")
     assert float(seconds) == pytest.approx(total, abs=1) and total >= interrupted["seconds"] - 0.5
+    assert "Fig. 4 ran on more than one kind of device. A quench resumed on another" in text
+    assert text.count("more than one kind of device") == 1
 
 
 def test_a_step_of_several_calls_names_each_machine_with_its_calls_and_seconds():
