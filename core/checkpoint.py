@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import h5py
@@ -75,6 +75,7 @@ class Progress:
     corr_counts: np.ndarray
     snapshots: np.ndarray | None
     done: bool = False
+    methods: list[str] = field(default_factory=list)  # ED methods that advanced it, in order
 
 
 def file_digest(path: str | Path) -> str:
@@ -131,6 +132,7 @@ class Checkpoints:
                 corr_counts=_read(f, path, "corr_counts"),
                 snapshots=_read(f, path, "snapshots", np.float32),
                 done=bool(f.attrs["done"]),
+                methods=json.loads(f.attrs.get("ed_methods", "[]")),  # absent before 0.1.0's end
             )
 
     def saved_groups(self) -> list[tuple[dict, int]]:
@@ -166,6 +168,7 @@ class Checkpoints:
             f.attrs.update(
                 format=CHECKPOINT_FORMAT, format_version=1, step=progress.step,
                 t_index=progress.t_index, done=progress.done, run=json.dumps(run, sort_keys=True),
+                ed_methods=json.dumps(progress.methods),
             )  # fmt: skip
             f.create_dataset("spins", data=progress.spins)
             for k, state in enumerate(progress.noise):

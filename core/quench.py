@@ -52,6 +52,8 @@ from core.observables import (
 from core.system import AtomicSystem, generate_positions, random_spins
 
 ENGINES = ("ed", "ml")
+#: The ED method of progress saved before checkpoints recorded it.
+UNRECORDED = "not recorded"
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,7 @@ class GroupResult:
     correlations: CorrelationAccumulator
     snapshots: np.ndarray | None
     resumed_steps: int = 0
+    ed_methods: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -172,6 +175,7 @@ class QuenchResult:
     positions: np.ndarray
     snapshots: np.ndarray | None
     resumed_steps: int = 0
+    ed_methods: list[str] = field(default_factory=list)
 
     @property
     def corr(self) -> np.ndarray:
@@ -251,7 +255,7 @@ def run_group(
     return GroupResult(
         np.stack([system.positions for system in systems]), progress.energy_sum,
         progress.magnetisation_sum, len(configs) * qc.replicas, _correlations(qc, progress),
-        progress.snapshots, resumed,
+        progress.snapshots, resumed, progress.methods,
     )  # fmt: skip
 
 
@@ -288,6 +292,11 @@ def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
     """Run a group from its progress p to the end, updating p; store (a GroupCheckpoint)
     saves it every store.every seconds, on Ctrl-C or SIGTERM and at the end."""
     n, k = qc.system.n, len(configs)
+    if qc.engine == "ed":  # which ED methods advanced it (a resume may switch, like device)
+        if p.step and not p.methods:
+            p.methods.append(UNRECORDED)  # progress saved before methods were recorded
+        if p.methods[-1:] != [qc.resolved_ed_method]:
+            p.methods.append(qc.resolved_ed_method)
     provider = field_provider(qc, systems, model)
     bins = [pair_bins(system, qc.edges(), qc.device) for system in systems]
     # configuration c: noise stream llg.seed + c, initial spins from a generator seeded the same
@@ -346,6 +355,7 @@ def merge_results(qc: QuenchConfig, parts: list[GroupResult]) -> QuenchResult:
         positions=np.concatenate([p.positions for p in parts]),
         snapshots=snaps,
         resumed_steps=sum(p.resumed_steps for p in parts),
+        ed_methods=list(dict.fromkeys(m for p in parts for m in p.ed_methods)),
     )
 
 
@@ -382,6 +392,9 @@ def to_trajectory(result: QuenchResult) -> Trajectory:
     """The trajectory-file record of a quench (core.io, trajectory format)."""
     acc = result.correlations
     snaps = result.snapshots
+    attrs = result.config.attributes()
+    if result.config.engine == "ed":  # the methods that ran, not what this device would use
+        attrs["ed_method"] = ", ".join(result.ed_methods) or UNRECORDED
     return Trajectory(
         times=result.times,
         energy_per_spin=result.energy_per_spin,
@@ -391,7 +404,7 @@ def to_trajectory(result: QuenchResult) -> Trajectory:
         r_edges=acc.edges,
         pair_counts=acc.counts[0].astype(np.int64),
         xi=np.nan_to_num(result.xi, nan=0.0),
-        attrs=result.config.attributes(),
+        attrs=attrs,
         snapshots=snaps,
         snapshot_times=result.times if snaps is not None else None,
         positions=result.positions,
@@ -435,7 +448,7 @@ def saved_trajectory(checkpoints: Checkpoints) -> Trajectory:
         parts.append(GroupResult(
             np.stack([system.positions for system in _systems(qc, configs)]),
             progress.energy_sum, progress.magnetisation_sum, len(configs) * qc.replicas,
-            _correlations(qc, progress), None,
+            _correlations(qc, progress), None, ed_methods=progress.methods,
         ))  # fmt: skip
         reached.append(progress.t_index)
     k = min(reached)

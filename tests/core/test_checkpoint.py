@@ -91,6 +91,34 @@ def test_finished_groups_are_read_back_not_recomputed(tmp_path, qc, reference, m
     assert_same_numbers(run_quench(qc, checkpoints=ck), reference)
 
 
+def test_the_trajectory_names_every_ed_method_that_advanced_the_quench(tmp_path, qc):
+    from dataclasses import replace
+
+    from core.quench import to_trajectory
+
+    ck = Checkpoints(tmp_path / "ck", every=1e9)
+    with pytest.raises(KeyboardInterrupt):  # diagonalized, stopped in group 1
+        run_quench(qc, on_steps=StopAt(qc.n_steps + 5, lambda: signal.raise_signal(signal.SIGINT)),
+                   checkpoints=ck)  # fmt: skip
+    with h5py.File(ck.path(1), "r") as f:
+        assert f.attrs["ed_methods"] == '["eigh"]'
+    purified = replace(qc, ed_method="purification")  # resumed, as on a GPU
+    assert to_trajectory(run_quench(purified, checkpoints=ck)).attrs["ed_method"] == (
+        "eigh, purification"
+    )
+    with h5py.File(ck.path(1), "r") as f:
+        assert f.attrs["ed_methods"] == '["eigh", "purification"]'
+    # read back on another device: the methods that ran, not the one it would use
+    assert to_trajectory(run_quench(qc, checkpoints=ck)).attrs["ed_method"] == (
+        "eigh, purification"
+    )
+    for group in (0, 1):  # progress saved before checkpoints recorded the method
+        with h5py.File(ck.path(group), "a") as f:
+            del f.attrs["ed_methods"]
+    assert to_trajectory(run_quench(qc, checkpoints=ck)).attrs["ed_method"] == "not recorded"
+    assert to_trajectory(run_quench(qc)).attrs["ed_method"] == "eigh"
+
+
 def test_packed_ml_quench_resumes_bit_for_bit(tmp_path, qc, tiny_model_file):
     ml = QuenchConfig(
         **{**qc.__dict__, "engine": "ml", "model_path": str(tiny_model_file), "pack": 2}
