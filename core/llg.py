@@ -153,7 +153,7 @@ def heun_step(
 _STEPS = {"sib": sib_step, "depondt": depondt_step, "heun": heun_step}
 
 
-def _check_spins(spins: torch.Tensor) -> None:
+def check_spins(spins: torch.Tensor) -> None:
     """Raise StateError unless spins are finite unit vectors of shape (B, N, 3), B, N >= 1."""
     if not isinstance(spins, torch.Tensor):
         raise StateError(f"spins must be a torch.Tensor, got {type(spins).__name__}")
@@ -307,9 +307,12 @@ class LLG:
             self.provider, spins, config.dt, gamma=config.gamma, alpha=config.alpha, eta=eta
         )
 
-    def step(self, spins: torch.Tensor) -> StepResult:
-        """PHYSICS.md, LLG (paper Eq. 3): one step with the current config's integrator and noise."""
-        _check_spins(spins)
+    def step(self, spins: torch.Tensor, check: bool = True) -> StepResult:
+        """PHYSICS.md, LLG (paper Eq. 3): one step with the current config's integrator and noise.
+        check=False skips validating spins, which on a GPU waits for every step to finish
+        before the next is queued: for loops that validate their state themselves."""
+        if check:
+            check_spins(spins)
         return self._step(spins)
 
     def run(
@@ -321,7 +324,7 @@ class LLG:
         """PHYSICS.md, LLG (paper Eq. 3): n_steps steps, callback(i, result) after each; final spins."""
         if not isinstance(n_steps, int) or n_steps < 0:
             raise ConfigError(f"n_steps must be an integer >= 0, got {n_steps!r}")
-        _check_spins(spins)
+        check_spins(spins)
         for i in range(n_steps):
             result = self._step(spins)
             spins = result.spins

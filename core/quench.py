@@ -32,7 +32,7 @@ from core.electrons import EDSolver, PackedEDSolver, resolve_method
 from core.errors import FileFormatError
 from core.fields import FieldProvider
 from core.io import Trajectory
-from core.llg import LLG
+from core.llg import LLG, check_spins
 from core.model import (
     ELECTRON_KEYS,
     EnergyModel,
@@ -307,6 +307,7 @@ def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
     acc = _correlations(qc, p)
 
     def record(state: torch.Tensor, e: torch.Tensor) -> None:
+        check_spins(state)  # NaN from any step since the last check stops the run here
         per_config = state.unflatten(1, (k, n))  # (B, K, N, 3)
         p.energy_sum[p.t_index] = e.sum().item() / n
         p.magnetisation_sum[p.t_index] = magnetisation(per_config).sum().item()
@@ -317,6 +318,7 @@ def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
         p.t_index += 1
 
     def save() -> None:
+        check_spins(spins)  # a checkpoint never holds NaN
         p.spins = spins.cpu().numpy()
         p.noise = [s.numpy() for s in stepper.noise_state()]
         store(p)
@@ -324,7 +326,9 @@ def _advance(qc, configs, systems, p: Progress, on_steps, model, store) -> None:
     records = qc.record_steps()
     with safe_points(store.every if store is not None else None, save) as reached:
         while p.step < qc.n_steps:
-            result = stepper.step(spins)
+            # unchecked: a check per step would make a GPU finish each step before the
+            # next is queued; records and saves check the spins instead
+            result = stepper.step(spins, check=False)
             if p.step == records[p.t_index]:
                 record(spins, result.energy)
             spins, p.step = result.spins, p.step + 1

@@ -91,6 +91,33 @@ def test_finished_groups_are_read_back_not_recomputed(tmp_path, qc, reference, m
     assert_same_numbers(run_quench(qc, checkpoints=ck), reference)
 
 
+@pytest.mark.parametrize("every", [0, 1e9])  # a save after every step; saves at the end only
+def test_nan_from_an_unchecked_step_stops_the_quench_and_is_never_saved(
+    tmp_path, qc, monkeypatch, every
+):
+    from dataclasses import replace
+
+    from core import llg
+    from core.errors import StateError
+
+    step, calls = llg.LLG._step, []
+
+    def nan_at_the_third_step(self, spins):
+        result = step(self, spins)
+        calls.append(1)
+        return replace(result, spins=result.spins * np.nan) if len(calls) == 3 else result
+
+    monkeypatch.setattr(llg.LLG, "_step", nan_at_the_third_step)
+    ck = Checkpoints(tmp_path / "ck", every=every)
+    with pytest.raises(StateError, match="NaN"):
+        run_quench(qc, checkpoints=ck)
+    assert len(calls) < qc.n_steps  # stopped within group 0
+    if ck.path(0).exists():
+        with h5py.File(ck.path(0)) as f:
+            assert f.attrs["step"] == 2 and np.isfinite(f["spins"][()]).all()
+    assert ck.path(0).exists() == (every == 0)
+
+
 def test_the_trajectory_names_every_ed_method_that_advanced_the_quench(tmp_path, qc):
     from dataclasses import replace
 

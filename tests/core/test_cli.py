@@ -183,11 +183,11 @@ def test_interrupted_quench_leaves_no_output(tmp_path, capsys, monkeypatch):
     calls = {"n": 0}
     original = llg.LLG.step
 
-    def interrupted(self, spins):
+    def interrupted(self, spins, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(self, spins)
+        return original(self, spins, **kwargs)
 
     monkeypatch.setattr(llg.LLG, "step", interrupted)
     code, _, err = run(capsys, "quench", "-n", 12, "--configs", 1, "--replicas", 1, "--t-max", 0.2,
@@ -204,11 +204,11 @@ def test_quench_checkpoint_continues_after_ctrl_c(tmp_path, capsys, monkeypatch)
     calls = {"n": 0}
     original = llg.LLG.step
 
-    def ctrl_c_in_step_3(self, spins):
+    def ctrl_c_in_step_3(self, spins, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             signal.raise_signal(signal.SIGINT)
-        return original(self, spins)
+        return original(self, spins, **kwargs)
 
     quench = ["quench", "-n", 12, "--configs", 2, "--replicas", 1, "--t-max", 0.2]
     ck = ["--checkpoint", tmp_path / "ck"]

@@ -104,12 +104,12 @@ def ctrl_c_in_llg_step(monkeypatch, key: str, nth: int = 5) -> None:
 
     calls, step, task = {"n": None}, llg.LLG.step, core.reproduce.TASKS[key]
 
-    def counting(self, spins):
+    def counting(self, spins, **kwargs):
         if calls["n"] is not None:
             calls["n"] += 1
             if calls["n"] == nth:
                 signal.raise_signal(signal.SIGINT)
-        return step(self, spins)
+        return step(self, spins, **kwargs)
 
     def armed(*args, **kwargs):
         calls["n"] = 0
