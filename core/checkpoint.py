@@ -132,7 +132,7 @@ class Checkpoints:
                 corr_counts=_read(f, path, "corr_counts"),
                 snapshots=_read(f, path, "snapshots", np.float32),
                 done=bool(f.attrs["done"]),
-                methods=json.loads(f.attrs.get("ed_methods", "[]")),  # absent before 0.1.0's end
+                methods=json.loads(f.attrs.get("ed_methods", "[]")),  # absent in older files
             )
 
     def saved_groups(self) -> list[tuple[dict, int]]:

@@ -1192,7 +1192,7 @@ def _resumable(run: Setting, key: str, task: Callable[[Setting], Step]) -> Step:
         _write_json(ledger, [*calls, {**call, "seconds": time.perf_counter() - start}])
         raise
     step.calls = [*calls, {**call, "seconds": step.seconds}]
-    step.seconds = sum(call["seconds"] for call in step.calls)
+    step.seconds = sum(c["seconds"] for c in step.calls)
     step.machine = machines(step.calls)
     _write_json(run.out / CHECKPOINTS / f"{key}.json", asdict(step))
     return step
