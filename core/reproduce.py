@@ -1036,7 +1036,8 @@ def write_report(out: Path, scale: Scale, steps: dict[str, Step], force: bool) -
             f"## Fig. 4: C(r, t), ED-LLG and ML-LLG\n\n![C(r,t)]({steps['fig4'].figure})",
             "",
             f"Largest |C_ED - C_ML| over all bins and record times: "
-            f"{steps['fig4'].values['max_abs_diff']:.4f}.",
+            f"{steps['fig4'].values['max_abs_diff']:.4f} (the sampling noise of C per bin: "
+            f"{steps['fig4'].values['ed']['noise']:.4f}).",
         ]
     if "fig4late" in steps:
         lines += [

@@ -65,6 +65,11 @@ def test_tiny_reproduction_writes_every_figure_data_file_and_the_report(tmp_path
     for t in common:
         a, b = (np.argmin(abs(x.times - t)) for x in (late, short))
         np.testing.assert_allclose(late.corr[a], short.corr[b], rtol=0, atol=1e-12)
+    fig4 = values["fig4"]
+    assert (
+        f"Largest |C_ED - C_ML| over all bins and record times: {fig4['max_abs_diff']:.4f} "
+        f"(the sampling noise of C per bin: {fig4['ed']['noise']:.4f})." in text
+    )
     history = values["fig4late"]["history"]
     assert history["at"][-1]["t"] == pytest.approx(0.8)
     assert f"| {history['at'][-1]['t']:.3g} | {history['at'][-1]['c_first_bin']:+.3f} |" in text
