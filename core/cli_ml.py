@@ -103,6 +103,8 @@ def _spec(args: argparse.Namespace):
         rc=args.rc,
         w=args.width,
         radii=tuple(np.linspace(start, stop, int(count))),
+        d_prime=tuple(args.d_prime),
+        w_prime=args.w_prime,
         include_g3m=not args.no_g3m,
         include_chi=not args.no_chi,
     )
@@ -327,6 +329,11 @@ def _add_train(sub) -> None:
         "--radii", type=float, nargs=3, default=PAPER_RADII, metavar=("START", "STOP", "COUNT"),
         help="evenly spaced centres d in ell",
     )  # fmt: skip
+    g.add_argument(
+        "--d-prime", type=float, nargs="+", default=[1.0, 2.0], metavar="D",
+        help="centres d' of the triplets' third side F2(R_jk; d', w') in ell",
+    )  # fmt: skip
+    g.add_argument("--w-prime", type=float, default=1.0, help="width w' of F2(R_jk) in ell")
     g.add_argument("--no-g3m", action="store_true", help="leave out the G3m features")
     g.add_argument("--no-chi", action="store_true", help="leave out the chiral G3chi features")
     g = p.add_argument_group("training")

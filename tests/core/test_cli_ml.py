@@ -85,6 +85,16 @@ def test_eval_warns_when_the_file_has_other_physics(capsys, model_file, dataset,
     assert "sdglass: warning: model was trained for J = 6 but is used with J = 4" in err
 
 
+def test_train_takes_the_third_side_shells(workdir, dataset):
+    path = workdir / "dprime.safetensors"
+    argv = ["train", dataset, "-o", path, "--arch", "8", "--folds", 1, "--epochs", 1,
+            *TINY_DESCRIPTOR, "--d-prime", 0.8, "--w-prime", 0.5]  # fmt: skip
+    assert cli.main([str(a) for a in argv]) == 0
+    model, _ = load_model(path)
+    assert model.spec.d_prime == (0.8,) and model.spec.w_prime == 0.5
+    assert model.n_inputs == 8 * (1 + 2 * 2 * 1)
+
+
 def test_train_refuses_to_overwrite(capsys, model_file, dataset):
     code, _, err = run(capsys, "train", dataset, "-o", model_file, "--arch", "pairwise")
     assert code == 2 and "--force" in error_line(err)
