@@ -104,6 +104,7 @@ def _spec(args: argparse.Namespace):
         w=args.width,
         radii=tuple(np.linspace(start, stop, int(count))),
         d_prime=tuple(args.d_prime),
+        triplet_rc=args.triplet_rc,
         w_prime=args.w_prime,
         include_g3m=not args.no_g3m,
         include_chi=not args.no_chi,
@@ -328,6 +329,10 @@ def _add_train(sub) -> None:
     g.add_argument(
         "--radii", type=float, nargs=3, default=PAPER_RADII, metavar=("START", "STOP", "COUNT"),
         help="evenly spaced centres d in ell",
+    )  # fmt: skip
+    g.add_argument(
+        "--triplet-rc", type=float, default=None, metavar="RC3",
+        help="the triplets' own cutoff Rc3 <= Rc (None: Rc); their centres d are the radii <= Rc3",
     )  # fmt: skip
     g.add_argument(
         "--d-prime", type=float, nargs="+", default=[1.0, 2.0], metavar="D",

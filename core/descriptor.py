@@ -51,8 +51,16 @@ Conventions (decided here, where PHYSICS.md and the paper are silent):
   are exact derivatives of it. G2m entries below PAIR_TOLERANCE (1e-12) are
   dropped too.
 
+* triplet_rc (Rc3, default Rc). The triplets may have a shorter cutoff than
+  the pairs, as in ANI's angular terms: F3 then takes fc with Rc3 on all three
+  sides (R_ij, R_ik and R_jk, so a triangle lies within Rc3), and the triplet
+  features use only the centres d <= Rc3. Their cost grows about as Rc3^6 (pairs
+  of neighbours), that of G2m as Rc^3: long-range G2m shells and short-range
+  triplets make a cheaper descriptor than one cutoff for both.
+
 Feature layout (F = n_features): [G2m(d) for d in radii], then, if included,
-G3m, then G3chi, each ordered (lambda, d', d) with d fastest;
+G3m, then G3chi, each ordered (lambda, d', d) with d fastest over the triplet
+radii (d <= Rc3);
 ``DescriptorSpec.feature_labels()`` names every column.
 
 Implementation. ``build_geometry`` computes everything that depends on the
@@ -178,7 +186,9 @@ class DescriptorSpec:
     families to compute; triplet_tolerance: accuracy target of the triplet
     features: (triplet, d) entries of the d-part below triplet_tolerance /
     TOLERANCE_SAFETY x their largest possible value at that d are dropped (0 keeps
-    every entry; see the module docstring for the measured effect).
+    every entry; see the module docstring for the measured effect); triplet_rc: the
+    triplets' own cutoff Rc3 <= rc (None: rc), on all three sides of the triangle,
+    with the centres d <= Rc3 (``triplet_radii``).
     """
 
     rc: float = 2.5
@@ -191,6 +201,7 @@ class DescriptorSpec:
     include_g3m: bool = True
     include_chi: bool = True
     triplet_tolerance: float = 1e-5
+    triplet_rc: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("rc", "w", "zeta", "w_prime", "triplet_tolerance"):
@@ -200,6 +211,12 @@ class DescriptorSpec:
         for name in ("include_g3m", "include_chi"):
             value = getattr(self, name)
             _require(isinstance(value, bool), f"{name} must be True or False, got {value!r}")
+        if self.triplet_rc is not None:
+            object.__setattr__(self, "triplet_rc", _number("triplet_rc", self.triplet_rc))
+            _require(
+                0 < self.triplet_rc <= self.rc,
+                f"triplet cutoff triplet_rc must be in (0, rc = {self.rc}], got {self.triplet_rc}",
+            )
         _require(self.rc > 0, f"cutoff rc must be > 0, got {self.rc}")
         _require(self.w > 0, f"width w must be > 0, got {self.w}")
         _require(self.w_prime > 0, f"width w_prime must be > 0, got {self.w_prime}")
@@ -232,6 +249,10 @@ class DescriptorSpec:
         )
         _require(all(d >= 0 for d in self.d_prime), f"d_prime must be >= 0, got {self.d_prime}")
         _require(
+            not triplets or self.n_triplet_radii > 0,
+            f"no radius d lies within the triplet cutoff {self.rc3}: radii {self.radii}",
+        )
+        _require(
             0 <= self.triplet_tolerance < 1,
             f"triplet_tolerance must be in [0, 1), got {self.triplet_tolerance}",
         )
@@ -246,6 +267,20 @@ class DescriptorSpec:
         return len(self.radii)
 
     @property
+    def rc3(self) -> float:
+        """The triplets' cutoff Rc3 (triplet_rc, or rc when that is None)."""
+        return self.rc if self.triplet_rc is None else self.triplet_rc
+
+    @property
+    def triplet_radii(self) -> tuple[float, ...]:
+        """The centres d of the triplet features: the radii within Rc3."""
+        return tuple(d for d in self.radii if d <= self.rc3)
+
+    @property
+    def n_triplet_radii(self) -> int:
+        return len(self.triplet_radii)
+
+    @property
     def n_angular(self) -> int:
         """(lambda, d') combinations per triplet family."""
         return len(self.lambdas) * len(self.d_prime)
@@ -257,7 +292,7 @@ class DescriptorSpec:
     @property
     def n_features(self) -> int:
         """G2m + G3m + G3chi columns (450 for the paper)."""
-        return self.n_radii * (1 + self.n_triplet_families * self.n_angular)
+        return self.n_radii + self.n_triplet_radii * self.n_triplet_families * self.n_angular
 
     def feature_labels(self) -> list[str]:
         """Column names in feature order, e.g. 'G3m(lambda=-1,d'=2,d=0.54)'."""
@@ -267,7 +302,8 @@ class DescriptorSpec:
             for lam in self.lambdas:
                 for dp in self.d_prime:
                     labels += [
-                        f"{family}(lambda={lam:+.0f},d'={dp:.6g},d={d:.6g})" for d in self.radii
+                        f"{family}(lambda={lam:+.0f},d'={dp:.6g},d={d:.6g})"
+                        for d in self.triplet_radii
                     ]
         return labels
 
@@ -305,22 +341,25 @@ def cutoff_function(r: np.ndarray, rc: float) -> np.ndarray:
 
 
 def d_part_peak(spec: DescriptorSpec) -> np.ndarray:
-    """Largest possible d-part exp(-(R_ij-d)^2/w^2) exp(-(R_ik-d)^2/w^2) fc(R_ij) fc(R_ik) per d.
+    """Largest possible d-part exp(-(R_ij-d)^2/w^2) exp(-(R_ik-d)^2/w^2) fc(R_ij) fc(R_ik) per
+    triplet d, fc with the triplet cutoff Rc3.
 
     Attained at R_ij = R_ik = R, so max over R of exp(-2 (R-d)^2/w^2) fc(R)^2, on a
     grid fine against w (relative accuracy ~1e-5). About 1 for small d, tiny near Rc.
     """
-    r = np.linspace(0.0, spec.rc, 4001)
-    r = np.unique(np.concatenate([r, np.clip(np.asarray(spec.radii), 0, spec.rc)]))
-    radii = np.asarray(spec.radii)[:, None]
-    peak = (np.exp(-2 * ((r - radii) / spec.w) ** 2) * cutoff_function(r, spec.rc) ** 2).max(1)
+    rc3 = spec.rc3
+    r = np.linspace(0.0, rc3, 4001)
+    r = np.unique(np.concatenate([r, np.clip(np.asarray(spec.triplet_radii), 0, rc3)]))
+    radii = np.asarray(spec.triplet_radii)[:, None]
+    peak = (np.exp(-2 * ((r - radii) / spec.w) ** 2) * cutoff_function(r, rc3) ** 2).max(1)
     return peak
 
 
 def jk_part(spec: DescriptorSpec, r: np.ndarray) -> np.ndarray:
-    """F2(R_jk; d', w') = exp(-(R_jk - d')^2 / w'^2) fc(R_jk) for every d', (P, n_d')."""
+    """F2(R_jk; d', w') = exp(-(R_jk - d')^2 / w'^2) fc(R_jk), fc with the triplet cutoff Rc3,
+    for every d', (P, n_d')."""
     radial = np.exp(-(((r[:, None] - np.asarray(spec.d_prime)) / spec.w_prime) ** 2))
-    return radial * cutoff_function(r, spec.rc)[:, None]
+    return radial * cutoff_function(r, spec.rc3)[:, None]
 
 
 def spatial_order(positions: np.ndarray, box: float, bits: int = 10) -> np.ndarray:
@@ -359,9 +398,11 @@ class DescriptorGeometry:
     pass: g2 (N n_d, P), rows (internal atom, d), takes bonds S_a . S_b to G2m;
     triplet (N n_lambda n_d, P slots), rows (internal atom, lambda, d), takes the
     per-pair right-hand sides of the module docstring to [G3m, V] for every
-    lambda and d', with G3chi_i = S_i . V_i (None without triplet features). jk
-    holds F2(R_ab; d', w') per pair, (P, n_d'). Entries are the d-part x angular
-    part of F3, summed over ordered j != k.
+    lambda and d', with G3chi_i = S_i . V_i (None without triplet features).
+    triplet_pairs: the pairs within the triplet cutoff Rc3 < Rc (P3,), the only ones
+    the triplet map reads, its columns in this order; None when Rc3 = Rc (all pairs).
+    jk holds F2(R_ab; d', w') per pair the triplet map reads, (P3, n_d'). Entries
+    are the d-part x angular part of F3, summed over ordered j != k.
     atom_offsets: first atom of each concatenated configuration; n_triplets:
     unordered triplets (i; j, k) with at least one kept entry.
     """
@@ -377,6 +418,7 @@ class DescriptorGeometry:
     inverse: torch.Tensor
     n_triplets: int = 0
     atom_offsets: tuple[int, ...] = (0,)
+    triplet_pairs: torch.Tensor | None = None
 
     @property
     def n_features(self) -> int:
@@ -422,6 +464,7 @@ class DescriptorGeometry:
             inverse=self.inverse.to(device),
             g2=move(self.g2),
             triplet=move(self.triplet) if self.triplet else None,
+            triplet_pairs=None if self.triplet_pairs is None else self.triplet_pairs.to(device),
         )
 
 
@@ -483,6 +526,8 @@ def build_geometry(
     n, n_d = len(pos), spec.n_radii
     w, radii = spec.w, np.asarray(spec.radii)
     a, b, delta, r = _pairs(pos, box, spec.rc)
+    # the pairs the triplet map reads: within Rc3 (a hair beyond, like _pairs; fc(Rc3) = 0)
+    short = None if spec.rc3 == spec.rc else np.flatnonzero(r < spec.rc3 * (1 + 1e-9))
 
     # directed pairs (centre -> neighbour): both orientations of every stored pair
     centre = np.concatenate([a, b])
@@ -502,9 +547,12 @@ def build_geometry(
     triplet, n_triplets = None, 0
     with_triplets = spec.include_g3m or spec.include_chi
     if with_triplets:
+        # only the neighbours within the triplets' cutoff Rc3 (fc taken with Rc3)
+        near = dist < spec.rc3
         rows, cols, weights, n_triplets = _triplet_entries(
-            spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device, g2_entries
-        )
+            spec, n, centre[near], neighbour[near], vec[near], dist[near],
+            cutoff_function(dist[near], spec.rc3), a, b, short, dtype, device, g2_entries,
+        )  # fmt: skip
     else:
         _require_setup_memory(n, g2_entries, 0, device, dtype)
 
@@ -515,8 +563,8 @@ def build_geometry(
     g2_pattern = Pattern(centre[owner] * n_d + d_idx, pair_id[owner], (n * n_d, len(a)))
     (g2,) = g2_pattern.maps(value[:, None], dtype, device)
     if with_triplets:
-        n_rows = n * len(spec.lambdas) * n_d
-        n_cols = len(a) * (SIGN_SLOTS if spec.include_chi else 1)
+        n_rows = n * len(spec.lambdas) * spec.n_triplet_radii
+        n_cols = (len(a) if short is None else len(short)) * (SIGN_SLOTS if spec.include_chi else 1)
         (triplet,) = Pattern(rows, cols, (n_rows, n_cols)).maps(weights[:, None], dtype, device)
     return DescriptorGeometry(
         spec=spec,
@@ -525,10 +573,11 @@ def build_geometry(
         ends=pair_ends(a, b, order, dtype, device),
         g2=g2,
         triplet=triplet,
-        jk=torch.from_numpy(jk_part(spec, r)).to(device=device, dtype=dtype),
+        jk=torch.from_numpy(jk_part(spec, r if short is None else r[short])).to(device, dtype),
         order=torch.from_numpy(order).to(device),
         inverse=torch.from_numpy(np.argsort(order)).to(device),
         n_triplets=n_triplets,
+        triplet_pairs=None if short is None else torch.from_numpy(short).to(device),
     )
 
 
@@ -562,20 +611,26 @@ def _require_setup_memory(
         )  # fmt: skip
 
 
-def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, device, g2_entries):
+def _triplet_entries(
+    spec, n, centre, neighbour, vec, dist, fc, a, b, short, dtype, device, g2_entries
+):  # fmt: skip
     """Entries (row (i, lambda, d), column, weight) of the F3 map.
 
     Per (triplet, d) and lambda: d-part x angular part; the column is the pair
-    p of (j, k), or with G3chi its sign slot 2 p + (0 for chi sign +1, 1 for
-    -1); a tie (sign 0) is split into half weights on both slots, which add for
+    p of (j, k) (its place among the pairs `short` within Rc3, unless that is
+    None), or with G3chi its sign slot 2 p + (0 for chi sign +1, 1 for -1); a tie (sign 0) is split into half weights on both slots, which add for
     G3m and cancel for G3chi. Centres are processed in chunks of TRIPLET_CHUNK
     in a thread pool (numpy releases the GIL), after the first: its entries per
     centre, with the g2_entries of G2m, check that the set-up fits in memory (and
     the maps in the memory of the device they go to).
     Returns rows, cols, weights (E,) and the number of triplets.
     """
-    n_d, n_lam, radii = spec.n_radii, len(spec.lambdas), np.asarray(spec.radii)
+    n_d, n_lam, radii = spec.n_triplet_radii, len(spec.lambdas), np.asarray(spec.triplet_radii)
     np_dtype = np.float32 if dtype == torch.float32 else np.float64
+    column = None  # pair index -> its place among the short pairs
+    if short is not None:
+        column = np.full(len(a), -1, dtype=np.int64)
+        column[short] = np.arange(len(short))
     # int32 entry indices where they fit: half the memory traffic of the set-up
     index = np.int32 if max(n * n_lam * n_d, SIGN_SLOTS * len(a)) < 2**31 else np.int64
     chunk_of = centre // TRIPLET_CHUNK
@@ -591,7 +646,9 @@ def _triplet_entries(spec, n, centre, neighbour, vec, dist, fc, a, b, dtype, dev
         weights = np.take(angular.astype(np_dtype), owner, axis=0)
         weights *= value.astype(np_dtype)[:, None]
         atom, d_idx = t_centre[owner].astype(index), d_idx.astype(index)
-        cols = t_pair[owner].astype(index)
+        cols = (t_pair if column is None else column[t_pair])[owner].astype(index)
+        if column is not None and cols.size and cols.min() < 0:
+            raise RuntimeError("internal error: a triplet's (j, k) lies beyond the triplet cutoff")
         if spec.include_chi:
             sign = chi_sign[owner]
             cols = cols * SIGN_SLOTS + (sign < 0)
@@ -620,7 +677,7 @@ def _triplets(spec, n, centre, neighbour, vec, dist, fc, a, b, radii):
     Returns per triplet: centre, pair index of (j, k), angular part (T, n_lambda) and
     G3chi sign; per kept d-part entry: owning triplet, d index and value.
     """
-    rc, w, n_d = spec.rc, spec.w, spec.n_radii
+    rc, w, n_d = spec.rc3, spec.w, spec.n_triplet_radii
     threshold = spec.triplet_tolerance / TOLERANCE_SAFETY * d_part_peak(spec)  # per d
     tol = float(threshold.min())  # loosest threshold: bounds the candidate windows
     # sort directed pairs by centre, then distance: a centre's neighbours form a segment
@@ -708,6 +765,12 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
 
 
+def _bonds(ends: torch.Tensor) -> torch.Tensor:
+    """S_a . S_b (P, B) from both ends of every pair (P, 2, 3, B)."""
+    sa, sb = ends.unbind(1)
+    return (sa * sb).sum(1)
+
+
 class _PairTerms(torch.autograd.Function):
     """Bonds S_a . S_b (P, B) and the triplet maps' right-hand sides (P slots, n_d' comps B), from
     both ends of every pair (P, 2, 3, B).
@@ -724,7 +787,7 @@ class _PairTerms(torch.autograd.Function):
     def forward(ctx, ends: torch.Tensor, jk: torch.Tensor, slots: int):
         sa, sb = ends.unbind(1)
         n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
-        bond = (sa * sb).sum(1)
+        bond = _bonds(ends)
         y = bond if slots == 1 else torch.cat([bond, _cross(sa, sb).flatten(1)], 1)
         x = y.new_empty(n_pairs, slots, n_dp, y.shape[1])
         for d in range(n_dp):
@@ -823,8 +886,9 @@ class _Assemble(torch.autograd.Function):
 
 
 def _triplet_shape(spec: DescriptorSpec, n: int) -> tuple[int, int, int, int]:
-    """(N, n_lambda, n_d, n_d'): the triplet map's rows (atom, lambda, d) by d'."""
-    return n, len(spec.lambdas), spec.n_radii, len(spec.d_prime)
+    """(N, n_lambda, n_d, n_d'): the triplet map's rows (atom, lambda, d) by d' (d: the
+    triplet radii)."""
+    return n, len(spec.lambdas), spec.n_triplet_radii, len(spec.d_prime)
 
 
 def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec):
@@ -833,7 +897,7 @@ def _triplet_blocks(rows: torch.Tensor, spec: DescriptorSpec):
     n, _, batch = rows.shape
     _, n_lam, n_d, n_dp = _triplet_shape(spec, n)
     size = n_lam * n_d * n_dp
-    blocks, col = [], n_d
+    blocks, col = [], spec.n_radii  # after the G2m columns
     for on in (spec.include_g3m, spec.include_chi):
         block = None
         if on:  # columns (lambda, d', d)
@@ -866,9 +930,15 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
     if geometry.triplet:
         # S_a . S_b, and per pair, sign slot s = +1, -1 and d': F2(R_ab; d') [S_a . S_b, s S_a x S_b]
         slots = SIGN_SLOTS if geometry.spec.include_chi else 1
-        bond, x = _PairTerms.apply(ends, geometry.jk, slots)
+        if geometry.triplet_pairs is None:
+            bond, x = _PairTerms.apply(ends, geometry.jk, slots)
+        else:  # the triplet map reads the pairs within Rc3 only
+            bond = _bonds(ends)
+            _, x = _PairTerms.apply(
+                ends.index_select(0, geometry.triplet_pairs), geometry.jk, slots
+            )
     else:
-        bond = ends.prod(1).sum(1)
+        bond = _bonds(ends)
     g2 = SparseApply.apply(bond, *geometry.g2)
     triplet = s = None
     if geometry.triplet:  # every lambda in one product
@@ -897,6 +967,7 @@ def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometr
         if g.dtype != first.dtype or g.device != first.device:
             raise ValueError("concat_geometries: all geometries must share dtype and device")
     atom_off = np.cumsum([0] + [g.n_atoms for g in geometries])
+    pair_off = np.cumsum([0] + [g.n_pairs for g in geometries])
     offsets: list[int] = []
     for g, off in zip(geometries, atom_off[:-1], strict=True):
         offsets += [int(off) + o for o in g.atom_offsets]
@@ -912,4 +983,9 @@ def concat_geometries(geometries: list[DescriptorGeometry]) -> DescriptorGeometr
         triplet=block_diag_maps([g.triplet for g in geometries]) if first.triplet else None,
         n_triplets=sum(g.n_triplets for g in geometries),
         atom_offsets=tuple(offsets),
+        triplet_pairs=None
+        if first.triplet_pairs is None
+        else torch.cat(
+            [g.triplet_pairs + int(o) for g, o in zip(geometries, pair_off, strict=False)]
+        ),
     )

@@ -33,7 +33,9 @@ def card_text(session) -> str:
     lines = [
         f"<b>{session.model_path.name}</b>",
         f"Architecture: {model.arch.describe()}",
-        f"Descriptor: {spec.n_features} features, Rc = {spec.rc:g} ell, w = {spec.w:g} ell",
+        f"Descriptor: {spec.n_features} features, Rc = {spec.rc:g} ell"
+        + (f" (triplets {spec.rc3:g} ell)" if spec.rc3 < spec.rc else "")
+        + f", w = {spec.w:g} ell",
         "Trained for: "
         + ", ".join(f"{k} = {v:g}" for k, v in card.physical.items() if isinstance(v, float | int)),
     ]

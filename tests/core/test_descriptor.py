@@ -10,6 +10,7 @@ from dscribe.descriptors import ACSF
 from core import descriptor
 from core.config import ConfigError, SystemConfig
 from core.descriptor import (
+    PAPER_RADII,
     TRIPLET_SUM,
     DescriptorSpec,
     build_geometry,
@@ -49,7 +50,8 @@ def feats(sys_: AtomicSystem, s: torch.Tensor, spec: DescriptorSpec = SMALL) -> 
 def brute_force(positions, box, s, spec: DescriptorSpec, signed_chi: bool = True) -> np.ndarray:
     """PHYSICS.md sums written out densely, over explicit images (27 copies of the box).
 
-    Loops over centres i; every ordered pair (j, k) of neighbour images enters.
+    Loops over centres i; every ordered pair (j, k) of neighbour images within the
+    triplet cutoff Rc3 enters the triplet sums.
     """
     pos = np.mod(np.asarray(positions, dtype=float), box)
     n, n_d, rc = len(pos), spec.n_radii, spec.rc
@@ -57,13 +59,15 @@ def brute_force(positions, box, s, spec: DescriptorSpec, signed_chi: bool = True
     shifts = box * np.array(list(itertools.product((-1, 0, 1), repeat=3)), dtype=float)
     images = (pos[None] + shifts[:, None]).reshape(-1, 3)
     owner = np.tile(np.arange(n), len(shifts))
-    radii = np.asarray(spec.radii)
+    radii, rc3 = np.asarray(spec.radii), spec.rc3
+    radii3 = np.asarray(spec.triplet_radii)
+    n_d3 = len(radii3)
 
-    def fc(r):
-        return np.where(r <= rc, 0.5 * (np.cos(np.pi * np.minimum(r, rc) / rc) + 1), 0.0)
+    def fc(r, cut):
+        return np.where(r <= cut, 0.5 * (np.cos(np.pi * np.minimum(r, cut) / cut) + 1), 0.0)
 
-    def f2(r, d, width):
-        return np.exp(-(((r - d) / width) ** 2)) * fc(r)
+    def f2(r, d, width, cut=rc):
+        return np.exp(-(((r - d) / width) ** 2)) * fc(r, cut)
 
     out = np.zeros((s.shape[0], n, spec.n_features))
     for i in range(n):
@@ -74,10 +78,13 @@ def brute_force(positions, box, s, spec: DescriptorSpec, signed_chi: bool = True
         si = s[:, i]
         f2ij = f2(rr[:, None], radii[None], spec.w)
         out[:, i, :n_d] = np.einsum("bm,md->bd", (sj * si[:, None]).sum(-1), f2ij)
+        within = rr <= rc3
+        vecs, rr, sj = vecs[within], rr[within], sj[:, within]
+        f3ij = f2(rr[:, None], radii3[None], spec.w, rc3)
         jj, kk = np.nonzero(~np.eye(len(rr), dtype=bool))  # ordered pairs j != k
         rjk = np.linalg.norm(vecs[kk] - vecs[jj], axis=1)
         cos = np.clip((vecs[jj] * vecs[kk]).sum(1) / (rr[jj] * rr[kk]), -1, 1)
-        radial = f2ij[jj] * f2ij[kk]
+        radial = f3ij[jj] * f3ij[kk]
         families = []
         if spec.include_g3m:
             families.append((sj[:, jj] * sj[:, kk]).sum(-1))
@@ -89,9 +96,9 @@ def brute_force(positions, box, s, spec: DescriptorSpec, signed_chi: bool = True
             for lam in spec.lambdas:
                 for dp in spec.d_prime:
                     ang = 2 ** (1 - spec.zeta) * (1 + lam * cos) ** spec.zeta
-                    ang = ang * f2(rjk, dp, spec.w_prime)
-                    out[:, i, col : col + n_d] = np.einsum("bp,p,pd->bd", values, ang, radial)
-                    col += n_d
+                    ang = ang * f2(rjk, dp, spec.w_prime, rc3)
+                    out[:, i, col : col + n_d3] = np.einsum("bp,p,pd->bd", values, ang, radial)
+                    col += n_d3
     return out
 
 
@@ -100,7 +107,7 @@ def column_scale(sys_: AtomicSystem, spec: DescriptorSpec) -> torch.Tensor:
     up = torch.zeros(1, sys_.n, 3, dtype=torch.float64)
     up[..., 2] = 1
     scale = feats(sys_, up, spec.replace(triplet_tolerance=0.0))[0].abs().amax(0)
-    n_d, n_tri = spec.n_radii, spec.n_radii * spec.n_angular
+    n_d, n_tri = spec.n_radii, spec.n_triplet_radii * spec.n_angular
     if spec.include_chi:  # |chi weight| = |G3m weight| and |S_i . S_j x S_k| <= 1
         scale[-n_tri:] = scale[n_d : n_d + n_tri]
     return scale
@@ -149,6 +156,15 @@ def test_feature_count_follows_included_families():
     assert DescriptorSpec(include_g3m=False, include_chi=False).n_features == 50
 
 
+def test_a_triplet_cutoff_keeps_the_triplet_radii_within_it_and_round_trips():
+    spec = DescriptorSpec(radii=(0.5, 1.0, 1.5, 2.0, 2.5), triplet_rc=1.5)
+    assert spec.rc3 == 1.5 and spec.triplet_radii == (0.5, 1.0, 1.5)
+    assert spec.n_features == 5 + 3 * 2 * 4 == len(spec.feature_labels())
+    assert spec.feature_labels()[5:8] == [f"G3m(lambda=+1,d'=1,d={d})" for d in (0.5, 1, 1.5)]
+    assert DescriptorSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    assert DescriptorSpec().rc3 == 2.5 and DescriptorSpec().triplet_radii == PAPER_RADII
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -166,6 +182,9 @@ def test_feature_count_follows_included_families():
         (dict(triplet_tolerance=1.0), r"triplet_tolerance must be in \[0, 1\), got 1.0"),
         (dict(include_chi="yes"), "include_chi must be True or False"),
         (dict(rc="big"), "rc must be a number"),
+        (dict(triplet_rc=3.0), r"triplet_rc must be in \(0, rc = 2.5\], got 3.0"),
+        (dict(triplet_rc=0.0), r"triplet_rc must be in \(0, rc = 2.5\]"),
+        (dict(triplet_rc=0.4), "no radius d lies within the triplet cutoff 0.4"),
     ],
 )
 def test_bad_spec_values_raise_config_error(kwargs, match):
@@ -205,8 +224,10 @@ def test_cutoff_beyond_half_box_is_refused(small):
         EXACT.replace(lambdas=(-1.0,), d_prime=(0.9, 1.3, 1.6)),
         EXACT.replace(lambdas=(-1.0, 1.0), d_prime=(1.3,), include_g3m=False),
         EXACT.replace(d_prime=(1.6, 0.9, 1.3), include_chi=False),
+        # triplets with their own, shorter cutoff: 6 of the 11 radii, d' beyond Rc3
+        EXACT.replace(triplet_rc=1.2),
     ],
-    ids=["default", "one-lambda-three-d'", "chi-only", "g3m-only"],
+    ids=["default", "one-lambda-three-d'", "chi-only", "g3m-only", "short-triplets"],
 )
 def test_fast_path_equals_brute_force_triple_sum_for_every_feature(small, spec):
     s = spins(2, small.n)
@@ -354,10 +375,12 @@ FAMILIES = [
     SMALL.replace(include_chi=False),
     SMALL.replace(include_g3m=False),
     SMALL.replace(include_g3m=False, include_chi=False),
+    SMALL.replace(triplet_rc=1.2),
 ]
+FAMILY_IDS = ["all", "no-chi", "no-g3m", "g2m-only", "short-triplets"]
 
 
-@pytest.mark.parametrize("spec", FAMILIES, ids=["all", "no-chi", "no-g3m", "g2m-only"])
+@pytest.mark.parametrize("spec", FAMILIES, ids=FAMILY_IDS)
 def test_autograd_gradient_equals_central_differences(small, spec):
     g = build_geometry(small, spec, dtype=torch.float64)
     s = spins(2, small.n)
@@ -380,7 +403,7 @@ def test_autograd_gradient_equals_central_differences(small, spec):
         assert grad[b, i, c].item() == pytest.approx(fd.item(), rel=1e-6, abs=1e-8)
 
 
-@pytest.mark.parametrize("spec", FAMILIES, ids=["all", "no-chi", "no-g3m", "g2m-only"])
+@pytest.mark.parametrize("spec", FAMILIES, ids=FAMILY_IDS)
 def test_fields_are_differentiable_again_for_training(small, spec):
     """H = -dE/dS with create_graph, then d(H . U)/dS: the custom backwards' backwards."""
     g = build_geometry(small, spec, dtype=torch.float64)
@@ -409,9 +432,31 @@ def test_fields_are_differentiable_again_for_training(small, spec):
 # ---------------------------------------------------------------- batches and dtypes
 
 
-def test_concat_geometries_equals_separate_evaluation():
+def test_a_triplet_cutoff_equal_to_rc_changes_nothing(small):
+    s = spins(2, small.n)
+    torch.testing.assert_close(
+        feats(small, s, SMALL.replace(triplet_rc=SMALL.rc)), feats(small, s), rtol=0, atol=0
+    )
+
+
+def test_the_triplet_map_reads_only_the_pairs_within_the_triplet_cutoff(small):
+    geometry = build_geometry(small, SMALL.replace(triplet_rc=1.2), dtype=torch.float64)
+    a, b = geometry.pairs
+    delta = small.positions[geometry.order[b]] - small.positions[geometry.order[a]]
+    r = np.linalg.norm(delta - small.box * np.round(delta / small.box), axis=1)
+    np.testing.assert_array_equal(geometry.triplet_pairs.numpy(), np.flatnonzero(r < 1.2))
+    assert 0 < len(geometry.jk) < geometry.n_pairs
+    assert geometry.triplet[0].shape[1] == descriptor.SIGN_SLOTS * len(geometry.jk)
+    moved = geometry.to(dtype=torch.float32)
+    torch.testing.assert_close(
+        features(moved, spins(1, small.n)), features(geometry, spins(1, small.n)).float()
+    )
+
+
+@pytest.mark.parametrize("spec", [SMALL, SMALL.replace(triplet_rc=1.2)], ids=["rc", "rc3"])
+def test_concat_geometries_equals_separate_evaluation(spec):
     a, b = system(40, seed=3), system(50, seed=4)
-    ga, gb = (build_geometry(x, SMALL, dtype=torch.float64) for x in (a, b))
+    ga, gb = (build_geometry(x, spec, dtype=torch.float64) for x in (a, b))
     both = concat_geometries([ga, gb])
     assert both.n_atoms == 90 and both.atom_offsets == (0, 40)
     s = spins(3, 90)
