@@ -7,11 +7,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from magicgui.widgets import Container, FileEdit, Label, PushButton
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton
 
 from app.jobs import Job, say, wrap
 from core.modelfile import load_model
-from core.paths import PAIRWISE_MODEL
+from core.paths import PAIRWISE_MODEL, shipped_models
 
 #: Longest card value shown whole; longer ones (a dataset's sha256) are cut, so that one
 #: unbreakable word does not widen the panel beyond the dock.
@@ -88,6 +88,11 @@ class ModelPanel(Container):
     def __init__(self, session) -> None:
         self.session = session
         self.card = Label(value="")
+        self.shipped = ComboBox(
+            label="Shipped model", choices=[p.name for p in shipped_models()], nullable=True,
+            value=None, tooltip="Load one of the models that come with sdglass (their cards: "
+            "assets/models/default.md): default, fast (shorter triplet cutoff, 1.7x faster), ...",
+        )  # fmt: skip
         self.path = FileEdit(
             label="Model file", mode="r", filter="*.safetensors",
             tooltip="An sdglass model file (safetensors + JSON card), e.g. from `sdglass train`.",
@@ -104,10 +109,18 @@ class ModelPanel(Container):
         self.exchange = None
         self._shipped_baseline = None
         super().__init__(
-            widgets=[self.card, self.path, self.load_button, self.message, self.exchange_label],
+            widgets=[
+                self.card,
+                self.shipped,
+                self.path,
+                self.load_button,
+                self.message,
+                self.exchange_label,
+            ],
             label="Model",
         )
         self.load_button.clicked.connect(lambda: self.load())
+        self.shipped.changed.connect(self._load_shipped)
         session.model_changed.connect(self.refresh)
         session.system_changed.connect(self.refresh)
         session.font_scaled.connect(lambda ratio: self.refresh())  # J(R) drawn anew
@@ -141,14 +154,30 @@ class ModelPanel(Container):
         )  # fmt: skip
         return True
 
+    def _load_shipped(self, name) -> None:
+        if name is not None and not self.load(
+            next(p for p in shipped_models() if p.name == name)
+        ):  # fmt: skip
+            self._show_shipped()  # a load is under way: this choice is not taken
+
+    def _show_shipped(self) -> None:
+        """The shipped-model choice names the model in use (blank for another file); loads
+        nothing."""
+        path = self.session.model_path
+        shipped = path is not None and Path(path).resolve() in shipped_models()
+        with self.shipped.changed.blocked():
+            self.shipped.value = Path(path).name if shipped else None
+
     def _finished(self) -> None:
         self.job = None
         self.load_button.enabled = True
+        self._show_shipped()  # after a failed load too: the model in use stayed
 
     def refresh(self) -> None:
         self.card.value = card_text(self.session)
         if self.session.model_path is not None:
             self.path.value = self.session.model_path
+        self._show_shipped()
         baseline = self._baseline()
         self.exchange_label.value = exchange_note(self.session, baseline)
         self._exchange_plot(baseline)

@@ -426,6 +426,23 @@ def test_model_card_fits_the_dock(app_viewer, choose_model):
     assert panel.exchange_label.native.sizePolicy().horizontalPolicy() == QSizePolicy.Expanding
 
 
+def test_a_shipped_model_loads_from_the_model_panels_list(app_viewer, qtbot, tiny_model_file,
+                                                          choose_model):  # fmt: skip
+    _, session = app_viewer
+    panel = session.panels["Model"]
+    assert {"default.safetensors", "fast.safetensors"} <= set(panel.shipped.choices)
+    assert panel.shipped.value == "default.safetensors"  # the model in use
+    assert "triplets" not in panel.card.value
+    panel.shipped.value = "fast.safetensors"
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    assert session.model_path.name == "fast.safetensors"
+    assert "Rc = 2.5 ell (triplets 1.8 ell)" in panel.card.value
+    assert str(panel.path.value).endswith("fast.safetensors")
+    # a model from elsewhere: the list names no shipped model
+    assert choose_model(panel, tiny_model_file)
+    assert panel.shipped.value is None
+
+
 def test_model_panel_draws_the_pairwise_baselines_exchange(
     app_viewer, tmp_path, generate, choose_model
 ):
