@@ -623,8 +623,9 @@ def _triplet_entries(
 
     Per (triplet, d) and lambda: d-part x angular part; the column is the pair
     p of (j, k) (its place among the pairs `short` within Rc3, unless that is
-    None), or with G3chi its sign slot 2 p + (0 for chi sign +1, 1 for -1); a tie (sign 0) is split into half weights on both slots, which add for
-    G3m and cancel for G3chi. Centres are processed in chunks of TRIPLET_CHUNK
+    None), or with G3chi its sign slot 2 p + (0 for chi sign +1, 1 for -1); a
+    tie (sign 0) is split into half weights on both slots, which add for G3m and
+    cancel for G3chi. Centres are processed in chunks of TRIPLET_CHUNK
     in a thread pool (numpy releases the GIL), after the first: its entries per
     centre, with the g2_entries of G2m, check that the set-up fits in memory (and
     the maps in the memory of the device they go to).
