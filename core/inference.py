@@ -1,0 +1,218 @@
+"""ML fields for the dynamics: descriptor, network and H = -dE/dS in one pass (PHYSICS.md,
+"Behler-Parrinello model", paper Eq. 7).
+
+``features`` (core.descriptor) and ``EnergyModel`` are differentiable to any order,
+which training needs (losses on fields). LLG steps need only the first derivative,
+and at N = 500 one evaluation is a few milliseconds of many small operations,
+so ``FusedFields`` computes the same energy and fields with fewer, larger ones
+and a backward pass written out by hand (the network's own backward still runs
+through autograd):
+
+* Features stay in the geometry's internal atom order, with the triplet
+  columns in the order the triplet map produces them, (lambda, d, d'); the
+  network's first layer is permuted to match and absorbs the standardisation
+  (x - mean) / scale. Neither changes a value beyond float rounding.
+* Spins are laid out (atom, replica, component), so that every per-pair
+  quantity of a replica is one row: the triplet map's right-hand sides
+  F2(R_ab; d') [S_a . S_b, s S_a x S_b] for both sign slots s = +1, -1 and
+  every d' are one small matrix product of the products S_a S_b^T F2(R_ab; d')
+  (the Levi-Civita symbol times the identity in d'), instead of a dozen
+  elementwise operations; its backward is the transposed product.
+* G3m and G3chi_i = S_i . V_i of an atom and replica are one product of its
+  map output (columns, 4) with [[1, 0], [0, S_i]] (4, 2), all atoms and
+  replicas in one batched product, as are its derivatives; the network's
+  first layer takes G2m and these (interleaved) columns as two blocks.
+
+The result equals ``-grad E`` of the autograd path to float rounding
+(tests/core/test_inference.py); see the README for the measured speed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from core.descriptor import SIGN_SLOTS, DescriptorGeometry, DescriptorSpec
+from core.errors import StateError
+from core.sparse import product
+
+#: [S_a . S_b, S_a x S_b] from the outer product S_a S_b^T (flattened, 9): row 3 i + j, column
+#: 0 the bond delta_ij, columns 1..3 the Levi-Civita symbol eps_cij.
+_BOND_CROSS = torch.zeros(9, 4, dtype=torch.float64)
+for _c in range(3):
+    _BOND_CROSS[4 * _c, 0] = 1.0
+    _i, _j = (_c + 1) % 3, (_c + 2) % 3
+    _BOND_CROSS[3 * _i + _j, 1 + _c], _BOND_CROSS[3 * _j + _i, 1 + _c] = 1.0, -1.0
+#: Both sign slots: [S_a . S_b, +S_a x S_b] and [S_a . S_b, -S_a x S_b], (9, 2, 4).
+SIGNED_BOND_CROSS = torch.stack([_BOND_CROSS, _BOND_CROSS * torch.tensor([1.0, -1, -1, -1])], 1)
+
+
+def internal_feature_order(spec: DescriptorSpec) -> torch.Tensor:
+    """For each internal feature column, its column in the public feature order.
+
+    Internal: [G2m (d) | triplet columns (lambda, d, d', family)], the families
+    G3m, G3chi interleaved; public (``DescriptorSpec.feature_labels``): each
+    family in its own block, ordered (lambda, d', d).
+    """
+    n_lam, n_d, n_dp = len(spec.lambdas), spec.n_triplet_radii, len(spec.d_prime)
+    n_fam, size = spec.n_triplet_families, n_lam * n_dp * n_d
+    public = torch.arange(n_fam * size).view(n_fam, n_lam, n_dp, n_d)  # public order
+    triplets = public.permute(1, 3, 2, 0).reshape(-1)  # (lambda, d, d', family)
+    return torch.cat([torch.arange(spec.n_radii), spec.n_radii + triplets])
+
+
+class FusedFields:
+    """H = -dE/dS and E of a Behler-Parrinello model on one (possibly concatenated) geometry.
+
+    Reads the model's weights on every call (its first layer is refolded only
+    when a weight or the standardisation has changed since), so it follows a
+    model that is trained or loaded in place.
+    """
+
+    def __init__(self, model: nn.Module, geometry: DescriptorGeometry) -> None:
+        self.model, self.geometry = model, geometry
+        spec = geometry.spec
+        self.n_radii, self.n_dp = spec.n_radii, len(spec.d_prime)
+        self.triplets = geometry.triplet is not None
+        self.g3m, self.chi = spec.include_g3m and self.triplets, spec.include_chi and self.triplets
+        self.n_families = int(self.g3m) + int(self.chi)
+        self.n_columns = len(spec.lambdas) * spec.n_triplet_radii * self.n_dp  # per family
+        self.slots, self.comps = (SIGN_SLOTS, 4) if self.chi else (1, 1)
+        # the pair ends' atoms (caller order): the 0/1 map has one entry per row
+        self.end_atoms = geometry.ends[0].col_indices()
+        self.swapped_ends = self.end_atoms.view(-1, 2).flip(1).reshape(-1)  # (b, a) per pair
+        # F2(R_ab; d') S_a S_b^T, rows (i, j, d'), to the right-hand sides, columns (slot, d', c)
+        eye = torch.eye(self.n_dp, dtype=torch.float64)
+        signed = SIGNED_BOND_CROSS.view(9, 1, SIGN_SLOTS, 1, 4) * eye.view(1, self.n_dp, 1, -1, 1)
+        self.rhs = signed.reshape(9 * self.n_dp, -1).to(geometry.device, geometry.dtype)
+        self.order = internal_feature_order(spec).to(geometry.device)
+        self._rest = model.net[1:]  # the layers after the first, shared with the model
+        self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._folded_from: tuple | None = None
+
+    def _first_layer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The network's first layer on raw internal-order features, W' = W / scale and
+        b' = b - W' mean (computed in float64), as the bias and the transposed weights of
+        the G2m and the triplet columns."""
+        model = self.model
+        layer = model.net[0]
+        sources = (layer.weight, layer.bias, model.feature_mean, model.feature_scale)
+        key = tuple((id(t), t._version) for t in sources if t is not None)
+        if self._first is None or key != self._folded_from:
+            idx = self.order.to(layer.weight.device)
+            weight = layer.weight.detach().double()[:, idx] / model.feature_scale[idx]
+            bias = -(weight @ model.feature_mean[idx])
+            if layer.bias is not None:
+                bias = bias + layer.bias.detach().double()
+            weight_t = weight.t().to(layer.weight.dtype)
+            n_d = self.n_radii
+            self._first = (bias.to(layer.weight.dtype), weight_t[:n_d], weight_t[n_d:])
+            self._folded_from = key
+        return self._first
+
+    def __call__(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """H = -dE/dS (B, N, 3) and E (B,) float64 for spins (B, N, 3), in the geometry's dtype."""
+        geometry = self.geometry
+        n = geometry.n_atoms
+        if spins.ndim != 3 or spins.shape[1:] != (n, 3):
+            raise StateError(f"spins must have shape (B, {n}, 3), got {tuple(spins.shape)}")
+        with torch.no_grad():
+            return self._fields(spins.detach().to(geometry.dtype))
+
+    def _fields(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        geometry, n_d, n_dp = self.geometry, self.n_radii, self.n_dp
+        batch, n = s.shape[:2]
+        rows = n * batch  # (atom, replica)
+        # both ends of every pair, (P, 2, B, 3), from the caller's atom order
+        flat = s.transpose(0, 1).reshape(n, batch * 3)
+        ends = flat.index_select(0, self.end_atoms).view(-1, 2, batch, 3)
+        sa, sb = ends.unbind(1)
+        bond = (sa * sb).sum(-1)  # S_a . S_b, (P, B)
+        g2 = product(geometry.g2[0], bond)  # G2m, rows (atom, d)
+        g2 = g2.view(n, n_d, batch).transpose(1, 2).reshape(rows, n_d)
+        t3 = None
+        if self.triplets:
+            pairs = geometry.triplet_pairs
+            t_ends = ends if pairs is None else ends.index_select(0, pairs)
+            ta, tb = t_ends.unbind(1)
+            n_t, jk = len(t_ends), geometry.jk
+            # right-hand sides F2(R_ab; d') [S_a . S_b, s S_a x S_b], rows (pair, replica)
+            if self.chi:
+                # small products as batched matrix products: 2-3x faster than mul and sum
+                tb_jk = torch.matmul(tb.unsqueeze(-1), jk.view(n_t, 1, 1, n_dp))  # (P3, B, 3, d')
+                tb_jk = tb_jk.view(n_t * batch, 1, 3 * n_dp)
+                outer = torch.bmm(ta.reshape(n_t * batch, 3, 1), tb_jk)
+                x = outer.view(n_t * batch, -1) @ self.rhs
+            else:
+                t_bond = bond if pairs is None else bond.index_select(0, pairs)
+                x = t_bond.unsqueeze(-1) * jk.unsqueeze(1)
+            # columns (pair, slot), right-hand columns (replica, d', c)
+            x = x.view(n_t, batch, self.slots, -1).transpose(1, 2).reshape(n_t * self.slots, -1)
+            o = product(geometry.triplet[0], x)  # [G3m, V], rows (atom, lambda, d)
+            o = o.view(n, -1, batch, n_dp, self.comps).transpose(1, 2)
+            o = o.reshape(rows, self.n_columns, self.comps)  # columns (lambda, d, d')
+            if self.chi:  # [G3m, G3chi] = o [[1, 0], [0, S_i]] (only the last without G3m)
+                s_i = s.index_select(1, geometry.order).transpose(0, 1).reshape(rows, 3)
+                s_ext = s.new_zeros(rows, 4, self.n_families)
+                s_ext[:, 1:, -1] = s_i
+                if self.g3m:
+                    s_ext[:, 0, 0] = 1
+                t3 = torch.bmm(o, s_ext)
+            else:
+                t3 = o
+            t3 = t3.view(rows, -1)
+
+        g_g2, g_t3, energy = self._network(g2, t3, n)
+
+        # backward: dE/dS through G2m, the triplet maps and the pair ends
+        g_g2 = g_g2.view(n, batch, n_d).transpose(1, 2).reshape(n * n_d, batch)
+        g_bond = product(geometry.g2[1], g_g2).unsqueeze(-1)  # (P, B, 1)
+        # d(S_a . S_b) = S_b . dS_a + S_a . dS_b: the ends swapped, scaled
+        g_ends = flat.index_select(0, self.swapped_ends).view_as(ends) * g_bond.unsqueeze(1)
+        g_s = None
+        if self.triplets:
+            g_t3 = g_t3.view(rows, self.n_columns, self.n_families)
+            if self.chi:
+                g_o = torch.bmm(g_t3, s_ext.transpose(1, 2).contiguous())
+                g_s = torch.bmm(o.transpose(1, 2), g_t3)[:, 1:, -1]  # (N B, 3), internal order
+            else:
+                g_o = g_t3
+            g_o = g_o.view(n, batch, -1, n_dp * self.comps).transpose(1, 2)
+            g_x = product(geometry.triplet[1], g_o.reshape(-1, batch * n_dp * self.comps))
+            g_x = g_x.view(n_t, self.slots, batch, -1).transpose(1, 2).reshape(n_t * batch, -1)
+            if self.chi:
+                g_outer = (g_x @ self.rhs.T).view(n_t * batch, 3, 3 * n_dp)
+                g_ta = torch.bmm(g_outer, tb_jk.transpose(1, 2)).view(n_t, batch, 3)
+                g_tb_jk = torch.bmm(ta.reshape(n_t * batch, 1, 3), g_outer)
+                g_tb = torch.matmul(g_tb_jk.view(n_t, batch, 3, n_dp), jk.view(n_t, 1, n_dp, 1))
+                g_tb = g_tb.view(n_t, batch, 3)
+            else:
+                g_t_bond = (g_x.view(n_t, batch, n_dp) * jk.unsqueeze(1)).sum(-1, keepdim=True)
+                g_ta, g_tb = g_t_bond * tb, g_t_bond * ta
+            g_t = torch.stack([g_ta, g_tb], 1)
+            if pairs is None:
+                g_ends += g_t
+            else:
+                g_ends.index_add_(0, pairs, g_t)
+        grad = product(geometry.ends[1], g_ends.view(-1, batch * 3)).view(n, batch, 3)
+        if g_s is not None:
+            grad += g_s.view(n, batch, 3).index_select(0, geometry.inverse)
+        return -grad.transpose(0, 1), energy
+
+    def _network(self, g2: torch.Tensor, t3: torch.Tensor | None, n: int):
+        """dE/dG of the G2m block (N B, n_d) and of the triplet block (N B, columns) through
+        the network (autograd), and E = sum_i eps_i (B,) float64."""
+        bias, w_g2, w_t3 = self._first_layer()
+        dtype = w_g2.dtype
+        inputs = [g2.to(dtype).requires_grad_(True)]
+        if t3 is not None:
+            inputs.append(t3.to(dtype).requires_grad_(True))
+        with torch.enable_grad():
+            h = torch.addmm(bias, inputs[0], w_g2)
+            if t3 is not None:
+                h = torch.addmm(h, inputs[1], w_t3)
+            eps = self._rest(h)
+            grads = torch.autograd.grad(eps.sum(), inputs)
+        energy = eps.detach().view(n, -1).to(torch.float64).sum(0) + n * self.model.energy_offset
+        g_g2 = grads[0].to(g2.dtype)
+        return g_g2, (grads[1].to(t3.dtype) if t3 is not None else None), energy
