@@ -431,13 +431,13 @@ def test_a_shipped_model_loads_from_the_model_panels_list(app_viewer, qtbot, tin
     _, session = app_viewer
     panel = session.panels["Model"]
     assert {"default.safetensors", "fast.safetensors"} <= set(panel.shipped.choices)
-    assert panel.shipped.value == "default.safetensors"  # the model in use
-    assert "triplets" not in panel.card.value
-    panel.shipped.value = "fast.safetensors"
-    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
-    assert session.model_path.name == "fast.safetensors"
+    assert panel.shipped.value == "fast.safetensors"  # the model in use: the default
     assert "Rc = 2.5 ell (triplets 1.8 ell)" in panel.card.value
-    assert str(panel.path.value).endswith("fast.safetensors")
+    panel.shipped.value = "default.safetensors"
+    qtbot.waitUntil(lambda: panel.job is None, timeout=60_000)
+    assert session.model_path.name == "default.safetensors"
+    assert "triplets" not in panel.card.value
+    assert str(panel.path.value).endswith("default.safetensors")
     # a model from elsewhere: the list names no shipped model
     assert choose_model(panel, tiny_model_file)
     assert panel.shipped.value is None
@@ -457,7 +457,7 @@ def test_model_panel_draws_the_pairwise_baselines_exchange(
     np.testing.assert_allclose(line.get_ydata(), baseline.exchange(line.get_xdata()))
     assert "pairwise baseline pairwise.safetensors" in panel.exchange_label.value
     assert "⚠" not in panel.exchange_label.value
-    assert str(panel.path.value).endswith("default.safetensors")
+    assert str(panel.path.value).endswith("fast.safetensors")
     # a system the baseline was not trained for: the note says what differs
     session.panels["System"].preset.value = "Weak coupling (J = 1)"
     assert generate(session.panels["System"])
