@@ -777,7 +777,7 @@ def _bonds(ends: torch.Tensor) -> torch.Tensor:
     return (sa * sb).sum(1)
 
 
-class _PairTerms(torch.autograd.Function):
+def pair_terms(ends: torch.Tensor, jk: torch.Tensor, slots: int):
     """Bonds S_a . S_b (P, B) and the triplet maps' right-hand sides (P slots, n_d' comps B), from
     both ends of every pair (P, 2, 3, B).
 
@@ -785,50 +785,63 @@ class _PairTerms(torch.autograd.Function):
     slots +1 and -1) or y = [S_a . S_b] (comps 1, one slot). Written in (slot, d') blocks,
     each a row scale over contiguous (comps B) rows, forward and backward: a broadcast
     product over the middle axes, and the reduction its autograd backward needs, were
-    3-4x slower on the CPU. The backward uses differentiable operations only, so
-    fields stay differentiable for training.
+    3-4x slower on the CPU.
     """
+    sa, sb = ends.unbind(1)
+    n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
+    bond = _bonds(ends)
+    y = bond if slots == 1 else torch.cat([bond, _cross(sa, sb).flatten(1)], 1)
+    x = y.new_empty(n_pairs, slots, n_dp, y.shape[1])
+    for d in range(n_dp):
+        torch.mul(y, jk[:, d, None], out=x[:, 0, d])
+    if slots == SIGN_SLOTS:  # the -1 slot: the cross product changes sign
+        x[:, 1, :, :batch] = x[:, 0, :, :batch]
+        torch.neg(x[:, 0, :, batch:], out=x[:, 1, :, batch:])
+    return bond, x.view(n_pairs * slots, -1)
+
+
+def pair_terms_backward(
+    ends: torch.Tensor, jk: torch.Tensor, slots: int, g_bond: torch.Tensor | None, g_x: torch.Tensor
+) -> torch.Tensor:
+    """The gradient (P, 2, 3, B) of both ends of every pair from those of ``pair_terms``'
+    outputs (g_bond None: the bonds' is zero), with differentiable operations only, so
+    fields stay differentiable for training."""
+    sa, sb = ends.unbind(1)
+    n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
+    g = g_x.reshape(n_pairs, slots, n_dp, -1)
+    if slots == SIGN_SLOTS:  # sums over the slots, with the sign of the cross product
+        g_dot_d = g[:, 0, :, :batch] + g[:, 1, :, :batch]
+        g_cross_d = g[:, 0, :, batch:] - g[:, 1, :, batch:]
+    else:
+        g_dot_d, g_cross_d = g[:, 0], None
+    # sums over d' of F2(R_ab; d') x g
+    g_dot = g_dot_d[:, 0] * jk[:, 0, None] if g_bond is None else g_bond
+    for d in range(int(g_bond is None), n_dp):
+        g_dot = torch.addcmul(g_dot, g_dot_d[:, d], jk[:, d, None])
+    g_dot = g_dot[:, None]
+    g_sa, g_sb = g_dot * sb, g_dot * sa
+    if g_cross_d is not None:  # d(a x b) . g = da . (b x g) + db . (g x a)
+        g_cross = g_cross_d[:, 0] * jk[:, 0, None]
+        for d in range(1, n_dp):
+            g_cross = torch.addcmul(g_cross, g_cross_d[:, d], jk[:, d, None])
+        g_cross = g_cross.view(n_pairs, 3, batch)
+        g_sa, g_sb = g_sa + _cross(sb, g_cross), g_sb + _cross(g_cross, sa)
+    return torch.stack([g_sa, g_sb], 1)
+
+
+class _PairTerms(torch.autograd.Function):
+    """``pair_terms`` with ``pair_terms_backward`` as its backward."""
 
     @staticmethod
     def forward(ctx, ends: torch.Tensor, jk: torch.Tensor, slots: int):
-        sa, sb = ends.unbind(1)
-        n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
-        bond = _bonds(ends)
-        y = bond if slots == 1 else torch.cat([bond, _cross(sa, sb).flatten(1)], 1)
-        x = y.new_empty(n_pairs, slots, n_dp, y.shape[1])
-        for d in range(n_dp):
-            torch.mul(y, jk[:, d, None], out=x[:, 0, d])
-        if slots == SIGN_SLOTS:  # the -1 slot: the cross product changes sign
-            x[:, 1, :, :batch] = x[:, 0, :, :batch]
-            torch.neg(x[:, 0, :, batch:], out=x[:, 1, :, batch:])
         ctx.slots = slots
         ctx.save_for_backward(ends, jk)
-        return bond, x.view(n_pairs * slots, -1)
+        return pair_terms(ends, jk, slots)
 
     @staticmethod
     def backward(ctx, g_bond: torch.Tensor, g_x: torch.Tensor):
         ends, jk = ctx.saved_tensors
-        sa, sb = ends.unbind(1)
-        n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
-        g = g_x.reshape(n_pairs, ctx.slots, n_dp, -1)
-        if ctx.slots == SIGN_SLOTS:  # sums over the slots, with the sign of the cross product
-            g_dot_d = g[:, 0, :, :batch] + g[:, 1, :, :batch]
-            g_cross_d = g[:, 0, :, batch:] - g[:, 1, :, batch:]
-        else:
-            g_dot_d, g_cross_d = g[:, 0], None
-        # sums over d' of F2(R_ab; d') x g
-        g_dot = g_bond
-        for d in range(n_dp):
-            g_dot = torch.addcmul(g_dot, g_dot_d[:, d], jk[:, d, None])
-        g_dot = g_dot[:, None]
-        g_sa, g_sb = g_dot * sb, g_dot * sa
-        if g_cross_d is not None:  # d(a x b) . g = da . (b x g) + db . (g x a)
-            g_cross = g_cross_d[:, 0] * jk[:, 0, None]
-            for d in range(1, n_dp):
-                g_cross = torch.addcmul(g_cross, g_cross_d[:, d], jk[:, d, None])
-            g_cross = g_cross.view(n_pairs, 3, batch)
-            g_sa, g_sb = g_sa + _cross(sb, g_cross), g_sb + _cross(g_cross, sa)
-        return torch.stack([g_sa, g_sb], 1), None, None
+        return pair_terms_backward(ends, jk, ctx.slots, g_bond, g_x), None, None
 
 
 class _Assemble(torch.autograd.Function):

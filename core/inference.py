@@ -9,22 +9,31 @@ and a backward pass written out by hand (the network's own backward still runs
 through autograd):
 
 * Features stay in the geometry's internal atom order, with the triplet
-  columns in the order the triplet map produces them, (lambda, d, d'); the
-  network's first layer is permuted to match and absorbs the standardisation
-  (x - mean) / scale. Neither changes a value beyond float rounding.
-* Spins are laid out (atom, replica, component), so that every per-pair
-  quantity of a replica is one row: the triplet map's right-hand sides
-  F2(R_ab; d') [S_a . S_b, s S_a x S_b] for both sign slots s = +1, -1 and
-  every d' are one small matrix product of the products S_a S_b^T F2(R_ab; d')
-  (the Levi-Civita symbol times the identity in d'), instead of a dozen
-  elementwise operations; its backward is the transposed product.
-* G3m and G3chi_i = S_i . V_i of an atom and replica are one product of its
-  map output (columns, 4) with [[1, 0], [0, S_i]] (4, 2), all atoms and
-  replicas in one batched product, as are its derivatives; the network's
-  first layer takes G2m and these (interleaved) columns as two blocks.
+  columns in the order the triplet map produces them, (lambda, d, d'), G3m
+  and G3chi interleaved; the network's first layer is permuted to match and
+  absorbs the standardisation (x - mean) / scale, and takes G2m and the
+  triplet columns as two blocks. Neither changes a value beyond float
+  rounding.
+* Up to ROW_LAYOUT_MAX_BATCH replicas, spins are laid out (atom, replica,
+  component), so that every per-pair quantity of a replica is one row: the
+  triplet map's right-hand sides F2(R_ab; d') [S_a . S_b, s S_a x S_b] for
+  both sign slots s = +1, -1 and every d' are one small matrix product of
+  the products S_a S_b^T F2(R_ab; d') (the Levi-Civita symbol times the
+  identity in d'), instead of a dozen elementwise operations, and G3m and
+  G3chi_i = S_i . V_i of an atom and replica are one product of its map
+  output (columns, 4) with [[1, 0], [0, S_i]] (4, 2), batched over atoms and
+  replicas; the backward takes the transposed products.
+* More replicas are laid out (atom or pair, component, replica), as
+  ``features`` does, with its pair terms (``pair_terms``): elementwise work
+  then runs along the replicas, which the row layout's small products do not.
 
-The result equals ``-grad E`` of the autograd path to float rounding
-(tests/core/test_inference.py); see the README for the measured speed.
+Measured at N = 500 on the project's 2-core CPU, ms per evaluation, best of 3
+rounds in one process (row layout / replicas innermost / the autograd path):
+fast model B = 1 3.85 / 4.04 / 4.83, B = 2 7.1 / 7.4 / 9.2, B = 4 10.3 / 9.0
+/ 11.6, B = 8 18.7 / 13.0 / 17.0, B = 20 44 / 29 / 31; default model B = 1
+6.0 / 5.7 / 6.2, B = 4 20.9 / 16.6 / 19.3, B = 20 102 / 76 / 81 (an hour when
+this machine was slower than in the README's runs). The result equals ``-grad
+E`` of the autograd path to float rounding (tests/core/test_inference.py).
 """
 
 from __future__ import annotations
@@ -32,7 +41,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from core.descriptor import SIGN_SLOTS, DescriptorGeometry, DescriptorSpec
+from core.descriptor import (
+    SIGN_SLOTS,
+    DescriptorGeometry,
+    DescriptorSpec,
+    _bonds,
+    pair_terms,
+    pair_terms_backward,
+)
 from core.errors import StateError
 from core.sparse import product
 
@@ -45,6 +61,11 @@ for _c in range(3):
     _BOND_CROSS[3 * _i + _j, 1 + _c], _BOND_CROSS[3 * _j + _i, 1 + _c] = 1.0, -1.0
 #: Both sign slots: [S_a . S_b, +S_a x S_b] and [S_a . S_b, -S_a x S_b], (9, 2, 4).
 SIGNED_BOND_CROSS = torch.stack([_BOND_CROSS, _BOND_CROSS * torch.tensor([1.0, -1, -1, -1])], 1)
+
+
+#: Replica batches up to this size are laid out with replicas outside the components (one
+#: row per pair and replica: small matrix products), larger ones with replicas innermost.
+ROW_LAYOUT_MAX_BATCH = 2
 
 
 def internal_feature_order(spec: DescriptorSpec) -> torch.Tensor:
@@ -116,8 +137,9 @@ class FusedFields:
         n = geometry.n_atoms
         if spins.ndim != 3 or spins.shape[1:] != (n, 3):
             raise StateError(f"spins must have shape (B, {n}, 3), got {tuple(spins.shape)}")
+        s = spins.detach().to(geometry.dtype)
         with torch.no_grad():
-            return self._fields(spins.detach().to(geometry.dtype))
+            return self._fields(s) if len(s) <= ROW_LAYOUT_MAX_BATCH else self._fields_batched(s)
 
     def _fields(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         geometry, n_d, n_dp = self.geometry, self.n_radii, self.n_dp
@@ -199,14 +221,75 @@ class FusedFields:
             grad += g_s.view(n, batch, 3).index_select(0, geometry.inverse)
         return -grad.transpose(0, 1), energy
 
+    def _fields_batched(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same with replicas innermost, (atom or pair, component, replica), as
+        core.descriptor.features lays them out: elementwise work runs along the replicas."""
+        geometry, n_d, n_dp = self.geometry, self.n_radii, self.n_dp
+        batch, n = s.shape[:2]
+        rows, n_cols = n * batch, self.n_columns
+        flat = s.permute(1, 2, 0).reshape(n, 3 * batch)
+        ends = flat.index_select(0, self.end_atoms).view(-1, 2, 3, batch)
+        pairs = geometry.triplet_pairs
+        if self.triplets and pairs is None:  # the bonds come with the right-hand sides
+            t_ends = ends
+            bond, x = pair_terms(ends, geometry.jk, self.slots)
+        else:
+            bond = _bonds(ends)
+        if self.triplets and pairs is not None:
+            t_ends = ends.index_select(0, pairs)
+            _, x = pair_terms(t_ends, geometry.jk, self.slots)
+        feats = s.new_empty(n, batch, n_d + n_cols * self.n_families)  # (N, B, F), internal
+        feats[..., :n_d] = product(geometry.g2[0], bond).view(n, n_d, batch).transpose(1, 2)
+        if self.triplets:
+            o = product(geometry.triplet[0], x).view(n, n_cols, self.comps, batch)
+            t3 = feats[..., n_d:].view(n, batch, n_cols, self.n_families)
+            if self.g3m:
+                t3[..., 0] = o[:, :, 0].transpose(1, 2)
+            if self.chi:  # G3chi_i = S_i . V_i
+                s_i = s.index_select(1, geometry.order).permute(1, 2, 0).unsqueeze(1)
+                chi = o[:, :, 1] * s_i[:, :, 0]
+                chi.addcmul_(o[:, :, 2], s_i[:, :, 1]).addcmul_(o[:, :, 3], s_i[:, :, 2])
+                t3[..., -1] = chi.transpose(1, 2)
+        feats = feats.view(rows, -1)
+        t3 = feats[:, n_d:] if self.triplets else None
+        g_g2, g_t3, energy = self._network(feats[:, :n_d], t3, n)
+
+        g_g2 = g_g2.view(n, batch, n_d).transpose(1, 2).reshape(n * n_d, batch)
+        g_bond = product(geometry.g2[1], g_g2)
+        g_s = None
+        if self.triplets:
+            g_t3 = g_t3.view(n, batch, n_cols, self.n_families)
+            g_o = s.new_empty(n, n_cols, self.comps, batch)
+            if self.g3m:
+                g_o[:, :, 0] = g_t3[..., 0].transpose(1, 2)
+            else:
+                g_o[:, :, 0] = 0
+            if self.chi:
+                g_chi = g_t3[..., -1].transpose(1, 2).contiguous().unsqueeze(2)  # (N, L, 1, B)
+                torch.mul(g_chi, s_i, out=g_o[:, :, 1:])
+                g_s = (g_chi * o[:, :, 1:]).sum(1)  # (N, 3, B), internal order
+            g_x = product(geometry.triplet[1], g_o.view(-1, n_dp * self.comps * batch))
+        if self.triplets and pairs is None:
+            g_ends = pair_terms_backward(ends, geometry.jk, self.slots, g_bond, g_x)
+        else:
+            swapped = flat.index_select(0, self.swapped_ends).view_as(ends)
+            g_ends = swapped * g_bond.view(-1, 1, 1, batch)
+        if self.triplets and pairs is not None:
+            g_t = pair_terms_backward(t_ends, geometry.jk, self.slots, None, g_x)
+            g_ends.index_add_(0, pairs, g_t)
+        grad = product(geometry.ends[1], g_ends.view(-1, 3 * batch)).view(n, 3, batch)
+        if g_s is not None:
+            grad += g_s.index_select(0, geometry.inverse)
+        return -grad.permute(2, 0, 1), energy
+
     def _network(self, g2: torch.Tensor, t3: torch.Tensor | None, n: int):
         """dE/dG of the G2m block (N B, n_d) and of the triplet block (N B, columns) through
         the network (autograd), and E = sum_i eps_i (B,) float64."""
         bias, w_g2, w_t3 = self._first_layer()
         dtype = w_g2.dtype
-        inputs = [g2.to(dtype).requires_grad_(True)]
+        inputs = [g2.to(dtype).detach().requires_grad_(True)]
         if t3 is not None:
-            inputs.append(t3.to(dtype).requires_grad_(True))
+            inputs.append(t3.to(dtype).detach().requires_grad_(True))
         with torch.enable_grad():
             h = torch.addmm(bias, inputs[0], w_g2)
             if t3 is not None:

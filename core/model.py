@@ -150,14 +150,6 @@ class EnergyModel(nn.Module):
         return 2 * basis @ coeff
 
 
-#: Replica batches up to this size take the fused pass of core.inference, larger ones
-#: autograd, whose layout (replicas innermost) suits many replicas better. Measured at
-#: N = 500 on the 2-core CPU (ms per evaluation, fused against autograd): fast model
-#: B = 1 2.8 / 3.6, B = 2 5.2 / 6.9, B = 4 8.1 / 8.6, B = 20 46 / 34; default model
-#: B = 1 6.0 / 6.4, B = 2 10.8 / 11.7, B = 4 18.2 / 16.1.
-FUSED_MAX_BATCH = 2
-
-
 class MLFieldProvider:
     """Field provider for one atomic configuration: H = -dE/dS by autograd, E in float64.
 
@@ -238,18 +230,10 @@ class MLFieldProvider:
             return self.model.local_energies(features(self.geometry, spins.to(self.dtype)))
 
     def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """H_i = -dE/dS_i (paper Eq. 7) and E, in the dtype and device of the input spins.
-
-        Up to FUSED_MAX_BATCH replicas through core.inference's fused pass, more by
-        autograd through `energy` (the same numbers to float rounding)."""
-        if spins.ndim == 3 and spins.shape[0] <= FUSED_MAX_BATCH:
-            h, e = self._fused(spins)
-            return h.to(spins.dtype), e.to(spins.dtype)
-        s = spins.detach().to(self.dtype).requires_grad_(True)
-        with torch.enable_grad():
-            e = self.energy(s)
-            (grad,) = torch.autograd.grad(e.sum(), s)
-        return (-grad).to(spins.dtype), e.detach().to(spins.dtype)
+        """H_i = -dE/dS_i (paper Eq. 7) and E, in the dtype and device of the input spins,
+        by core.inference's fused pass (the numbers of -grad `energy`, to float rounding)."""
+        h, e = self._fused(spins)
+        return h.to(spins.dtype), e.to(spins.dtype)
 
 
 def _on(actual: torch.device, wanted: torch.device) -> bool:

@@ -46,7 +46,7 @@ def autograd_fields(model: EnergyModel, geometry, spins: torch.Tensor):
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("batch", [1, 2, 3, 5])  # both layouts (ROW_LAYOUT_MAX_BATCH)
 def test_fused_fields_equal_minus_the_autograd_gradient(systems, name, batch):
     spec = SPECS[name]
     model = random_model(spec)
@@ -59,10 +59,11 @@ def test_fused_fields_equal_minus_the_autograd_gradient(systems, name, batch):
     assert h.abs().max() > 1e-3  # the fields are not trivially zero
 
 
-def test_fused_fields_of_the_pairwise_model_and_of_concatenated_configurations(systems):
+@pytest.mark.parametrize("batch", [2, 4])  # both layouts (ROW_LAYOUT_MAX_BATCH)
+def test_fused_fields_of_the_pairwise_model_and_of_concatenated_configurations(systems, batch):
     spec = SPEC.replace(triplet_rc=1.3)
     geometry = concat_geometries([build_geometry(s, spec, dtype=torch.float64) for s in systems])
-    spins = random_spins(2, geometry.n_atoms, torch.Generator().manual_seed(7))
+    spins = random_spins(batch, geometry.n_atoms, torch.Generator().manual_seed(7))
     model = random_model(spec)
     torch.testing.assert_close(
         FusedFields(model, geometry)(spins), autograd_fields(model, geometry, spins)
