@@ -19,10 +19,9 @@ through autograd):
   triplet map's right-hand sides F2(R_ab; d') [S_a . S_b, s S_a x S_b] for
   both sign slots s = +1, -1 and every d' are one small matrix product of
   the products S_a S_b^T F2(R_ab; d') (the Levi-Civita symbol times the
-  identity in d'), instead of a dozen elementwise operations, and G3m and
-  G3chi_i = S_i . V_i of an atom and replica are one product of its map
-  output (columns, 4) with [[1, 0], [0, S_i]] (4, 2), batched over atoms and
-  replicas; the backward takes the transposed products.
+  identity in d'), instead of a dozen elementwise operations, and G3chi_i =
+  S_i . V_i of all atoms and replicas is one batched product of their map
+  outputs (columns, 3) with S_i; the backward takes the transposed products.
 * More replicas are laid out (atom or pair, component, replica), as
   ``features`` does, with its pair terms (``pair_terms``): elementwise work
   then runs along the replicas, which the row layout's small products do not.
@@ -175,11 +174,10 @@ class FusedFields:
             o = o.reshape(rows, self.n_columns, self.comps)  # columns (lambda, d, d')
             if self.chi:  # [G3m, G3chi] = o [[1, 0], [0, S_i]] (only the last without G3m)
                 s_i = s.index_select(1, geometry.order).transpose(0, 1).reshape(rows, 3)
-                s_ext = s.new_zeros(rows, 4, self.n_families)
-                s_ext[:, 1:, -1] = s_i
+                t3 = o.new_empty(rows, self.n_columns, self.n_families)
                 if self.g3m:
-                    s_ext[:, 0, 0] = 1
-                t3 = torch.bmm(o, s_ext)
+                    t3[..., 0] = o[..., 0]
+                t3[..., -1:] = torch.bmm(o[:, :, 1:], s_i.unsqueeze(-1))
             else:
                 t3 = o
             t3 = t3.view(rows, -1)
@@ -194,9 +192,12 @@ class FusedFields:
         g_s = None
         if self.triplets:
             g_t3 = g_t3.view(rows, self.n_columns, self.n_families)
-            if self.chi:
-                g_o = torch.bmm(g_t3, s_ext.transpose(1, 2).contiguous())
-                g_s = torch.bmm(o.transpose(1, 2), g_t3)[:, 1:, -1]  # (N B, 3), internal order
+            if self.chi:  # the transposes of those products
+                g_chi = g_t3[:, :, -1:]  # (N B, columns, 1)
+                g_o = g_t3.new_empty(rows, self.n_columns, 4)
+                g_o[..., 0] = g_t3[..., 0] if self.g3m else 0
+                torch.mul(g_chi, s_i.unsqueeze(1), out=g_o[..., 1:])
+                g_s = torch.bmm(g_chi.transpose(1, 2), o[:, :, 1:]).squeeze(1)  # internal order
             else:
                 g_o = g_t3
             g_o = g_o.view(n, batch, -1, n_dp * self.comps).transpose(1, 2)
