@@ -771,7 +771,7 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
 
 
-def _bonds(ends: torch.Tensor) -> torch.Tensor:
+def bonds(ends: torch.Tensor) -> torch.Tensor:
     """S_a . S_b (P, B) from both ends of every pair (P, 2, 3, B)."""
     sa, sb = ends.unbind(1)
     return (sa * sb).sum(1)
@@ -789,7 +789,7 @@ def pair_terms(ends: torch.Tensor, jk: torch.Tensor, slots: int):
     """
     sa, sb = ends.unbind(1)
     n_pairs, batch, n_dp = len(sa), sa.shape[-1], jk.shape[1]
-    bond = _bonds(ends)
+    bond = bonds(ends)
     y = bond if slots == 1 else torch.cat([bond, _cross(sa, sb).flatten(1)], 1)
     x = y.new_empty(n_pairs, slots, n_dp, y.shape[1])
     for d in range(n_dp):
@@ -952,12 +952,12 @@ def features(geometry: DescriptorGeometry, spins: torch.Tensor) -> torch.Tensor:
         if geometry.triplet_pairs is None:
             bond, x = _PairTerms.apply(ends, geometry.jk, slots)
         else:  # the triplet map reads the pairs within Rc3 only
-            bond = _bonds(ends)
+            bond = bonds(ends)
             _, x = _PairTerms.apply(
                 ends.index_select(0, geometry.triplet_pairs), geometry.jk, slots
             )
     else:
-        bond = _bonds(ends)
+        bond = bonds(ends)
     g2 = SparseApply.apply(bond, *geometry.g2)
     triplet = s = None
     if geometry.triplet:  # every lambda in one product

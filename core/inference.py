@@ -44,7 +44,7 @@ from core.descriptor import (
     SIGN_SLOTS,
     DescriptorGeometry,
     DescriptorSpec,
-    _bonds,
+    bonds,
     pair_terms,
     pair_terms_backward,
 )
@@ -235,7 +235,7 @@ class FusedFields:
             t_ends = ends
             bond, x = pair_terms(ends, geometry.jk, self.slots)
         else:
-            bond = _bonds(ends)
+            bond = bonds(ends)
         if self.triplets and pairs is not None:
             t_ends = ends.index_select(0, pairs)
             _, x = pair_terms(t_ends, geometry.jk, self.slots)
