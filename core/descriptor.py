@@ -126,6 +126,11 @@ index once per lambda (the two maps had shared one index array), 16 instead
 of 12 bytes per (triplet, d) entry, and is still faster (same A/B, best of 3-5):
 a SIB step at N = 500 from 14.6 to 13.6 ms at B = 1 and from 160 to 157 ms at
 B = 20; at N = 20000, B = 1, from 530 to 463 ms.
+
+The dynamics do not take this differentiable path: ``core.inference`` computes
+the same features, the network and the fields -dE/dS in one pass with the
+backward written out (it shares ``pair_terms`` and ``pair_terms_backward``),
+faster at every batch size (its docstring); training keeps ``features``.
 """
 
 from __future__ import annotations
