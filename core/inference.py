@@ -15,19 +15,21 @@ through autograd):
   triplet columns as two blocks. Neither changes a value beyond float
   rounding.
 * Up to ROW_LAYOUT_MAX_BATCH replicas, spins are laid out (atom, replica,
-  component), so that every per-pair quantity of a replica is one row: the
-  triplet map's right-hand sides F2(R_ab; d') [S_a . S_b, s S_a x S_b] for
-  both sign slots s = +1, -1 and every d' are one small matrix product of
-  the products S_a S_b^T F2(R_ab; d') (the Levi-Civita symbol times the
-  identity in d'), instead of a dozen elementwise operations, and G3chi_i =
-  S_i . V_i of all atoms and replicas is one batched product of their map
-  outputs (columns, 3) with S_i; the backward takes the transposed products.
+  component). The triplet map's right-hand sides F2(R_ab; d') [S_a . S_b,
+  s S_a x S_b] for both sign slots s = +1, -1 and every d' are one matrix
+  product (the Levi-Civita symbol times the identity in d') of the products
+  S_a,i S_b,j F2(R_ab; d'), formed component-major so that they run along
+  the pairs, instead of a dozen elementwise operations; G3chi_i = S_i . V_i
+  of all atoms and replicas is one batched product of their map outputs
+  (columns, 3) with S_i; the backward takes the transposed products.
 * More replicas are laid out (atom or pair, component, replica), as
   ``features`` does, with its pair terms (``pair_terms``): elementwise work
   then runs along the replicas, which the row layout's small products do not.
 
 Measured at N = 500 on the project's 2-core CPU, ms per evaluation, best of 3
-rounds in one process (row layout / replicas innermost / the autograd path):
+rounds in one process (row layout / replicas innermost / the autograd path;
+before the component-major pair terms, which then took the fast model at B = 1
+from 2.71 to 2.52 ms and the default from 5.77 to 5.45 in A/B rounds):
 fast model B = 1 3.85 / 4.04 / 4.83, B = 2 7.1 / 7.4 / 9.2, B = 4 10.3 / 9.0
 / 11.6, B = 8 18.7 / 13.0 / 17.0, B = 20 44 / 29 / 31; default model B = 1
 6.0 / 5.7 / 6.2, B = 4 20.9 / 16.6 / 19.3, B = 20 102 / 76 / 81 (an hour when
