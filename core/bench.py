@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Iterable
 
@@ -151,6 +152,27 @@ def speedups(rows: list[Row]) -> list[Row]:
     ]
 
 
+def speedup_summary(rounds: list[list[Row]]) -> list[Row]:
+    """Least, median and largest of ML's speed-up over ED (speedups()) per N across rounds
+    timed one after the other: on a shared machine the spread is part of the result."""
+    per_n: dict[int, list[Row]] = {}
+    for rows in rounds:
+        for s in speedups(rows):
+            per_n.setdefault(int(s["n"]), []).append(s)
+    return [
+        {
+            "n": n,
+            "rounds": len(found),
+            **{
+                f"{key}_{stat}": fn([float(s[key]) for s in found])
+                for key in ("eval", "step")
+                for stat, fn in (("min", min), ("median", statistics.median), ("max", max))
+            },
+        }
+        for n, found in per_n.items()
+    ]
+
+
 def batch_gains(rows: list[Row]) -> list[Row]:
     """Throughput (spin-steps per second) of each batch B > 1 over B = 1 at the same N."""
     single = {r["n"]: r for r in rows if r["engine"] == "ml" and r["batch"] == 1}
@@ -165,6 +187,17 @@ def batch_gains(rows: list[Row]) -> list[Row]:
         for r in rows
         if r["engine"] == "ml" and int(r["batch"]) > 1 and r["n"] in single
     ]
+
+
+def format_summary(summary: list[Row]) -> str:
+    """One line per N: ML's speed-up over ED per step and per evaluation across rounds."""
+    return "\n".join(
+        f"over {s['rounds']} rounds at N = {s['n']}: ML is {s['step_min']:.1f}x to "
+        f"{s['step_max']:.1f}x faster than ED per step (median {s['step_median']:.1f}x), "
+        f"{s['eval_min']:.1f}x to {s['eval_max']:.1f}x per evaluation "
+        f"(median {s['eval_median']:.1f}x)"
+        for s in summary
+    )
 
 
 def format_table(rows: list[Row]) -> str:

@@ -483,14 +483,17 @@ def cmd_bench(args: argparse.Namespace) -> None:
         batch_gains,
         bench_ed,
         bench_ml,
+        format_summary,
         format_table,
         machine_description,
+        speedup_summary,
         speedups,
     )
 
     _at_least("--sizes", args.sizes or [], 2)
     _at_least("--batch", args.batch, 1)
     _at_least("--repeats", [args.repeats], 1)
+    _at_least("--rounds", [args.rounds], 1)
     if not args.min_time >= 0:
         raise ConfigError(f"--min-time must be >= 0 s, got {args.min_time}")
     device = _device(args.device)
@@ -501,35 +504,51 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
         model, _ = load_model(args.model)
         sizes = args.sizes or [100, 500, 2000, 10000]
-    with _progress(len(sizes), f"bench {args.target}", "size") as bar:
+    rounds: list[list[dict]] = []
+    with _progress(len(sizes) * args.rounds, f"bench {args.target}", "size") as bar:
 
         def on_size(n: int) -> None:
-            bar.set_postfix(N=n)
+            bar.set_postfix(N=n, round=len(rounds) + 1)
             bar.update(0 if n == sizes[0] else 1)
 
-        if args.target == "ed":
-            rows = bench_ed(
-                sizes, args.repeats, device, on_size, args.min_time, args.batch, args.ed_method
-            )
-        else:
-            rows = bench_ml(model, sizes, args.repeats, device, args.batch, on_size, args.min_time)
-            ed_sizes = [n for n in sizes if n <= args.ed_max]
-            if ed_sizes:
-                rows += bench_ed(
-                    ed_sizes, args.repeats, device, on_size, args.min_time, methods=args.ed_method
+        for index in range(args.rounds if args.target == "ml" else 1):
+            if index:
+                bar.update(1)
+            if args.target == "ed":
+                rows = bench_ed(
+                    sizes, args.repeats, device, on_size, args.min_time, args.batch, args.ed_method
                 )
+            else:  # ML, then ED, in every round: both see the machine of the same minutes
+                rows = bench_ml(
+                    model, sizes, args.repeats, device, args.batch, on_size, args.min_time
+                )
+                ed_sizes = [n for n in sizes if n <= args.ed_max]
+                if ed_sizes:
+                    rows += bench_ed(
+                        ed_sizes, args.repeats, device, on_size, args.min_time,
+                        methods=args.ed_method,
+                    )  # fmt: skip
+            rounds.append([{**row, "round": index + 1} for row in rows])
         bar.update(1)
+    summary = speedup_summary(rounds) if len(rounds) > 1 else []
     if args.json:
         record = {
             "machine": machine_description(),
-            "results": rows,
-            "speedups": speedups(rows),
-            "batch_gains": batch_gains(rows),
+            "results": [row for rows in rounds for row in rows],
+            "speedups": [s for rows in rounds for s in speedups(rows)],
+            "batch_gains": [g for rows in rounds for g in batch_gains(rows)],
         }
+        if summary:
+            record["speedup_summary"] = summary
         print(json.dumps(record))
     else:
         print(f"machine: {machine_description()}")
-        print(format_table(rows))
+        for index, rows in enumerate(rounds):
+            if len(rounds) > 1:
+                print(f"round {index + 1} of {len(rounds)}:")
+            print(format_table(rows))
+        if summary:
+            print(format_summary(summary))
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -876,6 +895,12 @@ def build_parser() -> argparse.ArgumentParser:
         "uses matrix products; auto purifies on cuda. Several give a row each (ed-pur rows)",
     )  # fmt: skip
     p.add_argument("--ed-max", type=int, default=1000, help="bench ml: also time ED up to this N")
+    p.add_argument(
+        "--rounds", type=int, default=1,
+        help="bench ml: time ML and then ED this many times, one after the other, and give "
+        "the least, median and largest speed-up (this machine's load changes from minute "
+        "to minute)",
+    )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     _add_device(p)
     p.set_defaults(func=cmd_bench)

@@ -2,7 +2,14 @@ import time
 
 import pytest
 
-from core.bench import batch_gains, format_table, speedups, time_call
+from core.bench import (
+    batch_gains,
+    format_summary,
+    format_table,
+    speedup_summary,
+    speedups,
+    time_call,
+)
 
 
 def test_time_call_repeats_until_both_the_count_and_the_time_are_reached():
@@ -56,3 +63,17 @@ def test_ed_rows_name_their_method_and_ml_is_compared_with_the_faster_ed():
     fast = {**rows[2], "seconds_per_step": 0.1}
     (s,) = speedups([ml, slow, fast])
     assert s["step"] == pytest.approx(0.1 / 2e-4)
+
+
+def test_speedup_summary_gives_the_spread_over_rounds():
+    def round_of(ml_step: float, ed_step: float) -> list[dict]:
+        common = {"n": 500, "batch": 1, "seconds_per_eval": 1.0}
+        return [
+            {**common, "engine": "ml", "seconds_per_step": ml_step},
+            {**common, "engine": "ed", "seconds_per_step": ed_step},
+        ]
+
+    (s,) = speedup_summary([round_of(0.01, 0.6), round_of(0.008, 0.7), round_of(0.006, 0.6)])
+    assert s["rounds"] == 3
+    assert (s["step_min"], s["step_median"], s["step_max"]) == pytest.approx((60, 87.5, 100))
+    assert "60.0x to 100.0x faster than ED per step (median 87.5x)" in format_summary([s])

@@ -267,6 +267,24 @@ def test_ml_quench_and_bench_with_a_model_file(tmp_path, capsys, tiny_model_file
     assert speedup["eval"] == pytest.approx(ed["seconds_per_eval"] / ml["seconds_per_eval"])
 
 
+def test_bench_rounds_alternate_ml_and_ed_and_summarise_the_speedups(capsys, tiny_model_file):
+    argv = ["bench", "ml", "--model", tiny_model_file, "--sizes", 20, "--ed-max", 20,
+            "--repeats", 1, "--min-time", 0, "--rounds", 2]  # fmt: skip
+    code, out, _ = run(capsys, *argv, "--json")
+    assert code == 0
+    record = json.loads(out)
+    order = [(r["round"], r["engine"]) for r in record["results"]]
+    assert order == [(1, "ml"), (1, "ed"), (2, "ml"), (2, "ed")]
+    steps = [s["step"] for s in record["speedups"]]
+    (summary,) = record["speedup_summary"]
+    assert summary["n"] == 20 and summary["rounds"] == 2
+    assert summary["step_min"] == min(steps) and summary["step_max"] == max(steps)
+    assert summary["step_median"] == pytest.approx(sum(steps) / 2)
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "round 2 of 2:" in out
+    assert "over 2 rounds at N = 20: ML is" in out
+
+
 def test_ml_quench_with_missing_model_fails_clearly(tmp_path, capsys):
     code, _, err = run(
         capsys, "quench", "--engine", "ml", "--model", tmp_path / "none.safetensors",
@@ -523,6 +541,7 @@ def test_app_command_checks_the_display(monkeypatch, capsys):
         (["--sizes", 1], "--sizes must be >= 2, got 1"),
         (["--repeats", 0], "--repeats must be >= 1, got 0"),
         (["--min-time", "nan"], "--min-time must be >= 0 s, got nan"),
+        (["--rounds", 0], "--rounds must be >= 1, got 0"),
     ],
 )
 def test_bench_refuses_impossible_sizes_and_counts(capsys, option, message):
