@@ -494,6 +494,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     _at_least("--batch", args.batch, 1)
     _at_least("--repeats", [args.repeats], 1)
     _at_least("--rounds", [args.rounds], 1)
+    if args.target == "ed" and args.rounds > 1:
+        raise ConfigError("--rounds applies to bench ml (ML against ED), not to bench ed")
     if not args.min_time >= 0:
         raise ConfigError(f"--min-time must be >= 0 s, got {args.min_time}")
     device = _device(args.device)
@@ -511,7 +513,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             bar.set_postfix(N=n, round=len(rounds) + 1)
             bar.update(0 if n == sizes[0] else 1)
 
-        for index in range(args.rounds if args.target == "ml" else 1):
+        for index in range(args.rounds):
             if index:
                 bar.update(1)
             if args.target == "ed":

@@ -542,6 +542,7 @@ def test_app_command_checks_the_display(monkeypatch, capsys):
         (["--repeats", 0], "--repeats must be >= 1, got 0"),
         (["--min-time", "nan"], "--min-time must be >= 0 s, got nan"),
         (["--rounds", 0], "--rounds must be >= 1, got 0"),
+        (["--rounds", 2], "--rounds applies to bench ml (ML against ED), not to bench ed"),
     ],
 )
 def test_bench_refuses_impossible_sizes_and_counts(capsys, option, message):
