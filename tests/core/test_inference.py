@@ -4,8 +4,8 @@ import torch
 from core.config import SystemConfig
 from core.descriptor import DescriptorSpec, build_geometry, concat_geometries
 from core.errors import StateError
-from core.inference import FusedFields, internal_feature_order
-from core.model import Architecture, EnergyModel
+from core.inference import FusedFields, activation_backward, internal_feature_order
+from core.model import ACTIVATIONS, Architecture, EnergyModel
 from core.system import generate_positions, random_spins
 
 SPEC = DescriptorSpec(rc=1.6, radii=(0.6, 0.9, 1.2, 1.5), w=0.2, d_prime=(0.8, 1.4))
@@ -75,6 +75,28 @@ def test_fused_fields_of_the_pairwise_model_and_of_concatenated_configurations(s
     torch.testing.assert_close(
         FusedFields(pairwise, g2_only)(spins), autograd_fields(pairwise, g2_only, spins)
     )
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("batch", [1, 3])  # both layouts (ROW_LAYOUT_MAX_BATCH)
+def test_fused_fields_through_every_activation(systems, activation, batch):
+    # the network's backward is written out for each activation (activation_backward)
+    model = random_model(SPEC, "12,6,4")
+    model.net = torch.nn.Sequential(
+        *(ACTIVATIONS[activation]() if isinstance(m, torch.nn.SiLU) else m for m in model.net)
+    )
+    geometry = build_geometry(systems[1], SPEC, dtype=torch.float64)
+    spins = random_spins(batch, systems[1].n, torch.Generator().manual_seed(3))
+    h, e = FusedFields(model, geometry)(spins)
+    h_ref, e_ref = autograd_fields(model, geometry, spins)
+    torch.testing.assert_close(h, h_ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(e, e_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_activation_backward_refuses_an_unknown_activation():
+    x = torch.randn(4, 3)
+    with pytest.raises(TypeError, match="GELU"):
+        activation_backward(torch.nn.GELU(), torch.ones_like(x), x, torch.nn.GELU()(x))
 
 
 def test_fused_fields_follow_weights_changed_in_place(systems):
