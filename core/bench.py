@@ -12,6 +12,7 @@ import torch
 
 from core.config import ElectronConfig, LLGConfig, SystemConfig
 from core.electrons import EDSolver
+from core.errors import MemoryLimitError
 from core.fields import FieldProvider
 from core.llg import LLG
 from core.model import EnergyModel, MLFieldProvider
@@ -98,21 +99,27 @@ def bench_ml(
     batches: Iterable[int] = (1,),
     on_size: Callable[[int], None] | None = None,
     min_time: float = MIN_TIME,
+    on_skip: Callable[[int, int, str], None] | None = None,
 ) -> list[Row]:
     """The ML model (float32 network) at the paper's density, every N with every replica
-    batch B (one geometry, B spin states per call); geometry set-up time reported too."""
+    batch B (one geometry, B spin states per call); geometry set-up time reported too.
+    A batch whose evaluation cannot fit in memory is passed to on_skip (N, B, the error's
+    message) and left out when on_skip is given, else its MemoryLimitError stops the
+    benchmark."""
     rows = []
     for n, system in paper_systems(sizes, on_size):
         start = time.perf_counter()
         provider = MLFieldProvider(model, system, device)
         setup = time.perf_counter() - start
         for batch in batches:
-            rows.append(
-                {
-                    **bench_provider("ml", provider, n, repeats, device, batch, min_time),
-                    "setup_seconds": setup,
-                }
-            )
+            try:
+                row = bench_provider("ml", provider, n, repeats, device, batch, min_time)
+            except MemoryLimitError as error:
+                if on_skip is None:
+                    raise
+                on_skip(n, batch, str(error))
+                continue
+            rows.append({**row, "setup_seconds": setup})
     return rows
 
 
@@ -203,7 +210,7 @@ def format_summary(summary: list[Row]) -> str:
 def format_table(rows: list[Row]) -> str:
     """A plain-text table of benchmark rows, with the speed per spin and ML's speed-up."""
     lines = [
-        f"{'engine':<7}{'N':>7}{'B':>4}{'s / eval':>11}{'s / step':>11}{'us / spin-step':>16}"
+        f"{'engine':<7}{'N':>7}{'B':>6}{'s / eval':>11}{'s / step':>11}{'us / spin-step':>16}"
         f"{'set-up s':>10}"
     ]
     for r in rows:
@@ -211,7 +218,7 @@ def format_table(rows: list[Row]) -> str:
         setup = f"{float(r['setup_seconds']):>10.3g}" if "setup_seconds" in r else ""
         engine = "ed-pur" if r.get("method") == "purification" else r["engine"]
         lines.append(
-            f"{engine!s:<7}{r['n']:>7}{r['batch']:>4}{float(r['seconds_per_eval']):>11.4g}"
+            f"{engine!s:<7}{r['n']:>7}{r['batch']:>6}{float(r['seconds_per_eval']):>11.4g}"
             f"{float(r['seconds_per_step']):>11.4g}{per_spin:>16.4g}{setup}"
         )
     for s in speedups(rows):

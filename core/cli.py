@@ -507,6 +507,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         model, _ = load_model(args.model)
         sizes = args.sizes or [100, 500, 2000, 10000]
     rounds: list[list[dict]] = []
+    skipped: dict[tuple[int, int], str] = {}  # (N, B) too large for memory: the first message
     with _progress(len(sizes) * args.rounds, f"bench {args.target}", "size") as bar:
 
         def on_size(n: int) -> None:
@@ -522,8 +523,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
                 )
             else:  # ML, then ED, in every round: both see the machine of the same minutes
                 rows = bench_ml(
-                    model, sizes, args.repeats, device, args.batch, on_size, args.min_time
-                )
+                    model, sizes, args.repeats, device, args.batch, on_size, args.min_time,
+                    on_skip=lambda n, b, message: skipped.setdefault((n, b), message),
+                )  # fmt: skip
                 ed_sizes = [n for n in sizes if n <= args.ed_max]
                 if ed_sizes:
                     rows += bench_ed(
@@ -533,6 +535,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
             rounds.append([{**row, "round": index + 1} for row in rows])
         bar.update(1)
     summary = speedup_summary(rounds) if len(rounds) > 1 else []
+    skips = [f"N = {n}, B = {b} skipped: {message}" for (n, b), message in skipped.items()]
     if args.json:
         record = {
             "machine": machine_description(),
@@ -542,6 +545,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         }
         if summary:
             record["speedup_summary"] = summary
+        if skips:
+            record["skipped"] = skips
         print(json.dumps(record))
     else:
         print(f"machine: {machine_description()}")
@@ -551,6 +556,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
             print(format_table(rows))
         if summary:
             print(format_summary(summary))
+        for line in skips:
+            print(line)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -54,6 +54,7 @@ from core.descriptor import (
     pair_terms_backward,
 )
 from core.errors import StateError
+from core.memory import require_memory
 from core.sparse import product
 
 #: [S_a . S_b, S_a x S_b] from the outer product S_a S_b^T (flattened, 9): row 3 i + j, column
@@ -115,6 +116,7 @@ class FusedFields:
         self._rest = model.net[1:]  # the layers after the first, shared with the model
         self._first: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._folded_from: tuple | None = None
+        self._fits_batch = 0  # the largest batch whose working memory was checked
 
     def _first_layer(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The network's first layer on raw internal-order features, W' = W / scale and
@@ -136,12 +138,42 @@ class FusedFields:
             self._folded_from = key
         return self._first
 
+    def working_bytes(self, batch: int) -> float:
+        """Peak memory of one evaluation of `batch` replicas beyond the geometry (bytes),
+        estimated from the pass's largest tensors per replica: the pair ends and their
+        gradients, the pair terms and theirs, the triplet map's outputs and theirs, the
+        features, and the network's activations and gradients; WORKING_MEMORY_MARGIN covers
+        the rest (see its comment for the measurements)."""
+        geometry = self.geometry
+        n, ends = geometry.n_atoms, geometry.ends[0].shape[0]
+        n_t = 0
+        if self.triplets:
+            n_t = ends // 2 if geometry.triplet_pairs is None else len(geometry.triplet_pairs)
+        hidden = sum(m.out_features for m in self.model.net if isinstance(m, nn.Linear))
+        n_features = self.n_radii + self.n_columns * self.n_families
+        floats = (
+            3 * 3 * ends
+            + 4 * n_t * self.slots * self.n_dp * self.comps
+            + 2 * n * self.n_columns * self.comps
+            + 2 * n * n_features
+            + 3 * n * hidden
+        )
+        itemsize = torch.finfo(self.geometry.dtype).bits // 8
+        return floats * batch * itemsize
+
     def __call__(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """H = -dE/dS (B, N, 3) and E (B,) float64 for spins (B, N, 3), in the geometry's dtype."""
         geometry = self.geometry
         n = geometry.n_atoms
         if spins.ndim != 3 or spins.shape[1:] != (n, 3):
             raise StateError(f"spins must have shape (B, {n}, 3), got {tuple(spins.shape)}")
+        if len(spins) > self._fits_batch:  # checked once per larger batch
+            require_memory(
+                self.working_bytes(len(spins)), geometry.device,
+                f"ML fields of {len(spins)} replicas at N = {n}",
+                "use fewer replicas per call, a smaller N, or a machine with more memory",
+            )  # fmt: skip
+            self._fits_batch = len(spins)
         s = spins.detach().to(geometry.dtype)
         with torch.no_grad():
             return self._fields(s) if len(s) <= ROW_LAYOUT_MAX_BATCH else self._fields_batched(s)

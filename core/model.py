@@ -229,6 +229,11 @@ class MLFieldProvider:
         with torch.no_grad():
             return self.model.local_energies(features(self.geometry, spins.to(self.dtype)))
 
+    def working_bytes(self, batch: int) -> float:
+        """Estimated peak memory of one evaluation of `batch` replicas beyond the geometry
+        (bytes); `fields` refuses a batch that cannot fit (core.inference)."""
+        return self._fused.working_bytes(batch)
+
     def fields(self, spins: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """H_i = -dE/dS_i (paper Eq. 7) and E, in the dtype and device of the input spins,
         by core.inference's fused pass (the numbers of -grad `energy`, to float rounding)."""

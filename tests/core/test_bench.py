@@ -77,3 +77,29 @@ def test_speedup_summary_gives_the_spread_over_rounds():
     assert s["rounds"] == 3
     assert (s["step_min"], s["step_median"], s["step_max"]) == pytest.approx((60, 87.5, 100))
     assert "60.0x to 100.0x faster than ED per step (median 87.5x)" in format_summary([s])
+
+
+def test_bench_ml_skips_a_batch_that_cannot_fit_in_memory(monkeypatch):
+    from core import memory
+    from core.bench import bench_ml, paper_systems
+    from core.descriptor import DescriptorSpec
+    from core.errors import MemoryLimitError
+    from core.model import Architecture, EnergyModel, MLFieldProvider
+
+    spec = DescriptorSpec(rc=1.6, radii=(0.6, 1.2), w=0.3, d_prime=(1.0,), triplet_rc=1.2)
+    model = EnergyModel(spec, Architecture.parse("8"))
+    [(_, system)] = paper_systems([30])  # the system bench_ml times
+    need = MLFieldProvider(model, system).working_bytes
+    free = 0.5 * (need(8) + need(12))  # B = 1 and 8 fit, 12 does not (the set-up fits)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: free)
+    skipped = []
+    rows = bench_ml(
+        model, [30], repeats=1, batches=[1, 12, 8], min_time=0,
+        on_skip=lambda n, b, message: skipped.append((n, b, message)),
+    )  # fmt: skip
+    assert [(r["n"], r["batch"]) for r in rows] == [(30, 1), (30, 8)]
+    assert all(r["seconds_per_step"] > 0 for r in rows)
+    assert [(n, b) for n, b, _ in skipped] == [(30, 12)]
+    assert skipped[0][2].startswith("ML fields of 12 replicas at N = 30 needs about")
+    with pytest.raises(MemoryLimitError):  # without on_skip the refusal stops the benchmark
+        bench_ml(model, [30], repeats=1, batches=[12], min_time=0)

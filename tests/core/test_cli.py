@@ -285,6 +285,26 @@ def test_bench_rounds_alternate_ml_and_ed_and_summarise_the_speedups(capsys, tin
     assert "over 2 rounds at N = 20: ML is" in out
 
 
+def test_bench_names_each_batch_too_large_for_memory_once(capsys, tiny_model_file, monkeypatch):
+    from core import memory
+    from core.bench import paper_systems
+    from core.model import MLFieldProvider
+    from core.modelfile import load_model
+
+    [(_, system)] = paper_systems([20])
+    need = MLFieldProvider(load_model(tiny_model_file)[0], system).working_bytes
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 0.5 * (need(4) + need(400)))
+    argv = ["bench", "ml", "--model", tiny_model_file, "--sizes", 20, "--ed-max", 0,
+            "--repeats", 1, "--min-time", 0, "--rounds", 2, "--batch", 1, 400]  # fmt: skip
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and out.count("N = 20, B = 400 skipped: ML fields of 400 replicas") == 1
+    code, out, _ = run(capsys, *argv, "--json")
+    record = json.loads(out)
+    assert [(r["round"], r["batch"]) for r in record["results"]] == [(1, 1), (2, 1)]
+    (skip,) = record["skipped"]
+    assert skip.startswith("N = 20, B = 400 skipped") and "use fewer replicas per call" in skip
+
+
 def test_ml_quench_with_missing_model_fails_clearly(tmp_path, capsys):
     code, _, err = run(
         capsys, "quench", "--engine", "ml", "--model", tmp_path / "none.safetensors",

@@ -127,3 +127,26 @@ def test_fused_fields_refuse_spins_of_the_wrong_shape(systems):
     geometry = build_geometry(systems[0], SPEC, dtype=torch.float64)
     with pytest.raises(StateError, match=r"\(B, 30, 3\)"):
         FusedFields(random_model(SPEC), geometry)(torch.zeros(1, 29, 3, dtype=torch.float64))
+
+
+def test_fused_fields_refuse_a_batch_beyond_the_available_memory(systems, monkeypatch):
+    from core import memory
+    from core.errors import MemoryLimitError
+
+    geometry = build_geometry(systems[0], SPEC, dtype=torch.float64)
+    fused = FusedFields(random_model(SPEC), geometry)
+    one = fused.working_bytes(1)
+    # per replica: at least the features and the network's activations (8-byte floats)
+    assert one >= 8 * systems[0].n * (SPEC.n_features + 16 + 8)
+    assert fused.working_bytes(7) == pytest.approx(7 * one)
+    spins = random_spins(4, systems[0].n, torch.Generator().manual_seed(1))
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 3 * one)
+    fused(spins[:3])  # fits
+    with pytest.raises(MemoryLimitError) as err:
+        fused(spins)
+    assert str(err.value).startswith(f"ML fields of 4 replicas at N = {systems[0].n} needs about")
+    assert "use fewer replicas per call" in str(err.value)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: None)  # unknown: no refusal
+    assert fused(spins)[0].shape == spins.shape
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 0)
+    fused(spins)  # a batch checked once is not checked again
