@@ -1120,7 +1120,7 @@ def reproduce(
     if scale.name == "paper" and dynamics and not device.startswith("cuda"):
         log(
             f"note: the paper scale's dynamics ({', '.join(dynamics)}) are meant for a GPU and "
-            "take days on a CPU; --device cuda runs them there, and --steps fig2 fig3 runs the "
+            "take hours to days on a CPU; --device cuda runs them there, and --steps fig2 fig3 runs the "
             "steps that suit a CPU"
         )
     ran = {key: _resumable(run, key, task) for key, task in TASKS.items() if key in chosen}

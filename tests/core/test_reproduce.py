@@ -554,5 +554,5 @@ def test_the_paper_scale_on_a_cpu_says_its_dynamics_are_meant_for_a_gpu(
     with pytest.raises(AssertionError, match="ran again"):
         reproduce(paper_named, tmp_path / "b", tiny_model_file, log=lines.append, steps=["fig5"])
     assert lines[-1].startswith(
-        "note: the paper scale's dynamics (fig5) are meant for a GPU and take days on a CPU"
+        "note: the paper scale's dynamics (fig5) are meant for a GPU and take hours to days on a CPU"
     )
