@@ -22,8 +22,10 @@ rounds):
   product (the Levi-Civita symbol times the identity in d') of the products
   S_a,i S_b,j F2(R_ab; d'), formed component-major so that they run along
   the pairs, instead of a dozen elementwise operations; G3chi_i = S_i . V_i
-  of all atoms and replicas is one batched product of their map outputs
-  (columns, 3) with S_i; the backward takes the transposed products.
+  is three multiply-adds written in place into the features (1-2 % of an
+  evaluation faster than a batched product of the map outputs (columns, 3)
+  with S_i, which the backward keeps for dE/dS_i); the backward takes the
+  transposed products.
 * More replicas are laid out (atom or pair, component, replica), as
   ``features`` does, with its pair terms (``pair_terms``): elementwise work
   then runs along the replicas, which the row layout's small products do not.
@@ -218,7 +220,9 @@ class FusedFields:
                 t3 = o.new_empty(rows, self.n_columns, self.n_families)
                 if self.g3m:
                     t3[..., 0] = o[..., 0]
-                t3[..., -1:] = torch.bmm(o[:, :, 1:], s_i.unsqueeze(-1))
+                chi = t3[..., -1]  # G3chi_i = S_i . V_i, written in place
+                torch.mul(o[..., 1], s_i[:, 0:1], out=chi)
+                chi.addcmul_(o[..., 2], s_i[:, 1:2]).addcmul_(o[..., 3], s_i[:, 2:3])
             else:
                 t3 = o
             t3 = t3.view(rows, -1)
