@@ -57,11 +57,13 @@ def keep_freed_memory() -> bool:
 
 
 def available_bytes(device: torch.device | str) -> int | None:
-    """Memory free for new tensors: free GPU memory on cuda, MemAvailable of /proc/meminfo
-    on the CPU; None where unknown (then nothing is refused)."""
+    """Memory free for new tensors: on cuda the GPU's free memory plus what torch's caching
+    allocator holds unused (its blocks of earlier steps, which new tensors reuse), on the
+    CPU MemAvailable of /proc/meminfo; None where unknown (then nothing is refused)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -80,6 +80,18 @@ def test_available_memory_is_known_on_linux():
     assert 0 < free <= total
 
 
+def test_gpu_memory_counts_the_caching_allocators_unused_blocks(monkeypatch):
+    import torch
+
+    from core.memory import available_bytes
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 20 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 12 * gib)
+    assert available_bytes("cuda") == 11 * gib  # 3 free on the device, 8 cached unused
+
+
 def test_a_computation_larger_than_the_memory_is_refused_in_one_line(monkeypatch):
     from core import memory
     from core.config import SystemConfig
