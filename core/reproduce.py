@@ -1120,8 +1120,8 @@ def reproduce(
     if scale.name == "paper" and dynamics and not device.startswith("cuda"):
         log(
             f"note: the paper scale's dynamics ({', '.join(dynamics)}) are meant for a GPU and "
-            "take hours to days on a CPU; --device cuda runs them there, and --steps fig2 fig3 runs the "
-            "steps that suit a CPU"
+            "take hours to days on a CPU; --device cuda runs them there, and --steps fig2 fig3 "
+            "runs the steps that suit a CPU"
         )
     ran = {key: _resumable(run, key, task) for key, task in TASKS.items() if key in chosen}
     # the other steps as saved now: another process (`--steps`) may have finished some meanwhile
