@@ -343,10 +343,11 @@ class FusedFields:
             x = torch.addmm(x, t3.to(dtype), w_t3)
         saved = []  # (activation, its input, its output)
         for layer in self._rest:
-            y = F.linear(x, layer.weight, layer.bias) if isinstance(layer, nn.Linear) else layer(x)
-            if not isinstance(layer, nn.Linear):
-                saved.append((layer, x, y))
-            x = y
+            if isinstance(layer, nn.Linear):
+                x = F.linear(x, layer.weight, layer.bias)
+            else:
+                saved.append((layer, x, layer(x)))
+                x = saved[-1][2]
         eps = x  # (N B, 1)
         # backward from d(sum eps)/d eps = 1: the last layer's weights, then each layer's
         g = None
